@@ -1,0 +1,143 @@
+// One SQLite connection, used by one thread at a time, with its cache of prepared statements.
+import CSQLite
+
+// Not safe for concurrent use: `Database` hands each connection to one thread at a time,
+// which is the only reason it may cross threads.
+public final class Connection: @unchecked Sendable {
+    let handle: OpaquePointer
+    private var statements: [String: Statement] = [:]
+
+    /// Opens (and creates if needed) the database at `path`; `:memory:` is a private in-memory database.
+    public init(path: String, readOnly: Bool = false, busyTimeoutMilliseconds: Int32 = 5_000) throws {
+        var handle: OpaquePointer?
+        let flags = (readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE))
+            | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI
+        let code = sqlite3_open_v2(path, &handle, flags, nil)
+        guard code == SQLITE_OK, let handle else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(code))
+            if let handle { sqlite3_close_v2(handle) }
+            throw SQLiteError(extendedCode: code, message: "cannot open \(path): \(message)")
+        }
+        self.handle = handle
+        sqlite3_extended_result_codes(handle, 1)
+        sqlite3_busy_timeout(handle, busyTimeoutMilliseconds)
+    }
+
+    private var isClosed = false
+
+    deinit {
+        close()
+    }
+
+    /// Finalizes the cached statements and closes the connection. Later use is a programming error.
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        statements.removeAll()
+        sqlite3_close_v2(handle)
+    }
+
+    /// Runs one or more SQL statements without parameters (schema, pragmas).
+    public func execute(_ sql: String) throws {
+        var message: UnsafeMutablePointer<CChar>?
+        let code = sqlite3_exec(handle, sql, nil, nil, &message)
+        if code != SQLITE_OK {
+            let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(code))
+            sqlite3_free(message)
+            throw SQLiteError(extendedCode: sqlite3_extended_errcode(handle), message: text, sql: sql)
+        }
+    }
+
+    /// Runs a statement with bound parameters; returns the number of rows it changed.
+    @discardableResult
+    public func run(_ sql: String, _ parameters: any SQLBindable...) throws -> Int {
+        try run(sql, parameters: parameters)
+    }
+
+    @discardableResult
+    public func run(_ sql: String, parameters: [any SQLBindable]) throws -> Int {
+        let statement = try prepared(sql)
+        try statement.bind(parameters)
+        defer { statement.reset() }
+        while try statement.step() {}
+        return Int(sqlite3_changes(handle))
+    }
+
+    /// Runs a query and maps every row.
+    public func query<T>(_ sql: String, _ parameters: any SQLBindable..., row map: (borrowing Row) throws -> T) throws -> [T] {
+        try query(sql, parameters: parameters, row: map)
+    }
+
+    public func query<T>(_ sql: String, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) throws -> [T] {
+        let statement = try prepared(sql)
+        try statement.bind(parameters)
+        defer { statement.reset() }
+        var results: [T] = []
+        while try statement.step() {
+            results.append(try map(Row(statement: statement.handle)))
+        }
+        return results
+    }
+
+    /// Runs a query and maps its first row, if any.
+    public func queryFirst<T>(_ sql: String, _ parameters: any SQLBindable..., row map: (borrowing Row) throws -> T) throws -> T? {
+        try queryFirst(sql, parameters: parameters, row: map)
+    }
+
+    public func queryFirst<T>(_ sql: String, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) throws -> T? {
+        let statement = try prepared(sql)
+        try statement.bind(parameters)
+        defer { statement.reset() }
+        guard try statement.step() else { return nil }
+        return try map(Row(statement: statement.handle))
+    }
+
+    /// The rowid of the last row inserted on this connection.
+    public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+
+    /// False while a transaction is open. SQLite may end one by itself on some errors (disk full, I/O).
+    public var isInTransaction: Bool { sqlite3_get_autocommit(handle) == 0 }
+
+    /// Runs `body` in a `BEGIN IMMEDIATE` transaction: committed when it returns, rolled back when it throws.
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN IMMEDIATE")
+        do {
+            let result = try body()
+            try execute("COMMIT")
+            return result
+        } catch {
+            if isInTransaction { try? execute("ROLLBACK") }
+            throw error
+        }
+    }
+
+    /// Runs `body` in a savepoint inside the current transaction: released when it returns,
+    /// rolled back to when it throws, so one failing unit does not undo the others.
+    public func savepoint<T>(_ body: () throws -> T) throws -> T {
+        try execute("SAVEPOINT unit")
+        do {
+            let result = try body()
+            try execute("RELEASE unit")
+            return result
+        } catch {
+            if isInTransaction {
+                try? execute("ROLLBACK TO unit")
+                try? execute("RELEASE unit")
+            }
+            throw error
+        }
+    }
+
+    func prepared(_ sql: String) throws -> Statement {
+        if let statement = statements[sql] { return statement }
+        let statement = try Statement(connection: self, sql: sql)
+        statements[sql] = statement
+        return statement
+    }
+
+    func lastError(code: Int32, sql: String?) -> SQLiteError {
+        let extended = sqlite3_extended_errcode(handle)
+        return SQLiteError(extendedCode: extended != 0 ? extended : code,
+                           message: String(cString: sqlite3_errmsg(handle)), sql: sql)
+    }
+}

@@ -1,0 +1,95 @@
+// Applies the numbered SQL files of a folder in order, each in its own transaction,
+// and refuses to run when a file that was applied has since been edited or removed.
+import Crypto
+import Foundation
+
+/// One migration file: `NNNN_name.sql`.
+public struct Migration: Sendable, Equatable {
+    public let version: Int
+    public let name: String
+    public let checksum: String
+    let sql: String
+
+    static func fileName(version: Int, name: String) -> String {
+        let digits = String(version)
+        return String(repeating: "0", count: max(0, 4 - digits.count)) + digits + "_" + name + ".sql"
+    }
+}
+
+public struct MigrationError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+}
+
+public struct Migrator: Sendable {
+    public let migrations: [Migration]
+
+    /// Reads every `NNNN_name.sql` file of `directory`. Any other `.sql` name is an error,
+    /// so a misnamed file is never skipped silently.
+    public init(directory: String) throws {
+        let url = URL(fileURLWithPath: directory, isDirectory: true)
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: url.path)
+        } catch {
+            throw MigrationError(description: "cannot read the migrations folder \(url.path): \(error.localizedDescription)")
+        }
+        var migrations: [Migration] = []
+        for name in names where name.hasSuffix(".sql") {
+            let stem = name.dropLast(4)
+            let parts = stem.split(separator: "_", maxSplits: 1)
+            guard parts.count == 2, parts[0].count == 4, let version = Int(parts[0]), !parts[1].isEmpty else {
+                throw MigrationError(description: "migration file \(name) is not named NNNN_name.sql")
+            }
+            let data = try Data(contentsOf: url.appendingPathComponent(name))
+            guard let sql = String(data: data, encoding: .utf8) else {
+                throw MigrationError(description: "migration file \(name) is not UTF-8")
+            }
+            let checksum = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+            migrations.append(Migration(version: version, name: String(parts[1]), checksum: checksum, sql: sql))
+        }
+        migrations.sort { $0.version < $1.version }
+        for (a, b) in zip(migrations, migrations.dropFirst()) where a.version == b.version {
+            throw MigrationError(description: "two migration files share version \(a.version): \(a.name) and \(b.name)")
+        }
+        self.migrations = migrations
+    }
+
+    /// Checks the applied migrations against the files, then applies the new ones in order.
+    /// Returns the migrations applied by this call.
+    public func migrate(_ connection: Connection) throws -> [Migration] {
+        try connection.execute("""
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                checksum TEXT NOT NULL,
+                applied_at INTEGER NOT NULL
+            ) STRICT;
+            """)
+        let applied = try connection.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version") { row in
+            (version: try row.get(0, as: Int.self), name: try row.get(1, as: String.self), checksum: try row.get(2, as: String.self))
+        }
+        let files = Dictionary(uniqueKeysWithValues: migrations.map { ($0.version, $0) })
+        for record in applied {
+            let label = Migration.fileName(version: record.version, name: record.name)
+            guard let file = files[record.version] else {
+                throw MigrationError(description: "applied migration \(label) is missing from the migrations folder")
+            }
+            guard file.checksum == record.checksum, file.name == record.name else {
+                throw MigrationError(description: "applied migration \(label) was edited after it was applied (checksum \(record.checksum), file has \(file.checksum)); add a new migration instead")
+            }
+        }
+        let appliedVersions = Set(applied.map(\.version))
+        var done: [Migration] = []
+        for migration in migrations where !appliedVersions.contains(migration.version) {
+            try connection.transaction {
+                try connection.execute(migration.sql)
+                try connection.run(
+                    "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
+                    migration.version, migration.name, migration.checksum,
+                    Int64(Date().timeIntervalSince1970 * 1000))
+            }
+            done.append(migration)
+        }
+        return done
+    }
+}

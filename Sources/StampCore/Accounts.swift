@@ -1,0 +1,154 @@
+// Accounts, sign-in sessions and bearer-token authentication.
+import Foundation
+import SQLiteDB
+import Synchronization
+
+public struct SignedIn: Codable, Sendable {
+    public var account: Account
+    public var token: String
+    public var expiresAt: Date
+}
+
+extension StampService {
+    public func createAccount(role: Role, login: String, password: String, name: String) async throws -> SignedIn {
+        let login = try Validate.text(login, field: "login", min: 3, max: 100)
+        let name = try Validate.text(name, field: "name", max: 100)
+        guard (8...200).contains(password.count) else {
+            throw StampError.invalid("password", "password must have 8 to 200 characters")
+        }
+        let hash = try await hasher.hash(password)
+        let now = clock.now()
+        let account = Account(id: Identifier.make("acc"), role: role, login: login, name: name, createdAt: now)
+        let token = BearerToken.generate()
+        let expiresAt = now.addingTimeInterval(settings.tokenLifetime)
+        try await write { connection, _ in
+            do {
+                try connection.run("""
+                    INSERT INTO accounts (id, role, login, login_key, name, password_hash, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """, account.id, role.rawValue, login, Self.loginKey(login), name, hash, now.millis)
+            } catch let error as SQLiteError where error.isUniqueViolation {
+                throw StampError(.conflict, "the login is taken", field: "login")
+            }
+            try Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
+        }
+        return SignedIn(account: account, token: token, expiresAt: expiresAt)
+    }
+
+    public func createSession(login: String, password: String) async throws -> SignedIn {
+        let key = Self.loginKey(login)
+        let now = clock.now()
+        if let wait = throttle.secondsLocked(key, now: now) {
+            throw StampError(.rateLimited, "too many failed sign-ins for this login; try again later", retryAfter: wait)
+        }
+        let found = try await read { connection in
+            try connection.queryFirst("""
+                SELECT id, role, login, name, created_at, password_hash FROM accounts WHERE login_key = ?
+                """, key) { row in (try Self.account(row), try row.get(5, as: String.self)) }
+        }
+        guard let (account, hash) = found, try await hasher.verify(password, against: hash) else {
+            if found == nil { try await hasher.verifyDecoy(password) }
+            throttle.recordFailure(key, now: now)
+            throw StampError(.unauthenticated, "the login or the password is wrong")
+        }
+        throttle.recordSuccess(key)
+        let token = BearerToken.generate()
+        let expiresAt = now.addingTimeInterval(settings.tokenLifetime)
+        try await write { connection, _ in
+            try Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
+        }
+        return SignedIn(account: account, token: token, expiresAt: expiresAt)
+    }
+
+    /// The account behind a bearer token that is neither expired nor revoked.
+    public func authenticate(token: String) async throws -> Principal {
+        let digest = BearerToken.digest(token)
+        let now = clock.now().millis
+        let account = try await read { connection in
+            try connection.queryFirst("""
+                SELECT a.id, a.role, a.login, a.name, a.created_at
+                FROM sessions s JOIN accounts a ON a.id = s.account_id
+                WHERE s.token_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?
+                """, digest, now) { try Self.account($0) }
+        }
+        guard let account else { throw StampError(.unauthenticated, "the token is unknown, expired or revoked") }
+        return Principal(account: account)
+    }
+
+    /// Revokes the token; later requests with it are 401.
+    public func revokeSession(token: String) async throws {
+        let digest = BearerToken.digest(token)
+        let now = clock.now().millis
+        try await write { connection, _ in
+            try connection.run("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL", now, digest)
+        }
+    }
+
+    static func insertSession(token: String, account: String, now: Date, expiresAt: Date, on connection: Connection) throws {
+        try connection.run("""
+            INSERT INTO sessions (token_hash, account_id, created_at, expires_at) VALUES (?, ?, ?, ?)
+            """, BearerToken.digest(token), account, now.millis, expiresAt.millis)
+    }
+
+    /// Logins are unique regardless of case and surrounding spaces.
+    static func loginKey(_ login: String) -> String {
+        login.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+    }
+
+    /// Reads `id, role, login, name, created_at` from columns 0–4.
+    static func account(_ row: borrowing Row) throws -> Account {
+        guard let role = Role(rawValue: try row.get(1, as: String.self)) else {
+            throw StampError(.unavailable, "stored account has an unknown role")
+        }
+        return Account(id: try row.get(0), role: role, login: try row.get(2), name: try row.get(3),
+                       createdAt: Date(millis: try row.get(4)))
+    }
+}
+
+/// Counts failed sign-ins per login; after `limit` within `window`, the login waits out the window.
+final class LoginThrottle: Sendable {
+    private struct Entry {
+        var failures: Int
+        var windowStart: Date
+    }
+
+    private let entries = Mutex<[String: Entry]>([:])
+    private let limit: Int
+    private let window: TimeInterval
+
+    init(limit: Int, window: TimeInterval) {
+        self.limit = limit
+        self.window = window
+    }
+
+    /// Seconds until the login may try again, or nil when it may try now.
+    func secondsLocked(_ key: String, now: Date) -> Int? {
+        entries.withLock { entries in
+            guard let entry = entries[key], entry.failures >= limit else { return nil }
+            let remaining = entry.windowStart.addingTimeInterval(window).timeIntervalSince(now)
+            if remaining <= 0 {
+                entries[key] = nil
+                return nil
+            }
+            return Int(remaining.rounded(.up))
+        }
+    }
+
+    func recordFailure(_ key: String, now: Date) {
+        entries.withLock { entries in
+            if entries.count > 100_000 {
+                entries = entries.filter { now.timeIntervalSince($0.value.windowStart) < window }
+            }
+            if var entry = entries[key], now.timeIntervalSince(entry.windowStart) < window {
+                entry.failures += 1
+                entries[key] = entry
+            } else {
+                entries[key] = Entry(failures: 1, windowStart: now)
+            }
+        }
+    }
+
+    func recordSuccess(_ key: String) {
+        _ = entries.withLock { $0.removeValue(forKey: key) }
+    }
+}

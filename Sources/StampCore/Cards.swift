@@ -1,0 +1,67 @@
+// Stamp cards and their ledger: a card always equals the sum of its ledger rows.
+import Foundation
+import SQLiteDB
+
+extension StampService {
+    public func cards(_ principal: Principal) async throws -> [Card] {
+        guard principal.role == .customer else { throw StampError(.forbidden, "only customers have cards") }
+        return try await read { connection in
+            try connection.query(Self.cardSelect + " WHERE c.customer_id = ? ORDER BY c.updated_at DESC, c.store_id",
+                                 principal.id) { try Self.cardRow($0) }
+        }
+    }
+
+    public func ledger(_ principal: Principal, storeId: String) async throws -> [LedgerEntry] {
+        guard principal.role == .customer else { throw StampError(.forbidden, "only customers have cards") }
+        let entries = try await read { connection -> [LedgerEntry]? in
+            guard try Self.loadCard(customer: principal.id, store: storeId, on: connection) != nil else { return nil }
+            return try connection.query("""
+                SELECT id, kind, stamps_delta, rewards_delta, request_id, at FROM ledger
+                WHERE customer_id = ? AND store_id = ? ORDER BY id
+                """, principal.id, storeId) { row in
+                guard let kind = LedgerKind(rawValue: try row.get(1)) else {
+                    throw StampError(.unavailable, "stored ledger row has an unknown kind")
+                }
+                return LedgerEntry(id: try row.get(0), kind: kind, stampsDelta: try row.get(2),
+                                   rewardsDelta: try row.get(3), requestId: try row.optional(4),
+                                   at: Date(millis: try row.get(5)))
+            }
+        }
+        guard let entries else { throw StampError.notFound("card") }
+        return entries
+    }
+
+    static let cardSelect = """
+        SELECT c.customer_id, c.store_id, s.name, s.reward_item, s.stamps_per_reward, c.stamps, c.rewards, c.updated_at
+        FROM cards c JOIN stores s ON s.id = c.store_id
+        """
+
+    static func cardRow(_ row: borrowing Row) throws -> Card {
+        Card(customerId: try row.get(0), storeId: try row.get(1), storeName: try row.get(2),
+             rewardItem: try row.get(3), stampsPerReward: try row.get(4), stamps: try row.get(5),
+             rewards: try row.get(6), updatedAt: Date(millis: try row.get(7)))
+    }
+
+    static func loadCard(customer: String, store: String, on connection: Connection) throws -> Card? {
+        try connection.queryFirst(cardSelect + " WHERE c.customer_id = ? AND c.store_id = ?", customer, store) {
+            try cardRow($0)
+        }
+    }
+
+    static func newCard(customer: String, store: String, now: Date, on connection: Connection) throws -> Card {
+        try connection.run("INSERT INTO cards (customer_id, store_id, stamps, rewards, updated_at) VALUES (?, ?, 0, 0, ?)",
+                           customer, store, now.millis)
+        guard let card = try loadCard(customer: customer, store: store, on: connection) else {
+            throw StampError.notFound("store")
+        }
+        return card
+    }
+
+    static func addLedger(_ kind: LedgerKind, card: Card, stamps: Int, rewards: Int, request: String?,
+                          at: Date, on connection: Connection) throws {
+        try connection.run("""
+            INSERT INTO ledger (customer_id, store_id, kind, stamps_delta, rewards_delta, request_id, at)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
+            """, card.customerId, card.storeId, kind.rawValue, stamps, rewards, request, at.millis)
+    }
+}

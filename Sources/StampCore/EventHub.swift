@@ -1,0 +1,132 @@
+// Parked long polls, keyed by account, woken after the transactions that write their events commit.
+import Metrics
+import Synchronization
+import Foundation
+
+/// Why a parked poll was resumed. Each waiter is resumed exactly once, by whoever removes it.
+public enum WakeReason: Sendable, Equatable {
+    /// An event for the account committed; `publishedAt` is when the hub heard of it.
+    case event(publishedAt: UInt64)
+    case timeout
+    case disconnected
+    case shutdown
+}
+
+public enum ParkOutcome: Sendable, Equatable {
+    /// Parked; keep the id to cancel it (timeout, disconnect).
+    case parked(WaiterID)
+    /// Events newer than the cursor committed meanwhile: read again instead of parking.
+    case ready
+    case tooManyForAccount
+    case tooManyForServer
+    case shuttingDown
+}
+
+public struct WaiterID: Hashable, Sendable {
+    let value: UInt64
+}
+
+public final class EventHub: Sendable {
+    public let maximumPerAccount: Int
+    public let maximumTotal: Int
+
+    private struct Waiter {
+        let account: String
+        let wake: @Sendable (WakeReason) -> Void
+    }
+
+    private struct State {
+        var nextID: UInt64 = 0
+        var waiters: [UInt64: Waiter] = [:]
+        var byAccount: [String: [UInt64]] = [:]
+        /// The newest event id published per account since start: parking with an older
+        /// cursor would miss an event that committed between the poll's read and its park.
+        var latest: [String: Int64] = [:]
+        var shuttingDown = false
+    }
+
+    private let state = Mutex(State())
+    private let parkedGauge = Gauge(label: "stampd_parked_polls")
+    private let published = Counter(label: "stampd_events_published_total")
+    private let delivered = Counter(label: "stampd_events_delivered_total")
+
+    public init(maximumPerAccount: Int = 16, maximumTotal: Int = 19_000) {
+        self.maximumPerAccount = maximumPerAccount
+        self.maximumTotal = maximumTotal
+    }
+
+    public var parkedCount: Int { state.withLock { $0.waiters.count } }
+
+    /// Parks a poll of `account` that has seen events up to `cursor`. `wake` runs exactly once,
+    /// outside the hub's lock, unless the outcome is not `.parked` (then it never runs).
+    public func park(account: String, after cursor: Int64, wake: @escaping @Sendable (WakeReason) -> Void) -> ParkOutcome {
+        let outcome = state.withLock { state -> ParkOutcome in
+            if state.shuttingDown { return .shuttingDown }
+            if let latest = state.latest[account], latest > cursor { return .ready }
+            if state.waiters.count >= maximumTotal { return .tooManyForServer }
+            if state.byAccount[account, default: []].count >= maximumPerAccount { return .tooManyForAccount }
+            state.nextID &+= 1
+            let id = state.nextID
+            state.waiters[id] = Waiter(account: account, wake: wake)
+            state.byAccount[account, default: []].append(id)
+            return .parked(WaiterID(value: id))
+        }
+        if case .parked = outcome { parkedGauge.record(parkedCount) }
+        return outcome
+    }
+
+    /// Removes the waiter and resumes it with `reason`. False when it was already resumed.
+    @discardableResult
+    public func cancel(_ id: WaiterID, reason: WakeReason) -> Bool {
+        let waiter = state.withLock { state in Self.remove(id.value, from: &state) }
+        guard let waiter else { return false }
+        parkedGauge.record(parkedCount)
+        waiter.wake(reason)
+        return true
+    }
+
+    /// Called after a transaction commits, with the newest event id written per recipient.
+    public func publish(_ newest: [String: Int64]) {
+        guard !newest.isEmpty else { return }
+        let now = DispatchTime.now().uptimeNanoseconds
+        var woken: [Waiter] = []
+        state.withLock { state in
+            for (account, id) in newest {
+                if id > state.latest[account, default: 0] { state.latest[account] = id }
+                guard let ids = state.byAccount.removeValue(forKey: account) else { continue }
+                for id in ids {
+                    if let waiter = state.waiters.removeValue(forKey: id) { woken.append(waiter) }
+                }
+            }
+        }
+        published.increment(by: Int64(newest.count))
+        guard !woken.isEmpty else { return }
+        parkedGauge.record(parkedCount)
+        delivered.increment(by: Int64(woken.count))
+        for waiter in woken { waiter.wake(.event(publishedAt: now)) }
+    }
+
+    /// Refuses new parks and resumes every parked poll with `.shutdown`.
+    public func shutdown() {
+        let all = state.withLock { state -> [Waiter] in
+            state.shuttingDown = true
+            let all = Array(state.waiters.values)
+            state.waiters.removeAll()
+            state.byAccount.removeAll()
+            return all
+        }
+        parkedGauge.record(0)
+        for waiter in all { waiter.wake(.shutdown) }
+    }
+
+    public var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
+
+    private static func remove(_ id: UInt64, from state: inout State) -> Waiter? {
+        guard let waiter = state.waiters.removeValue(forKey: id) else { return nil }
+        if var ids = state.byAccount[waiter.account] {
+            ids.removeAll { $0 == id }
+            state.byAccount[waiter.account] = ids.isEmpty ? nil : ids
+        }
+        return waiter
+    }
+}

@@ -1,0 +1,56 @@
+// Reading the event log by cursor, and pruning it past the retention window.
+import Foundation
+import SQLiteDB
+
+public struct EventBatch: Sendable {
+    public var events: [Event]
+    /// What to send as `after` next.
+    public var cursor: Int64
+    /// The cursor was older than the retention window: the client reloads its state.
+    public var reset: Bool
+    public init(events: [Event], cursor: Int64, reset: Bool) {
+        self.events = events
+        self.cursor = cursor
+        self.reset = reset
+    }
+}
+
+extension StampService {
+    /// The caller's events after `cursor` (all retained ones when nil), oldest first.
+    public func events(for account: String, after cursor: Int64?, limit: Int) async throws -> EventBatch {
+        try await read { connection in
+            let prunedThrough = try connection.queryFirst("SELECT pruned_through FROM event_retention") {
+                try $0.get(0, as: Int64.self)
+            } ?? 0
+            if let cursor, cursor < prunedThrough {
+                let newest = try connection.queryFirst("SELECT max(id) FROM events WHERE account_id = ?", account) {
+                    try $0.optional(0, as: Int64.self)
+                } ?? nil
+                return EventBatch(events: [], cursor: max(prunedThrough, newest ?? 0), reset: true)
+            }
+            let events = try connection.query("""
+                SELECT id, type, at, data FROM events WHERE account_id = ? AND id > ? ORDER BY id LIMIT ?
+                """, account, cursor ?? 0, limit) { row in
+                Event(id: try row.get(0), type: try row.get(1), at: Date(millis: try row.get(2)), data: try row.get(3))
+            }
+            return EventBatch(events: events, cursor: events.last?.id ?? cursor ?? 0, reset: false)
+        }
+    }
+
+    /// Deletes events older than the retention window and moves the reset mark past them.
+    @discardableResult
+    public func pruneEvents(batch: Int = 10_000) async throws -> Int {
+        let now = clock.now()
+        let cutoff = now.addingTimeInterval(-settings.eventRetention).millis
+        let keysCutoff = now.addingTimeInterval(-settings.idempotencyWindow).millis
+        return try await write { connection, _ in
+            guard let last = try connection.queryFirst("""
+                SELECT max(id) FROM (SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)
+                """, cutoff, batch, row: { try $0.optional(0, as: Int64.self) }) ?? nil else { return 0 }
+            let removed = try connection.run("DELETE FROM events WHERE id <= ?", last)
+            try connection.run("UPDATE event_retention SET pruned_through = max(pruned_through, ?)", last)
+            try connection.run("DELETE FROM idempotency_keys WHERE created_at < ?", keysCutoff)
+            return removed
+        }
+    }
+}

@@ -1,0 +1,122 @@
+// The resources of the API, as they are encoded in answers and in event data.
+import Foundation
+
+public enum Role: String, Codable, Sendable, CaseIterable {
+    case customer
+    case owner
+}
+
+public struct Account: Codable, Sendable, Equatable {
+    public var id: String
+    public var role: Role
+    public var login: String
+    public var name: String
+    public var createdAt: Date
+}
+
+public struct MenuItem: Codable, Sendable, Equatable {
+    public var name: String
+    /// In the store's smallest currency unit (e.g. cents or won).
+    public var price: Int
+    public init(name: String, price: Int) {
+        self.name = name
+        self.price = price
+    }
+}
+
+public struct Store: Codable, Sendable, Equatable {
+    public var id: String
+    public var ownerId: String
+    public var name: String
+    public var stampsPerReward: Int
+    public var rewardItem: String
+    public var address: String?
+    public var latitude: Double?
+    public var longitude: Double?
+    public var openHours: String?
+    public var requestTtlSeconds: Int
+    public var menu: [MenuItem]
+    public var createdAt: Date
+    public var updatedAt: Date
+    /// Only in search answers with `lat`/`lon`: metres from that point.
+    public var distanceMeters: Double?
+}
+
+public enum RequestKind: String, Codable, Sendable {
+    case stamp
+    case reward
+}
+
+public enum RequestStatus: String, Codable, Sendable, CaseIterable {
+    case pending
+    case approved
+    case rejected
+    case cancelled
+    case expired
+}
+
+public struct StampRequest: Codable, Sendable, Equatable {
+    public var id: String
+    public var storeId: String
+    public var storeName: String
+    public var customerId: String
+    public var customerName: String
+    public var kind: RequestKind
+    public var count: Int
+    public var status: RequestStatus
+    public var reason: String?
+    public var createdAt: Date
+    public var expiresAt: Date
+    public var decidedAt: Date?
+}
+
+public struct Card: Codable, Sendable, Equatable {
+    public var customerId: String
+    public var storeId: String
+    public var storeName: String
+    public var rewardItem: String
+    public var stampsPerReward: Int
+    public var stamps: Int
+    public var rewards: Int
+    public var updatedAt: Date
+}
+
+public enum LedgerKind: String, Codable, Sendable {
+    case stampAdded = "stamp_added"
+    case rewardEarned = "reward_earned"
+    case rewardUsed = "reward_used"
+    case giftSent = "gift_sent"
+    case giftReceived = "gift_received"
+    case manualStamp = "manual_stamp"
+}
+
+public struct LedgerEntry: Codable, Sendable, Equatable {
+    public var id: Int64
+    public var kind: LedgerKind
+    public var stampsDelta: Int
+    public var rewardsDelta: Int
+    public var requestId: String?
+    public var at: Date
+}
+
+/// One delivered event: what `GET /v1/events` lists.
+public struct Event: Sendable, Equatable {
+    public var id: Int64
+    public var type: String
+    public var at: Date
+    /// The event's `data` object, already encoded as JSON.
+    public var data: String
+}
+
+/// Who is calling: the account behind a valid token.
+public struct Principal: Sendable, Equatable {
+    public var account: Account
+    public var id: String { account.id }
+    public var role: Role { account.role }
+}
+
+/// A page of results and the cursor that continues it, if there is more.
+public struct Page<Item: Sendable & Encodable>: Sendable, Encodable {
+    public var items: [Item]
+    public var nextCursor: String?
+}

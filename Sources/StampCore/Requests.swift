@@ -1,0 +1,305 @@
+// Stamp and reward requests: the state machine pending → approved | rejected | cancelled | expired.
+import Crypto
+import Foundation
+import SQLiteDB
+
+public struct Approval: Codable, Sendable, Equatable {
+    public var request: StampRequest
+    public var card: Card
+}
+
+public struct RequestChange: Codable, Sendable, Equatable {
+    public var request: StampRequest
+    public init(request: StampRequest) { self.request = request }
+}
+
+/// An `Idempotency-Key` with what identifies the call it guards.
+public struct IdempotencyKey: Sendable {
+    public var key: String
+    /// The method and path, e.g. `POST /v1/stores/sto_x/requests`.
+    public var operation: String
+    public var body: [UInt8]
+    public init(key: String, operation: String, body: [UInt8]) {
+        self.key = key
+        self.operation = operation
+        self.body = body
+    }
+}
+
+extension StampService {
+    public func createRequest(_ principal: Principal, storeId: String, kind: RequestKind, count requested: Int?,
+                              idempotency: IdempotencyKey? = nil) async throws -> StampRequest {
+        guard principal.role == .customer else { throw StampError(.forbidden, "only customers ask for stamps") }
+        let count: Int
+        switch kind {
+        case .stamp: count = try Validate.range(requested ?? 1, field: "count", 1...10)
+        case .reward:
+            if let requested, requested != 1 { throw StampError.invalid("count", "a reward request is for one reward") }
+            count = 1
+        }
+        let now = clock.now()
+        let window = settings.idempotencyWindow
+        return try await write { connection, outbox in
+            try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                guard let store = try Self.loadStore(storeId, on: connection) else { throw StampError.notFound("store") }
+                if kind == .reward {
+                    let rewards = try Self.loadCard(customer: principal.id, store: storeId, on: connection)?.rewards ?? 0
+                    guard rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
+                }
+                let request = StampRequest(
+                    id: Identifier.make("req"), storeId: store.id, storeName: store.name,
+                    customerId: principal.id, customerName: principal.account.name, kind: kind, count: count,
+                    status: .pending, reason: nil, createdAt: now,
+                    expiresAt: now.addingTimeInterval(TimeInterval(store.requestTtlSeconds)), decidedAt: nil)
+                try connection.run("""
+                    INSERT INTO requests (id, store_id, customer_id, kind, count, status, created_at, expires_at)
+                    VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)
+                    """, request.id, request.storeId, request.customerId, kind.rawValue, count,
+                    now.millis, request.expiresAt.millis)
+                try outbox.emit("request.created", to: [store.ownerId], data: RequestChange(request: request),
+                                at: now, on: connection)
+                return request
+            }
+        }
+    }
+
+    public func request(_ principal: Principal, id: String) async throws -> StampRequest {
+        let found = try await read { connection in try Self.loadRequest(id, on: connection) }
+        guard let (request, owner) = found, request.customerId == principal.id || owner == principal.id else {
+            throw StampError.notFound("request")
+        }
+        return request
+    }
+
+    /// The store's requests, newest first, for its owner.
+    public func storeRequests(_ principal: Principal, storeId: String, status: RequestStatus?, limit: Int,
+                              cursor: String?) async throws -> Page<StampRequest> {
+        let limit = try Validate.range(limit, field: "limit", 1...100)
+        let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
+        let principalID = principal.id
+        var requests = try await read { connection -> [StampRequest] in
+            guard let owner = try connection.queryFirst("SELECT owner_id FROM stores WHERE id = ?", storeId, row: {
+                try $0.get(0, as: String.self)
+            }) else { throw StampError.notFound("store") }
+            guard owner == principalID else { throw StampError(.forbidden, "only the store's owner sees its requests") }
+            var sql = Self.requestSelect + " WHERE r.store_id = ?"
+            var parameters: [any SQLBindable] = [storeId]
+            if let status {
+                sql += " AND r.status = ?"
+                parameters.append(status.rawValue)
+            }
+            sql += " ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?"
+            parameters += [limit + 1, offset]
+            return try connection.query(sql, parameters: parameters) { try Self.requestRow($0).0 }
+        }
+        let more = requests.count > limit
+        if more { requests.removeLast() }
+        return Page(items: requests, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
+    }
+
+    /// Approves a pending request and changes the card in the same transaction.
+    public func approve(_ principal: Principal, requestId: String) async throws -> Approval {
+        let now = clock.now()
+        let outcome = try await write { connection, outbox -> Decided<Approval> in
+            let (request, owner) = try Self.requestToDecide(requestId, by: principal, on: connection)
+            if let expired = try Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
+                return .expired(expired)
+            }
+            var card = try Self.loadCard(customer: request.customerId, store: request.storeId, on: connection)
+                ?? Self.newCard(customer: request.customerId, store: request.storeId, now: now, on: connection)
+            switch request.kind {
+            case .stamp:
+                let total = card.stamps + request.count
+                let earned = total / card.stampsPerReward
+                try Self.addLedger(.stampAdded, card: card, stamps: request.count, rewards: 0, request: request.id,
+                                   at: now, on: connection)
+                if earned > 0 {
+                    try Self.addLedger(.rewardEarned, card: card, stamps: -earned * card.stampsPerReward,
+                                       rewards: earned, request: request.id, at: now, on: connection)
+                }
+                card.stamps = total - earned * card.stampsPerReward
+                card.rewards += earned
+            case .reward:
+                guard card.rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
+                try Self.addLedger(.rewardUsed, card: card, stamps: 0, rewards: -1, request: request.id,
+                                   at: now, on: connection)
+                card.rewards -= 1
+            }
+            card.updatedAt = now
+            try connection.run("UPDATE cards SET stamps = ?, rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
+                               card.stamps, card.rewards, now.millis, card.customerId, card.storeId)
+            let approved = try Self.decide(request, .approved, reason: nil, now: now, on: connection)
+            let approval = Approval(request: approved, card: card)
+            try outbox.emit("request.approved", to: [request.customerId, owner], data: approval, at: now, on: connection)
+            return .decided(approval)
+        }
+        return try outcome.get()
+    }
+
+    public func reject(_ principal: Principal, requestId: String, reason: String?) async throws -> StampRequest {
+        let reason = try Validate.optionalText(reason, field: "reason", max: 300)
+        let now = clock.now()
+        let outcome = try await write { connection, outbox -> Decided<StampRequest> in
+            let (request, owner) = try Self.requestToDecide(requestId, by: principal, on: connection)
+            if let expired = try Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
+                return .expired(expired)
+            }
+            let rejected = try Self.decide(request, .rejected, reason: reason, now: now, on: connection)
+            try outbox.emit("request.rejected", to: [request.customerId, owner], data: RequestChange(request: rejected),
+                            at: now, on: connection)
+            return .decided(rejected)
+        }
+        return try outcome.get()
+    }
+
+    /// The customer withdraws a pending request.
+    public func cancel(_ principal: Principal, requestId: String) async throws -> StampRequest {
+        let now = clock.now()
+        let outcome = try await write { connection, outbox -> Decided<StampRequest> in
+            guard let (request, owner) = try Self.loadRequest(requestId, on: connection),
+                  request.customerId == principal.id || owner == principal.id else {
+                throw StampError.notFound("request")
+            }
+            guard request.customerId == principal.id else {
+                throw StampError(.forbidden, "only the customer who asked may cancel a request")
+            }
+            try Self.requirePending(request)
+            if let expired = try Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
+                return .expired(expired)
+            }
+            let cancelled = try Self.decide(request, .cancelled, reason: nil, now: now, on: connection)
+            try outbox.emit("request.cancelled", to: [owner], data: RequestChange(request: cancelled), at: now, on: connection)
+            return .decided(cancelled)
+        }
+        return try outcome.get()
+    }
+
+    /// Marks every pending request past its expiry as expired. Returns how many.
+    @discardableResult
+    public func expireDueRequests(batch: Int = 500) async throws -> Int {
+        let now = clock.now()
+        return try await write { connection, outbox in
+            let due = try connection.query(Self.requestSelect + """
+                 WHERE r.status = 'pending' AND r.expires_at <= ? ORDER BY r.expires_at LIMIT ?
+                """, now.millis, batch) { try Self.requestRow($0) }
+            for (request, owner) in due {
+                _ = try Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox)
+            }
+            return due.count
+        }
+    }
+
+    // MARK: - Pieces of the transactions above
+
+    /// A write that refused a decision because the request had expired must still commit the
+    /// expiry, so it returns instead of throwing, and the caller throws after the commit.
+    enum Decided<T: Sendable>: Sendable {
+        case decided(T)
+        case expired(StampRequest)
+
+        func get() throws -> T {
+            switch self {
+            case .decided(let value): return value
+            case .expired: throw StampError(.conflict, "the request expired before it was decided")
+            }
+        }
+    }
+
+    static func requestToDecide(_ id: String, by principal: Principal,
+                                on connection: Connection) throws -> (StampRequest, owner: String) {
+        guard let (request, owner) = try loadRequest(id, on: connection) else { throw StampError.notFound("request") }
+        if owner != principal.id {
+            if request.customerId == principal.id {
+                throw StampError(.forbidden, "only the store's owner decides a request")
+            }
+            throw StampError.notFound("request")
+        }
+        try requirePending(request)
+        return (request, owner)
+    }
+
+    static func requirePending(_ request: StampRequest) throws {
+        guard request.status == .pending else {
+            throw StampError(.conflict, "the request is already \(request.status.rawValue)")
+        }
+    }
+
+    static func expireIfDue(_ request: StampRequest, owner: String, now: Date, on connection: Connection,
+                            outbox: inout Outbox) throws -> StampRequest? {
+        guard request.status == .pending, request.expiresAt <= now else { return nil }
+        let expired = try decide(request, .expired, reason: nil, now: now, on: connection)
+        try outbox.emit("request.expired", to: [request.customerId, owner], data: RequestChange(request: expired),
+                        at: now, on: connection)
+        return expired
+    }
+
+    static func decide(_ request: StampRequest, _ status: RequestStatus, reason: String?, now: Date,
+                       on connection: Connection) throws -> StampRequest {
+        // The status guard makes a concurrent second decision change nothing.
+        let changed = try connection.run("""
+            UPDATE requests SET status = ?, reason = ?, decided_at = ? WHERE id = ? AND status = 'pending'
+            """, status.rawValue, reason, now.millis, request.id)
+        guard changed == 1 else { throw StampError(.conflict, "the request is no longer pending") }
+        var decided = request
+        decided.status = status
+        decided.reason = reason
+        decided.decidedAt = now
+        return decided
+    }
+
+    static let requestSelect = """
+        SELECT r.id, r.store_id, s.name, r.customer_id, a.name, r.kind, r.count, r.status, r.reason,
+               r.created_at, r.expires_at, r.decided_at, s.owner_id
+        FROM requests r JOIN stores s ON s.id = r.store_id JOIN accounts a ON a.id = r.customer_id
+        """
+
+    static func loadRequest(_ id: String, on connection: Connection) throws -> (StampRequest, owner: String)? {
+        try connection.queryFirst(requestSelect + " WHERE r.id = ?", id) { try requestRow($0) }
+    }
+
+    static func requestRow(_ row: borrowing Row) throws -> (StampRequest, owner: String) {
+        guard let kind = RequestKind(rawValue: try row.get(5)), let status = RequestStatus(rawValue: try row.get(7)) else {
+            throw StampError(.unavailable, "stored request has an unknown kind or status")
+        }
+        let request = StampRequest(
+            id: try row.get(0), storeId: try row.get(1), storeName: try row.get(2), customerId: try row.get(3),
+            customerName: try row.get(4), kind: kind, count: try row.get(6), status: status,
+            reason: try row.optional(8), createdAt: Date(millis: try row.get(9)),
+            expiresAt: Date(millis: try row.get(10)), decidedAt: try row.optional(11, as: Int64.self).map(Date.init(millis:)))
+        return (request, try row.get(12))
+    }
+
+    /// Runs `create` once per (account, key) within the window: a retry with the same operation
+    /// and body gets the first answer back and creates nothing; a different one is 422.
+    static func idempotent<T: Codable & Sendable>(_ idempotency: IdempotencyKey?, account: String, now: Date,
+                                                   window: TimeInterval, on connection: Connection,
+                                                   create: () throws -> T) throws -> T {
+        guard let idempotency else { return try create() }
+        var hasher = SHA256()
+        hasher.update(data: Array(idempotency.operation.utf8))
+        hasher.update(data: [0])
+        hasher.update(data: idempotency.body)
+        let fingerprint = Array(hasher.finalize())
+        let stored = try connection.queryFirst("""
+            SELECT fingerprint, response, created_at FROM idempotency_keys WHERE account_id = ? AND key = ?
+            """, account, idempotency.key) { row in
+            (try row.get(0, as: [UInt8].self), try row.get(1, as: String.self), try row.get(2, as: Int64.self))
+        }
+        if let (storedPrint, response, createdAt) = stored {
+            if Double(now.millis - createdAt) < window * 1000 {
+                guard storedPrint == fingerprint else {
+                    throw StampError(.unprocessable, "this Idempotency-Key was used with a different request",
+                                     field: "Idempotency-Key")
+                }
+                return try StampJSON.decoder().decode(T.self, from: Data(response.utf8))
+            }
+            try connection.run("DELETE FROM idempotency_keys WHERE account_id = ? AND key = ?", account, idempotency.key)
+        }
+        let value = try create()
+        try connection.run("""
+            INSERT INTO idempotency_keys (account_id, key, operation, fingerprint, status, response, created_at)
+            VALUES (?, ?, ?, ?, 201, ?, ?)
+            """, account, idempotency.key, idempotency.operation, fingerprint, try StampJSON.encode(value), now.millis)
+        return value
+    }
+}

@@ -1,0 +1,227 @@
+// Stores: created and changed by their owner, found by everyone signed in.
+import Foundation
+import SQLiteDB
+
+public struct StoreDraft: Sendable {
+    public var name: String
+    public var stampsPerReward: Int?
+    public var rewardItem: String
+    public var address: String?
+    public var latitude: Double?
+    public var longitude: Double?
+    public var openHours: String?
+    public var requestTtlSeconds: Int?
+    public var menu: [MenuItem]?
+    public init(name: String, rewardItem: String) {
+        self.name = name
+        self.rewardItem = rewardItem
+    }
+}
+
+/// A change to a store: nil leaves a field alone; `.some(nil)` clears an optional field.
+public struct StorePatch: Sendable {
+    public var name: String?
+    public var stampsPerReward: Int?
+    public var rewardItem: String?
+    public var address: String??
+    public var latitude: Double??
+    public var longitude: Double??
+    public var openHours: String??
+    public var requestTtlSeconds: Int?
+    public var menu: [MenuItem]?
+    public init() {}
+}
+
+extension StampService {
+    public func createStore(_ principal: Principal, _ draft: StoreDraft) async throws -> Store {
+        guard principal.role == .owner else { throw StampError(.forbidden, "only owners create stores") }
+        let now = clock.now()
+        var store = Store(
+            id: Identifier.make("sto"), ownerId: principal.id,
+            name: try Validate.text(draft.name, field: "name", max: 100),
+            stampsPerReward: try Validate.range(draft.stampsPerReward ?? 10, field: "stampsPerReward", 1...100),
+            rewardItem: try Validate.text(draft.rewardItem, field: "rewardItem", max: 100),
+            address: try Validate.optionalText(draft.address, field: "address", max: 300),
+            latitude: try Validate.coordinate(draft.latitude, field: "latitude", limit: 90),
+            longitude: try Validate.coordinate(draft.longitude, field: "longitude", limit: 180),
+            openHours: try Validate.optionalText(draft.openHours, field: "openHours", max: 200),
+            requestTtlSeconds: try Validate.range(draft.requestTtlSeconds ?? settings.defaultRequestTTL,
+                                                  field: "requestTtlSeconds", 10...86_400),
+            menu: try Validate.menu(draft.menu ?? []),
+            createdAt: now, updatedAt: now)
+        try Self.checkCoordinates(store)
+        store.distanceMeters = nil
+        let created = store
+        try await write { connection, _ in
+            try connection.run("""
+                INSERT INTO stores (id, owner_id, name, stamps_per_reward, reward_item, address, latitude,
+                                    longitude, open_hours, request_ttl_seconds, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, created.id, created.ownerId, created.name, created.stampsPerReward, created.rewardItem,
+                created.address, created.latitude, created.longitude, created.openHours,
+                created.requestTtlSeconds, now.millis, now.millis)
+            try Self.replaceMenu(created.menu, of: created.id, on: connection)
+        }
+        return created
+    }
+
+    public func store(_ principal: Principal, id: String) async throws -> Store {
+        let store = try await read { connection in try Self.loadStore(id, on: connection) }
+        guard let store else { throw StampError.notFound("store") }
+        return store
+    }
+
+    public func updateStore(_ principal: Principal, id: String, _ patch: StorePatch) async throws -> Store {
+        let now = clock.now()
+        // Validate before taking the writer.
+        let name = try patch.name.map { try Validate.text($0, field: "name", max: 100) }
+        let perReward = try patch.stampsPerReward.map { try Validate.range($0, field: "stampsPerReward", 1...100) }
+        let rewardItem = try patch.rewardItem.map { try Validate.text($0, field: "rewardItem", max: 100) }
+        let address = try patch.address.map { try Validate.optionalText($0, field: "address", max: 300) }
+        let latitude = try patch.latitude.map { try Validate.coordinate($0, field: "latitude", limit: 90) }
+        let longitude = try patch.longitude.map { try Validate.coordinate($0, field: "longitude", limit: 180) }
+        let openHours = try patch.openHours.map { try Validate.optionalText($0, field: "openHours", max: 200) }
+        let ttl = try patch.requestTtlSeconds.map { try Validate.range($0, field: "requestTtlSeconds", 10...86_400) }
+        let menu = try patch.menu.map { try Validate.menu($0) }
+        return try await write { connection, _ in
+            guard var store = try Self.loadStore(id, on: connection) else { throw StampError.notFound("store") }
+            guard store.ownerId == principal.id else { throw StampError(.forbidden, "only the store's owner may change it") }
+            if let name { store.name = name }
+            if let perReward { store.stampsPerReward = perReward }
+            if let rewardItem { store.rewardItem = rewardItem }
+            if let address { store.address = address }
+            if let latitude { store.latitude = latitude }
+            if let longitude { store.longitude = longitude }
+            if let openHours { store.openHours = openHours }
+            if let ttl { store.requestTtlSeconds = ttl }
+            try Self.checkCoordinates(store)
+            store.updatedAt = now
+            try connection.run("""
+                UPDATE stores SET name = ?, stamps_per_reward = ?, reward_item = ?, address = ?, latitude = ?,
+                    longitude = ?, open_hours = ?, request_ttl_seconds = ?, updated_at = ? WHERE id = ?
+                """, store.name, store.stampsPerReward, store.rewardItem, store.address, store.latitude,
+                store.longitude, store.openHours, store.requestTtlSeconds, now.millis, store.id)
+            if let menu {
+                try Self.replaceMenu(menu, of: store.id, on: connection)
+                store.menu = menu
+            }
+            return store
+        }
+    }
+
+    /// Stores whose name or a menu item contains `query`; nearest first when a point is given.
+    public func searchStores(_ principal: Principal, query: String?, latitude: Double?, longitude: Double?,
+                             limit: Int, cursor: String?) async throws -> Page<Store> {
+        let query = try Validate.optionalText(query, field: "q", max: 100)
+        let limit = try Validate.range(limit, field: "limit", 1...100)
+        _ = try Validate.coordinate(latitude, field: "lat", limit: 90)
+        _ = try Validate.coordinate(longitude, field: "lon", limit: 180)
+        if (latitude == nil) != (longitude == nil) {
+            throw StampError.invalid(latitude == nil ? "lat" : "lon", "lat and lon go together")
+        }
+        let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
+        var sql = "SELECT id FROM stores s"
+        var parameters: [any SQLBindable] = []
+        if let query {
+            let pattern = "%" + Self.escapeLike(query) + "%"
+            sql += """
+                 WHERE s.name LIKE ? ESCAPE '\\' OR EXISTS (
+                    SELECT 1 FROM menu_items m WHERE m.store_id = s.id AND m.name LIKE ? ESCAPE '\\')
+                """
+            parameters += [pattern, pattern]
+        }
+        if let latitude, let longitude {
+            // Equirectangular distance orders well at city scale; the answer carries the haversine.
+            let scale = cos(latitude * .pi / 180)
+            sql += """
+                 ORDER BY s.latitude IS NULL,
+                    (s.latitude - ?) * (s.latitude - ?) + ((s.longitude - ?) * ?) * ((s.longitude - ?) * ?), s.id
+                """
+            parameters += [latitude, latitude, longitude, scale, longitude, scale]
+        } else {
+            sql += " ORDER BY s.name COLLATE NOCASE, s.id"
+        }
+        sql += " LIMIT ? OFFSET ?"
+        parameters += [limit + 1, offset]
+        let finalSQL = sql
+        let finalParameters = parameters
+        var stores = try await read { connection -> [Store] in
+            let ids = try connection.query(finalSQL, parameters: finalParameters) { try $0.get(0, as: String.self) }
+            return try ids.compactMap { try Self.loadStore($0, on: connection) }
+        }
+        let more = stores.count > limit
+        if more { stores.removeLast() }
+        if let latitude, let longitude {
+            for index in stores.indices {
+                if let lat = stores[index].latitude, let lon = stores[index].longitude {
+                    stores[index].distanceMeters = (Self.haversine(latitude, longitude, lat, lon) * 10).rounded() / 10
+                }
+            }
+        }
+        return Page(items: stores, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
+    }
+
+    static func loadStore(_ id: String, on connection: Connection) throws -> Store? {
+        guard var store = try connection.queryFirst("""
+            SELECT id, owner_id, name, stamps_per_reward, reward_item, address, latitude, longitude, open_hours,
+                   request_ttl_seconds, created_at, updated_at FROM stores WHERE id = ?
+            """, id, row: { row in
+                Store(id: try row.get(0), ownerId: try row.get(1), name: try row.get(2),
+                      stampsPerReward: try row.get(3), rewardItem: try row.get(4), address: try row.optional(5),
+                      latitude: try row.optional(6), longitude: try row.optional(7), openHours: try row.optional(8),
+                      requestTtlSeconds: try row.get(9), menu: [], createdAt: Date(millis: try row.get(10)),
+                      updatedAt: Date(millis: try row.get(11)), distanceMeters: nil)
+            }) else { return nil }
+        store.menu = try connection.query("SELECT name, price FROM menu_items WHERE store_id = ? ORDER BY position", id) {
+            MenuItem(name: try $0.get(0), price: try $0.get(1))
+        }
+        return store
+    }
+
+    static func replaceMenu(_ menu: [MenuItem], of store: String, on connection: Connection) throws {
+        try connection.run("DELETE FROM menu_items WHERE store_id = ?", store)
+        for (position, item) in menu.enumerated() {
+            try connection.run("INSERT INTO menu_items (store_id, position, name, price) VALUES (?, ?, ?, ?)",
+                               store, position, item.name, item.price)
+        }
+    }
+
+    static func checkCoordinates(_ store: Store) throws {
+        if (store.latitude == nil) != (store.longitude == nil) {
+            throw StampError.invalid(store.latitude == nil ? "latitude" : "longitude",
+                                     "latitude and longitude go together")
+        }
+    }
+
+    static func escapeLike(_ text: String) -> String {
+        var out = ""
+        for character in text {
+            if character == "%" || character == "_" || character == "\\" { out.append("\\") }
+            out.append(character)
+        }
+        return out
+    }
+
+    static func haversine(_ lat1: Double, _ lon1: Double, _ lat2: Double, _ lon2: Double) -> Double {
+        let radians = Double.pi / 180
+        let dLat = (lat2 - lat1) * radians
+        let dLon = (lon2 - lon1) * radians
+        let a = sin(dLat / 2) * sin(dLat / 2)
+            + cos(lat1 * radians) * cos(lat2 * radians) * sin(dLon / 2) * sin(dLon / 2)
+        return 6_371_000 * 2 * atan2(a.squareRoot(), (1 - a).squareRoot())
+    }
+}
+
+/// An opaque page cursor holding an offset.
+enum OffsetCursor {
+    static func encode(_ offset: Int) -> String {
+        Data("o:\(offset)".utf8).base64EncodedString()
+    }
+
+    static func decode(_ cursor: String, field: String) throws -> Int {
+        guard let data = Data(base64Encoded: cursor), let text = String(data: data, encoding: .utf8),
+              text.hasPrefix("o:"), let offset = Int(text.dropFirst(2)), offset >= 0, offset <= 1_000_000
+        else { throw StampError.invalid(field, "\(field) is not a cursor this server issued") }
+        return offset
+    }
+}

@@ -1,0 +1,237 @@
+// The /v1 endpoints: each authenticates, decodes and validates, then calls one use case.
+import Foundation
+import NIOCore
+import NIOHTTP1
+import StampCore
+
+struct API: Sendable {
+    let service: StampService
+
+    func register(on router: inout Router) {
+        router.add(.POST, "/v1/accounts") { try await createAccount($0) }
+        router.add(.POST, "/v1/sessions") { try await createSession($0) }
+        router.add(.DELETE, "/v1/sessions/current") { try await deleteSession($0) }
+        router.add(.GET, "/v1/me") { request in .response(.json(try await principal(request).account)) }
+        router.add(.POST, "/v1/stores") { try await createStore($0) }
+        router.add(.GET, "/v1/stores") { try await searchStores($0) }
+        router.add(.GET, "/v1/stores/{storeId}") { request in
+            let principal = try await principal(request)
+            return .response(.json(try await service.store(principal, id: request.parameter("storeId"))))
+        }
+        router.add(.PATCH, "/v1/stores/{storeId}") { try await updateStore($0) }
+        router.add(.POST, "/v1/stores/{storeId}/requests") { try await createRequest($0) }
+        router.add(.GET, "/v1/stores/{storeId}/requests") { try await storeRequests($0) }
+        router.add(.GET, "/v1/requests/{requestId}") { request in
+            let principal = try await principal(request)
+            return .response(.json(try await service.request(principal, id: request.parameter("requestId"))))
+        }
+        router.add(.POST, "/v1/requests/{requestId}/approve") { request in
+            let principal = try await principal(request)
+            _ = try JSONInput(request, allowed: [])
+            return .response(.json(try await service.approve(principal, requestId: request.parameter("requestId"))))
+        }
+        router.add(.POST, "/v1/requests/{requestId}/reject") { request in
+            let principal = try await principal(request)
+            let input = try JSONInput(request, allowed: ["reason"])
+            let rejected = try await service.reject(principal, requestId: request.parameter("requestId"),
+                                                    reason: try input.string("reason"))
+            return .response(.json(RequestChange(request: rejected)))
+        }
+        router.add(.DELETE, "/v1/requests/{requestId}") { request in
+            let principal = try await principal(request)
+            let cancelled = try await service.cancel(principal, requestId: request.parameter("requestId"))
+            return .response(.json(RequestChange(request: cancelled)))
+        }
+        router.add(.GET, "/v1/cards") { request in
+            let principal = try await principal(request)
+            return .response(.json(CardList(cards: try await service.cards(principal))))
+        }
+        router.add(.GET, "/v1/cards/{storeId}/ledger") { request in
+            let principal = try await principal(request)
+            return .response(.json(LedgerList(entries: try await service.ledger(principal, storeId: request.parameter("storeId")))))
+        }
+    }
+
+    // MARK: - Accounts and sessions
+
+    private func createAccount(_ request: Request) async throws -> Reply {
+        let input = try JSONInput(request, allowed: ["role", "login", "password", "name"])
+        let roleText = try input.requiredString("role")
+        guard let role = Role(rawValue: roleText) else {
+            throw HTTPError.invalid("role", "role must be customer or owner")
+        }
+        let signedIn = try await service.createAccount(
+            role: role, login: try input.requiredString("login"), password: try input.requiredString("password"),
+            name: try input.requiredString("name"))
+        return .response(.json(signedIn, status: .created))
+    }
+
+    private func createSession(_ request: Request) async throws -> Reply {
+        let input = try JSONInput(request, allowed: ["login", "password"])
+        let signedIn = try await service.createSession(login: try input.requiredString("login"),
+                                                       password: try input.requiredString("password"))
+        return .response(.json(signedIn, status: .created))
+    }
+
+    private func deleteSession(_ request: Request) async throws -> Reply {
+        _ = try await principal(request)
+        try await service.revokeSession(token: try bearerToken(request))
+        return .response(Response(status: .noContent, headers: ["Cache-Control": "no-store"]))
+    }
+
+    // MARK: - Stores
+
+    private static let storeFields: Set<String> = ["name", "stampsPerReward", "rewardItem", "address", "latitude",
+                                                   "longitude", "openHours", "requestTtlSeconds", "menu"]
+
+    private func createStore(_ request: Request) async throws -> Reply {
+        let principal = try await principal(request)
+        let input = try JSONInput(request, allowed: Self.storeFields)
+        var draft = StoreDraft(name: try input.requiredString("name"), rewardItem: try input.requiredString("rewardItem"))
+        draft.stampsPerReward = try input.int("stampsPerReward")
+        draft.address = try input.string("address")
+        draft.latitude = try input.double("latitude")
+        draft.longitude = try input.double("longitude")
+        draft.openHours = try input.string("openHours")
+        draft.requestTtlSeconds = try input.int("requestTtlSeconds")
+        draft.menu = try menu(input)
+        let store = try await service.createStore(principal, draft)
+        var response = Response.json(store, status: .created)
+        response.headers.add(name: "Location", value: "/v1/stores/\(store.id)")
+        return .response(response)
+    }
+
+    private func updateStore(_ request: Request) async throws -> Reply {
+        let principal = try await principal(request)
+        let input = try JSONInput(request, allowed: Self.storeFields)
+        var patch = StorePatch()
+        for field in ["name", "rewardItem", "stampsPerReward", "requestTtlSeconds", "menu"] where input.isNull(field) {
+            throw HTTPError.invalid(field, "\(field) cannot be null")
+        }
+        patch.name = try input.string("name")
+        patch.rewardItem = try input.string("rewardItem")
+        patch.stampsPerReward = try input.int("stampsPerReward")
+        patch.requestTtlSeconds = try input.int("requestTtlSeconds")
+        patch.address = try input.patchString("address")
+        patch.latitude = try input.patchDouble("latitude")
+        patch.longitude = try input.patchDouble("longitude")
+        patch.openHours = try input.patchString("openHours")
+        patch.menu = try menu(input)
+        return .response(.json(try await service.updateStore(principal, id: request.parameter("storeId"), patch)))
+    }
+
+    private func menu(_ input: JSONInput) throws -> [MenuItem]? {
+        guard let items = try input.array("menu") else { return nil }
+        return try items.enumerated().map { index, item in
+            let field = "menu[\(index)]"
+            guard case .object(let object) = item else { throw HTTPError.invalid(field, "\(field) must be an object") }
+            if let unknown = object.keys.sorted().first(where: { $0 != "name" && $0 != "price" }) {
+                throw HTTPError.invalid("\(field).\(unknown)", "\(field).\(unknown) is not a field of a menu item")
+            }
+            guard case .string(let name)? = object["name"] else {
+                throw HTTPError.invalid("\(field).name", "\(field).name must be a string")
+            }
+            guard let priceValue = object["price"], let price = try JSONInput.int(priceValue, field: "\(field).price") else {
+                throw HTTPError.invalid("\(field).price", "\(field).price must be an integer")
+            }
+            return MenuItem(name: name, price: price)
+        }
+    }
+
+    private func searchStores(_ request: Request) async throws -> Reply {
+        let principal = try await principal(request)
+        let page = try await service.searchStores(
+            principal, query: request.query["q"], latitude: try queryDouble(request, "lat"),
+            longitude: try queryDouble(request, "lon"), limit: try queryInt(request, "limit") ?? 20,
+            cursor: request.query["cursor"])
+        return .response(.json(StoreList(stores: page.items, nextCursor: page.nextCursor)))
+    }
+
+    // MARK: - Requests
+
+    private func createRequest(_ request: Request) async throws -> Reply {
+        let principal = try await principal(request)
+        let input = try JSONInput(request, allowed: ["kind", "count"])
+        guard let kind = RequestKind(rawValue: try input.requiredString("kind")) else {
+            throw HTTPError.invalid("kind", "kind must be stamp or reward")
+        }
+        let created = try await service.createRequest(
+            principal, storeId: request.parameter("storeId"), kind: kind, count: try input.int("count"),
+            idempotency: try idempotencyKey(request))
+        var response = Response.json(created, status: .created)
+        response.headers.add(name: "Location", value: "/v1/requests/\(created.id)")
+        return .response(response)
+    }
+
+    private func storeRequests(_ request: Request) async throws -> Reply {
+        let principal = try await principal(request)
+        var status: RequestStatus?
+        if let text = request.query["status"] {
+            guard let parsed = RequestStatus(rawValue: text) else {
+                throw HTTPError.invalid("status", "status must be one of \(RequestStatus.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            status = parsed
+        }
+        let page = try await service.storeRequests(principal, storeId: request.parameter("storeId"), status: status,
+                                                   limit: try queryInt(request, "limit") ?? 50, cursor: request.query["cursor"])
+        return .response(.json(RequestList(requests: page.items, nextCursor: page.nextCursor)))
+    }
+
+    // MARK: - Shared pieces
+
+    func bearerToken(_ request: Request) throws -> String {
+        guard let header = request.headers.first(name: "authorization") else {
+            throw HTTPError(.unauthorized, detail: "sign in and send Authorization: Bearer <token>",
+                            headers: [("WWW-Authenticate", "Bearer")])
+        }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer", !parts[1].isEmpty, parts[1].utf8.count <= 200 else {
+            throw HTTPError(.unauthorized, detail: "the Authorization header must be Bearer <token>",
+                            headers: [("WWW-Authenticate", "Bearer")])
+        }
+        return String(parts[1]).trimmingCharacters(in: .whitespaces)
+    }
+
+    func principal(_ request: Request) async throws -> Principal {
+        try await service.authenticate(token: try bearerToken(request))
+    }
+
+    private func idempotencyKey(_ request: Request) throws -> IdempotencyKey? {
+        guard let key = request.headers.first(name: "idempotency-key") else { return nil }
+        guard (1...255).contains(key.utf8.count), key.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7e }) else {
+            throw HTTPError.invalid("Idempotency-Key", "Idempotency-Key must be 1 to 255 visible ASCII characters")
+        }
+        return IdempotencyKey(key: key, operation: "\(request.method.rawValue) \(request.pathSegments.joined(separator: "/"))",
+                              body: request.bodyBytes)
+    }
+}
+
+func queryInt(_ request: Request, _ name: String) throws -> Int? {
+    guard let text = request.query[name] else { return nil }
+    guard let value = Int(text) else { throw HTTPError.invalid(name, "\(name) must be an integer") }
+    return value
+}
+
+func queryDouble(_ request: Request, _ name: String) throws -> Double? {
+    guard let text = request.query[name] else { return nil }
+    guard let value = Double(text), value.isFinite else { throw HTTPError.invalid(name, "\(name) must be a number") }
+    return value
+}
+
+struct StoreList: Encodable, Sendable {
+    var stores: [Store]
+    var nextCursor: String?
+}
+
+struct RequestList: Encodable, Sendable {
+    var requests: [StampRequest]
+    var nextCursor: String?
+}
+
+struct CardList: Encodable, Sendable {
+    var cards: [Card]
+}
+
+struct LedgerList: Encodable, Sendable {
+    var entries: [LedgerEntry]
+}

@@ -1,0 +1,182 @@
+// The limits of one connection: body size (413), header size (431), malformed HTTP (400),
+// slow requests (408), idle keep-alive, and closing at shutdown. It also gathers each request
+// into one head, at most one body part and an end, so endpoints only ever see whole requests.
+import NIOCore
+import NIOHTTP1
+
+public struct ConnectionLimits: Sendable {
+    public var maximumBodyBytes = 64 * 1024
+    public var maximumHeaderBytes = 16 * 1024
+    public var idleTimeout = TimeAmount.seconds(60)
+    /// From a request's first byte to its last.
+    public var requestTimeout = TimeAmount.seconds(10)
+    public init() {}
+}
+
+/// Told to the guard before the decoder sees any bytes, to time a request from its first byte.
+struct BytesArrived {}
+
+/// Fired into every connection when the server begins to shut down.
+struct ServerShuttingDown {}
+
+/// Sits in front of the decoder and tells the guard when bytes arrive.
+final class ByteArrivalNotifier: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireUserInboundEventTriggered(BytesArrived())
+        context.fireChannelRead(data)
+    }
+}
+
+final class ConnectionGuard: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let limits: ConnectionLimits
+    private var head: HTTPRequestHead?
+    private var body: ByteBuffer?
+    /// Requests passed on whose response has not ended yet (more than one when pipelined).
+    private var unanswered = 0
+    private var responding = false
+    /// After an error answer: nothing more is read from this connection.
+    private var discarding = false
+    private var closing = false
+    private var requestTimer: Scheduled<Void>?
+    private var idleTimer: Scheduled<Void>?
+
+    init(limits: ConnectionLimits) {
+        self.limits = limits
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { armIdleTimer(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armIdleTimer(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        requestTimer?.cancel()
+        idleTimer?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case is BytesArrived:
+            idleTimer?.cancel()
+            idleTimer = nil
+            if requestTimer == nil && unanswered == 0 && !discarding { armRequestTimer(context: context) }
+        case is ServerShuttingDown:
+            closing = true
+            context.fireUserInboundEventTriggered(event)
+            if unanswered == 0 && head == nil { context.close(promise: nil) }
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !discarding else { return }
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            if requestTimer == nil { armRequestTimer(context: context) }
+            if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limits.maximumBodyBytes {
+                reject(context: context, .payloadTooLarge, "the request body is larger than \(limits.maximumBodyBytes) bytes")
+                return
+            }
+            self.head = head
+            self.body = nil
+            if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))),
+                                      promise: nil)
+            }
+        case .body(var part):
+            let size = (body?.readableBytes ?? 0) + part.readableBytes
+            guard size <= limits.maximumBodyBytes else {
+                reject(context: context, .payloadTooLarge, "the request body is larger than \(limits.maximumBodyBytes) bytes")
+                return
+            }
+            if body == nil { body = part } else { body!.writeBuffer(&part) }
+        case .end:
+            guard let head else { return }
+            requestTimer?.cancel()
+            requestTimer = nil
+            self.head = nil
+            unanswered += 1
+            context.fireChannelRead(wrapInboundOut(.head(head)))
+            if let body { context.fireChannelRead(wrapInboundOut(.body(body))) }
+            self.body = nil
+            context.fireChannelRead(wrapInboundOut(.end(nil)))
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head) where head.status.code >= 200:
+            responding = true
+        case .end:
+            responding = false
+            unanswered -= 1
+            if unanswered == 0 && head == nil {
+                if closing {
+                    let closed = promise ?? context.eventLoop.makePromise()
+                    closed.futureResult.whenComplete { _ in context.close(promise: nil) }
+                    context.write(data, promise: closed)
+                    return
+                }
+                armIdleTimer(context: context)
+            }
+        default:
+            break
+        }
+        context.write(data, promise: promise)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let parserError = error as? HTTPParserError {
+            // The decoder closes the connection after this; answer first if nothing else is being answered.
+            let status: HTTPResponseStatus = parserError == .headerOverflow ? .requestHeaderFieldsTooLarge : .badRequest
+            reject(context: context, status, status == .badRequest ? "the request is not valid HTTP/1.1" : "the request headers are larger than \(limits.maximumHeaderBytes) bytes")
+            return
+        }
+        context.fireErrorCaught(error)
+    }
+
+    /// Answers with an error and closes, unless another answer is under way (then only closes).
+    private func reject(context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ detail: String) {
+        discarding = true
+        requestTimer?.cancel()
+        guard !responding && unanswered == 0 else {
+            context.close(promise: nil)
+            return
+        }
+        let response = Response.problem(HTTPError(status, detail: detail))
+        var headers = response.headers
+        headers.add(name: "Content-Length", value: String(response.body.readableBytes))
+        headers.add(name: "Connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    private func armRequestTimer(context: ChannelHandlerContext) {
+        requestTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.requestTimeout) { [self] in
+            self.requestTimer = nil
+            self.reject(context: context, .requestTimeout, "the request was not complete within the time allowed")
+        }
+    }
+
+    private func armIdleTimer(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.idleTimeout) {
+            context.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,108 @@
+// GET /v1/events: answers at once when the caller has events after the cursor, else parks.
+import Foundation
+import NIOCore
+import NIOHTTP1
+import StampCore
+
+struct EventsEndpoint: Sendable {
+    let api: API
+    var service: StampService { api.service }
+
+    static let defaultTimeout = 25
+    static let timeoutRange = 1...50
+    static let defaultLimit = 100
+
+    func register(on router: inout Router) {
+        router.add(.GET, "/v1/events") { try await poll($0) }
+    }
+
+    private func poll(_ request: Request) async throws -> Reply {
+        let principal = try await api.principal(request)
+        let cursor = try Self.cursor(request)
+        let limit = try queryInt(request, "limit") ?? Self.defaultLimit
+        guard (1...1000).contains(limit) else { throw HTTPError.invalid("limit", "limit must be between 1 and 1000") }
+        var extraHeaders: [(String, String)] = []
+        var seconds = Self.defaultTimeout
+        if let timeout = try queryDouble(request, "timeout") {
+            seconds = Int(timeout.rounded())
+        } else if let wait = Self.preferredWait(request.headers) {
+            seconds = wait
+            extraHeaders.append(("Preference-Applied", "wait=\(min(max(wait, Self.timeoutRange.lowerBound), Self.timeoutRange.upperBound))"))
+        }
+        seconds = min(max(seconds, Self.timeoutRange.lowerBound), Self.timeoutRange.upperBound)
+
+        let service = self.service
+        let account = principal.id
+        let batch = try await service.events(for: account, after: cursor, limit: limit)
+        if !batch.events.isEmpty || batch.reset {
+            if batch.reset { PollMetrics.resets.increment() }
+            return .response(Self.answer(batch, extraHeaders))
+        }
+        let parkedCursor = batch.cursor
+        let headers = extraHeaders
+        return .poll(LongPoll(
+            account: account, cursor: parkedCursor, timeout: .seconds(Int64(seconds)),
+            read: {
+                do {
+                    let batch = try await service.events(for: account, after: cursor ?? parkedCursor, limit: limit)
+                    if batch.events.isEmpty && !batch.reset { return nil }
+                    return Self.answer(batch, headers)
+                } catch let error as StampError {
+                    return .problem(HTTPError(error))
+                } catch {
+                    return .problem(HTTPError(.internalServerError, detail: "the events could not be read"))
+                }
+            },
+            empty: { shuttingDown in
+                var extra = headers
+                if shuttingDown { extra.append(("Retry-After", "1")) }
+                return Self.answer(EventBatch(events: [], cursor: parkedCursor, reset: false), extra)
+            },
+            refused: { outcome in
+                switch outcome {
+                case .shuttingDown:
+                    return .problem(HTTPError(.serviceUnavailable, detail: "the server is shutting down",
+                                              headers: [("Retry-After", "1")]))
+                case .tooManyForAccount:
+                    return .problem(HTTPError(.tooManyRequests, detail: "too many polls are open for this account",
+                                              headers: [("Retry-After", "5")]))
+                default:
+                    return .problem(HTTPError(.tooManyRequests, detail: "too many polls are open on this server",
+                                              headers: [("Retry-After", "5")]))
+                }
+            }))
+    }
+
+    /// `after`, or `Last-Event-ID` in its place; absent means every retained event.
+    static func cursor(_ request: Request) throws -> Int64? {
+        let text = request.query["after"] ?? request.headers.first(name: "last-event-id")
+        guard let text, !text.isEmpty else { return nil }
+        guard let value = Int64(text), value >= 0 else {
+            throw HTTPError.invalid("after", "after must be a cursor from an earlier answer")
+        }
+        return value
+    }
+
+    /// `Prefer: wait=N` (RFC 7240).
+    static func preferredWait(_ headers: HTTPHeaders) -> Int? {
+        for value in headers[canonicalForm: "prefer"] {
+            let preference = value.trimmingCharacters(in: .whitespaces).lowercased()
+            if preference.hasPrefix("wait="), let seconds = Int(preference.dropFirst(5)), seconds >= 0 { return seconds }
+        }
+        return nil
+    }
+
+    /// The event data is stored as JSON already, so the answer is assembled around it.
+    static func answer(_ batch: EventBatch, _ extraHeaders: [(String, String)]) -> Response {
+        var json = #"{"events":["#
+        for (index, event) in batch.events.enumerated() {
+            if index > 0 { json += "," }
+            json += #"{"id":""# + String(event.id) + #"","type":"# + Response.jsonString(event.type)
+            json += #","at":""# + StampJSON.formatTimestamp(event.at) + #"","data":"# + event.data + "}"
+        }
+        json += #"],"cursor":""# + String(batch.cursor) + #"","reset":"# + (batch.reset ? "true" : "false") + "}"
+        var headers: HTTPHeaders = ["Content-Type": "application/json", "Cache-Control": "no-store"]
+        for (name, value) in extraHeaders { headers.add(name: name, value: value) }
+        return Response(status: .ok, headers: headers, body: ByteBuffer(string: json))
+    }
+}

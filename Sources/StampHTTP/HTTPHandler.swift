@@ -1,0 +1,209 @@
+// Turns each whole request into a `Request`, asks the responder, and writes the answer;
+// parks long polls on the event hub without holding a task or a thread.
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+import NIOHTTP1
+import StampCore
+
+/// A long poll to park: the endpoint has read nothing new after `cursor`.
+public struct LongPoll: Sendable {
+    public var account: String
+    public var cursor: Int64
+    public var timeout: TimeAmount
+    /// Reads again once woken: an answer, or nil when there is still nothing after the cursor.
+    public var read: @Sendable () async -> Response?
+    /// The answer when the poll ends with nothing new: at its timeout, or at shutdown.
+    public var empty: @Sendable (_ shuttingDown: Bool) -> Response
+    /// The answer when the hub refuses to park it (caps, shutdown).
+    public var refused: @Sendable (ParkOutcome) -> Response
+}
+
+final class HTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private struct InFlight {
+        let id: String
+        let keepAlive: Bool
+        let version: HTTPVersion
+        let started: UInt64
+        var route: String
+    }
+
+    private struct Parked {
+        let waiter: WaiterID
+        let timeout: Scheduled<Bool>
+        let poll: LongPoll
+    }
+
+    private let responder: Responder
+    private let hub: EventHub
+    private var head: HTTPRequestHead?
+    private var body: ByteBuffer?
+    private var inFlight: InFlight?
+    private var parked: Parked?
+    private var serverClosing = false
+    private var context: ChannelHandlerContext?
+
+    init(responder: Responder, hub: EventHub) {
+        self.responder = responder
+        self.hub = hub
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            self.body = nil
+        case .body(let part):
+            body = part
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            dispatch(head: head, body: body ?? ByteBuffer(), context: context)
+            body = nil
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ServerShuttingDown { serverClosing = true }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // A client that leaves frees its parked poll now, not at its timeout.
+        if let parked {
+            self.parked = nil
+            parked.timeout.cancel()
+            hub.cancel(parked.waiter, reason: .disconnected)
+        }
+        context.fireChannelInactive()
+    }
+
+    private func dispatch(head: HTTPRequestHead, body: ByteBuffer, context: ChannelHandlerContext) {
+        let requestID = Self.requestID(from: head.headers)
+        inFlight = InFlight(id: requestID, keepAlive: head.isKeepAlive, version: head.version,
+                            started: DispatchTime.now().uptimeNanoseconds, route: "unmatched")
+        guard let target = Request.parseTarget(head.uri) else {
+            write(.problem(HTTPError(.badRequest, detail: "the request target is not a valid path and query")), context: context)
+            return
+        }
+        var logger = responder.logger
+        logger[metadataKey: "request.id"] = "\(requestID)"
+        let request = Request(method: head.method, uri: head.uri, pathSegments: target.segments, query: target.query,
+                              headers: head.headers, body: body, id: requestID, logger: logger)
+        let (route, endpoint) = responder.route(request)
+        inFlight?.route = route
+        let loop = context.eventLoop
+        let promise = loop.makePromise(of: Reply.self)
+        promise.completeWithTask { await endpoint() }
+        promise.futureResult.assumeIsolated().whenSuccess { [self] reply in
+            switch reply {
+            case .response(let response): self.write(response, context: context)
+            case .poll(let poll): self.park(poll, context: context)
+            }
+        }
+    }
+
+    // MARK: - Long polls
+
+    private func park(_ poll: LongPoll, context: ChannelHandlerContext) {
+        guard context.channel.isActive else { return }
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let outcome = hub.park(account: poll.account, after: poll.cursor) { reason in
+            loop.execute { bound.value.woken(reason) }
+        }
+        switch outcome {
+        case .parked(let waiter):
+            let hub = self.hub
+            let timeout = loop.scheduleTask(in: poll.timeout) { hub.cancel(waiter, reason: .timeout) }
+            parked = Parked(waiter: waiter, timeout: timeout, poll: poll)
+        case .ready:
+            readAgain(poll, context: context)
+        case .tooManyForAccount, .tooManyForServer, .shuttingDown:
+            write(poll.refused(outcome), context: context)
+        }
+    }
+
+    /// Runs on the event loop, exactly once per parked poll.
+    private func woken(_ reason: WakeReason) {
+        guard let parked, let context else { return }
+        self.parked = nil
+        parked.timeout.cancel()
+        switch reason {
+        case .event(let publishedAt):
+            PollMetrics.deliveryLatency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- publishedAt))
+            readAgain(parked.poll, context: context)
+        case .timeout:
+            PollMetrics.timeouts.increment()
+            write(parked.poll.empty(false), context: context)
+        case .shutdown:
+            write(parked.poll.empty(true), context: context)
+        case .disconnected:
+            break
+        }
+    }
+
+    private func readAgain(_ poll: LongPoll, context: ChannelHandlerContext) {
+        let promise = context.eventLoop.makePromise(of: Response?.self)
+        promise.completeWithTask { await poll.read() }
+        promise.futureResult.assumeIsolated().whenSuccess { [self] response in
+            if let response {
+                self.write(response, context: context)
+            } else {
+                // Woken for an event this cursor had already seen: park again.
+                self.park(poll, context: context)
+            }
+        }
+    }
+
+    // MARK: - Writing answers
+
+    private func write(_ response: Response, context: ChannelHandlerContext) {
+        guard let inFlight else { return }
+        self.inFlight = nil
+        var headers = response.headers
+        headers.replaceOrAdd(name: "Content-Length", value: String(response.body.readableBytes))
+        headers.replaceOrAdd(name: "X-Request-Id", value: inFlight.id)
+        let close = !inFlight.keepAlive || serverClosing
+        if close { headers.replaceOrAdd(name: "Connection", value: "close") }
+        let head = HTTPResponseHead(version: inFlight.version, status: response.status, headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if response.body.readableBytes > 0 {
+            context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+        }
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if close {
+            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+        responder.metrics.record(route: inFlight.route, status: response.status.code,
+                                 nanoseconds: DispatchTime.now().uptimeNanoseconds &- inFlight.started)
+        if response.status.code >= 500 {
+            responder.logger.error("request failed", metadata: [
+                "request.id": "\(inFlight.id)", "http.route": "\(inFlight.route)", "http.status": "\(response.status.code)"])
+        }
+    }
+
+    static func requestID(from headers: HTTPHeaders) -> String {
+        if let given = headers.first(name: "x-request-id"), (1...128).contains(given.utf8.count),
+           given.utf8.allSatisfy({ $0 < 128 && (isalnum(Int32($0)) != 0 || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".")) }) {
+            return given
+        }
+        var generator = SystemRandomNumberGenerator()
+        let value = generator.next() as UInt64
+        let hex = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+}
+
+enum PollMetrics {
+    static let deliveryLatency = Metrics.Timer(label: "stampd_event_delivery_seconds")
+    static let timeouts = Counter(label: "stampd_poll_timeouts_total")
+    static let resets = Counter(label: "stampd_poll_resets_total")
+}

@@ -1,0 +1,58 @@
+// Routes by method and path template (`/v1/stores/{storeId}`); 404 and 405 with `Allow`.
+import NIOHTTP1
+
+public typealias Endpoint = @Sendable (Request) async throws -> Reply
+
+public struct Router: Sendable {
+    struct Route: Sendable {
+        let method: HTTPMethod
+        /// The template as written: the metrics label, never a raw path.
+        let template: String
+        let segments: [Segment]
+        let endpoint: Endpoint
+    }
+
+    enum Segment: Sendable, Equatable {
+        case literal(String)
+        case parameter(String)
+    }
+
+    enum Match {
+        case found(Route, parameters: [String: String])
+        case methodNotAllowed(allowed: [HTTPMethod])
+        case notFound
+    }
+
+    private var routes: [Route] = []
+
+    public init() {}
+
+    public mutating func add(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping Endpoint) {
+        let segments = template.split(separator: "/").map { part -> Segment in
+            if part.hasPrefix("{") && part.hasSuffix("}") { return .parameter(String(part.dropFirst().dropLast())) }
+            return .literal(String(part))
+        }
+        routes.append(Route(method: method, template: template, segments: segments, endpoint: endpoint))
+    }
+
+    func match(_ method: HTTPMethod, _ path: [String]) -> Match {
+        var allowed: [HTTPMethod] = []
+        for route in routes where route.segments.count == path.count {
+            var parameters: [String: String] = [:]
+            var matches = true
+            for (segment, part) in zip(route.segments, path) {
+                switch segment {
+                case .literal(let literal):
+                    if literal != part { matches = false }
+                case .parameter(let name):
+                    parameters[name] = part
+                }
+                if !matches { break }
+            }
+            guard matches else { continue }
+            if route.method == method { return .found(route, parameters: parameters) }
+            allowed.append(route.method)
+        }
+        return allowed.isEmpty ? .notFound : .methodNotAllowed(allowed: allowed)
+    }
+}

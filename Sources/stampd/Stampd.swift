@@ -1,0 +1,132 @@
+// The stampd executable: configuration from flags and STAMPD_* variables, logging, metrics,
+// the database and its migrations, and the services run until SIGTERM or SIGINT.
+import ArgumentParser
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+import NIOPosix
+import Prometheus
+import SQLiteDB
+import ServiceLifecycle
+import StampCore
+import StampHTTP
+
+@main
+struct Stampd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stampd",
+        abstract: "A real-time coupon stamp server: REST over HTTP/1.1, long-poll events, SQLite.",
+        discussion: "Every option can also be set with the STAMPD_* environment variable named beside it; a flag wins.")
+
+    @Option(help: "Address to listen on. [STAMPD_HOST]") var host: String?
+    @Option(help: "Port to listen on; 0 picks a free one. [STAMPD_PORT]") var port: Int?
+    @Option(help: "SQLite database file, or :memory:. [STAMPD_DATABASE]") var database: String?
+    @Option(help: "Folder of NNNN_name.sql migrations. [STAMPD_MIGRATIONS]") var migrations: String?
+    @Option(help: "trace, debug, info, notice, warning, error or critical. [STAMPD_LOG_LEVEL]") var logLevel: String?
+    @Option(help: "Largest request body in bytes (413 above). [STAMPD_MAX_BODY_BYTES]") var maxBodyBytes: Int?
+    @Option(help: "Largest request header block in bytes (431 above). [STAMPD_MAX_HEADER_BYTES]") var maxHeaderBytes: Int?
+    @Option(help: "Seconds a keep-alive connection may sit idle. [STAMPD_IDLE_TIMEOUT]") var idleTimeout: Int?
+    @Option(help: "Seconds a request may take to arrive (408 after). [STAMPD_REQUEST_TIMEOUT]") var requestTimeout: Int?
+    @Option(help: "Most open connections. [STAMPD_MAX_CONNECTIONS]") var maxConnections: Int?
+    @Option(help: "Most parked polls per account. [STAMPD_MAX_POLLS_PER_ACCOUNT]") var maxPollsPerAccount: Int?
+    @Option(help: "Most parked polls in all. [STAMPD_MAX_POLLS]") var maxPolls: Int?
+    @Option(help: "Days events are kept. [STAMPD_EVENT_RETENTION_DAYS]") var eventRetentionDays: Int?
+    @Option(help: "Seconds in-flight requests get at shutdown. [STAMPD_SHUTDOWN_GRACE]") var shutdownGrace: Int?
+    @Option(help: "Reader threads for SQLite. [STAMPD_DB_READERS]") var dbReaders: Int?
+    @Option(help: "Threads for password hashing. [STAMPD_HASH_THREADS]") var hashThreads: Int?
+    @Flag(help: "Cheap password hashing, for tests and benchmarks only. [STAMPD_INSECURE_FAST_PASSWORD_HASHING=1]")
+    var insecureFastPasswordHashing = false
+
+    func run() async throws {
+        let env = ProcessInfo.processInfo.environment
+        func setting<T: LosslessStringConvertible>(_ flag: T?, _ name: String, _ fallback: T) throws -> T {
+            if let flag { return flag }
+            guard let text = env["STAMPD_" + name], !text.isEmpty else { return fallback }
+            guard let value = T(text) else { throw ValidationError("STAMPD_\(name)=\(text) is not valid") }
+            return value
+        }
+
+        let levelText = try setting(logLevel, "LOG_LEVEL", "info")
+        guard let level = Logger.Level(rawValue: levelText) else { throw ValidationError("unknown log level \(levelText)") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "stampd")
+
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+
+        let databasePath = try setting(database, "DATABASE", "./stampd.sqlite")
+        let migrationsPath = try migrations ?? env["STAMPD_MIGRATIONS"] ?? Self.defaultMigrationsFolder()
+        let db: Database
+        do {
+            db = try Database(path: databasePath, readers: try setting(dbReaders, "DB_READERS", 2),
+                              logger: Logger(label: "stampd.db"))
+            let applied = try await db.migrate(directory: migrationsPath)
+            logger.info("database ready", metadata: [
+                "database.path": "\(databasePath)", "migrations.path": "\(migrationsPath)",
+                "migrations.applied": "\(applied.map(\.name))"])
+        } catch let error as MigrationError {
+            logger.critical("refusing to start: migrations do not match the database", metadata: ["error": "\(error)"])
+            throw ExitCode(3)
+        } catch {
+            logger.critical("refusing to start: the database cannot be opened", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+
+        let fast = insecureFastPasswordHashing || env["STAMPD_INSECURE_FAST_PASSWORD_HASHING"] == "1"
+        if fast { logger.warning("password hashing is set to the insecure fast cost: for tests and benchmarks only") }
+        let hasher = PasswordHasher(cost: fast ? .insecureFast : .standard,
+                                    threads: try setting(hashThreads, "HASH_THREADS", 2))
+        let hub = EventHub(maximumPerAccount: try setting(maxPollsPerAccount, "MAX_POLLS_PER_ACCOUNT", 16),
+                           maximumTotal: try setting(maxPolls, "MAX_POLLS", 19_000))
+        var settings = StampSettings()
+        settings.eventRetention = TimeInterval(try setting(eventRetentionDays, "EVENT_RETENTION_DAYS", 7)) * 86_400
+        let service = StampService(database: db, hub: hub, hasher: hasher, settings: settings,
+                                   logger: Logger(label: "stampd.core"))
+
+        var server = ServerConfiguration()
+        server.host = try setting(host, "HOST", "127.0.0.1")
+        server.port = try setting(port, "PORT", 8080)
+        server.limits.maximumBodyBytes = try setting(maxBodyBytes, "MAX_BODY_BYTES", server.limits.maximumBodyBytes)
+        server.limits.maximumHeaderBytes = try setting(maxHeaderBytes, "MAX_HEADER_BYTES", server.limits.maximumHeaderBytes)
+        server.limits.idleTimeout = .seconds(Int64(try setting(idleTimeout, "IDLE_TIMEOUT", 60)))
+        server.limits.requestTimeout = .seconds(Int64(try setting(requestTimeout, "REQUEST_TIMEOUT", 10)))
+        server.maximumConnections = try setting(maxConnections, "MAX_CONNECTIONS", server.maximumConnections)
+        server.shutdownGracePeriod = .seconds(Int64(try setting(shutdownGrace, "SHUTDOWN_GRACE", 10)))
+
+        let responder = Application.responder(service: service, metricsText: { registry.emitToString() },
+                                              logger: Logger(label: "stampd.http"))
+        let http = HTTPServer(configuration: server, responder: responder, hub: hub, logger: Logger(label: "stampd.http"))
+        let group = ServiceGroup(
+            services: [Housekeeper(service: service), http],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger)
+        try await group.run()
+        hasher.shutdown()
+        db.close()
+        logger.info("database closed; exiting")
+    }
+
+    /// A folder that works for `swift run` from any directory, for the installed binary and for
+    /// the docker image, in that order of preference after the flag and the variable.
+    static func defaultMigrationsFolder() -> String {
+        let fileManager = FileManager.default
+        let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let candidates = [
+            URL(fileURLWithPath: fileManager.currentDirectoryPath).appendingPathComponent("migrations"),
+            source.appendingPathComponent("migrations"),
+            executable.appendingPathComponent("migrations"),
+            executable.appendingPathComponent("../share/stampd/migrations"),
+        ]
+        for candidate in candidates where fileManager.fileExists(atPath: candidate.appendingPathComponent("0001_initial.sql").path) {
+            return candidate.standardizedFileURL.path
+        }
+        return "./migrations"
+    }
+}
