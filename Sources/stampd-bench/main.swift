@@ -1,0 +1,2 @@
+// Load client for stampd and nginx + nchan: see BENCHMARKS.md.
+print("stampd-bench: not written yet")
