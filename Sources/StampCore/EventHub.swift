@@ -43,6 +43,16 @@ public final class EventHub: Sendable {
         /// cursor would miss an event that committed between the poll's read and its park.
         var latest: [String: Int64] = [:]
         var shuttingDown = false
+        /// Callers of `waitUntilParked`, with the count each waits for.
+        var countWatchers: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+
+        mutating func watchersSatisfied() -> [CheckedContinuation<Void, Never>] {
+            guard !countWatchers.isEmpty else { return [] }
+            let count = waiters.count
+            let ready = countWatchers.filter { $0.count == count }.map(\.continuation)
+            countWatchers.removeAll { $0.count == count }
+            return ready
+        }
     }
 
     private let state = Mutex(State())
@@ -71,7 +81,7 @@ public final class EventHub: Sendable {
             state.byAccount[account, default: []].append(id)
             return .parked(WaiterID(value: id))
         }
-        if case .parked = outcome { parkedGauge.record(parkedCount) }
+        if case .parked = outcome { parkedChanged() }
         return outcome
     }
 
@@ -80,7 +90,7 @@ public final class EventHub: Sendable {
     public func cancel(_ id: WaiterID, reason: WakeReason) -> Bool {
         let waiter = state.withLock { state in Self.remove(id.value, from: &state) }
         guard let waiter else { return false }
-        parkedGauge.record(parkedCount)
+        parkedChanged()
         waiter.wake(reason)
         return true
     }
@@ -101,7 +111,7 @@ public final class EventHub: Sendable {
         }
         published.increment(by: Int64(newest.count))
         guard !woken.isEmpty else { return }
-        parkedGauge.record(parkedCount)
+        parkedChanged()
         delivered.increment(by: Int64(woken.count))
         for waiter in woken { waiter.wake(.event(publishedAt: now)) }
     }
@@ -115,8 +125,26 @@ public final class EventHub: Sendable {
             state.byAccount.removeAll()
             return all
         }
-        parkedGauge.record(0)
+        parkedChanged()
         for waiter in all { waiter.wake(.shutdown) }
+    }
+
+    /// Returns once exactly `count` polls are parked: lets tests await what the gauge shows.
+    public func waitUntilParked(_ count: Int) async {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> Bool in
+                if state.waiters.count == count { return true }
+                state.countWatchers.append((count, continuation))
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    private func parkedChanged() {
+        let (count, ready) = state.withLock { state in (state.waiters.count, state.watchersSatisfied()) }
+        parkedGauge.record(count)
+        ready.forEach { $0.resume() }
     }
 
     public var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }

@@ -1,0 +1,227 @@
+import Foundation
+import Testing
+@testable import SQLiteDB
+
+/// A fresh database file in its own temporary folder.
+func temporaryDatabasePath() -> String {
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("stampd-test-\(UUID().uuidString)")
+    try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    return folder.appendingPathComponent("test.sqlite").path
+}
+
+@Suite struct ConnectionTests {
+    @Test func bindsAndReadsEveryStorageClass() throws {
+        let db = try Connection(path: ":memory:")
+        try db.execute("CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n TEXT)")
+        let none: String? = nil
+        try db.run("INSERT INTO t VALUES (?, ?, ?, ?, ?)", Int64.max, 2.5, "héllo ☕", [UInt8]([0, 1, 255]), none)
+        let row = try #require(try db.queryFirst("SELECT i, r, s, b, n FROM t") { row in
+            (try row.get(0, as: Int64.self), try row.get(1, as: Double.self), try row.get(2, as: String.self),
+             try row.get(3, as: [UInt8].self), try row.optional(4, as: String.self))
+        })
+        #expect(row.0 == Int64.max)
+        #expect(row.1 == 2.5)
+        #expect(row.2 == "héllo ☕")
+        #expect(row.3 == [0, 1, 255])
+        #expect(row.4 == nil)
+    }
+
+    @Test func readingNullAsARequiredValueIsAMismatch() throws {
+        let db = try Connection(path: ":memory:")
+        #expect {
+            _ = try db.queryFirst("SELECT NULL") { try $0.get(0, as: Int.self) }
+        } throws: { ($0 as? SQLiteError)?.code == .mismatch }
+    }
+
+    @Test func readingTextAsAnIntegerIsAMismatch() throws {
+        let db = try Connection(path: ":memory:")
+        #expect {
+            _ = try db.queryFirst("SELECT 'x'") { try $0.get(0, as: Int.self) }
+        } throws: { ($0 as? SQLiteError)?.code == .mismatch }
+    }
+
+    @Test func constraintViolationsAreCatchableByCode() throws {
+        let db = try Connection(path: ":memory:")
+        try db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL CHECK (v > 0))")
+        try db.run("INSERT INTO t VALUES (?, ?)", "a", 1)
+        do {
+            try db.run("INSERT INTO t VALUES (?, ?)", "a", 2)
+            Issue.record("a duplicate key was accepted")
+        } catch let error as SQLiteError where error.code == .constraint {
+            #expect(error.isUniqueViolation)
+        }
+        #expect { try db.run("INSERT INTO t VALUES (?, ?)", "b", 0) } throws: {
+            guard let error = $0 as? SQLiteError else { return false }
+            return error.code == .constraint && !error.isUniqueViolation
+        }
+    }
+
+    @Test func syntaxErrorsCarryTheirSQL() throws {
+        let db = try Connection(path: ":memory:")
+        #expect { try db.run("SELEC 1") } throws: { ($0 as? SQLiteError)?.sql == "SELEC 1" }
+    }
+
+    @Test func aWrongParameterCountIsRefused() throws {
+        let db = try Connection(path: ":memory:")
+        #expect { try db.run("SELECT ?", 1, 2) } throws: { ($0 as? SQLiteError)?.code == .range }
+    }
+
+    @Test func aTransactionRollsBackWhenItsBodyThrows() throws {
+        struct Boom: Error {}
+        let db = try Connection(path: ":memory:")
+        try db.execute("CREATE TABLE t (v INTEGER)")
+        #expect(throws: Boom.self) {
+            try db.transaction {
+                try db.run("INSERT INTO t VALUES (1)")
+                throw Boom()
+            }
+        }
+        #expect(try db.queryFirst("SELECT count(*) FROM t") { try $0.get(0, as: Int.self) } == 0)
+        #expect(!db.isInTransaction)
+        try db.transaction { try db.run("INSERT INTO t VALUES (2)") }
+        #expect(try db.queryFirst("SELECT count(*) FROM t") { try $0.get(0, as: Int.self) } == 1)
+    }
+
+    @Test func cachedStatementsAreReusedWithNewBindings() throws {
+        let db = try Connection(path: ":memory:")
+        for value in 1...3 {
+            #expect(try db.queryFirst("SELECT ? * 2", value) { try $0.get(0, as: Int.self) } == value * 2)
+        }
+    }
+}
+
+@Suite struct DatabaseTests {
+    @Test func opensInWALWithFullSyncAndForeignKeys() async throws {
+        let db = try Database(path: temporaryDatabasePath())
+        defer { db.close() }
+        let settings = try await db.write { connection in
+            (try connection.queryFirst("PRAGMA journal_mode") { try $0.get(0, as: String.self) },
+             try connection.queryFirst("PRAGMA synchronous") { try $0.get(0, as: Int.self) },
+             try connection.queryFirst("PRAGMA foreign_keys") { try $0.get(0, as: Int.self) })
+        }
+        #expect(settings.0 == "wal")
+        #expect(settings.1 == 2)  // FULL
+        #expect(settings.2 == 1)
+    }
+
+    @Test func aWriteIsVisibleToReadersOnceItReturns() async throws {
+        let db = try Database(path: temporaryDatabasePath(), readers: 2)
+        defer { db.close() }
+        try await db.write { try $0.execute("CREATE TABLE t (v INTEGER)") }
+        for value in 1...20 {
+            try await db.write { try $0.run("INSERT INTO t VALUES (?)", value) }
+            let count = try await db.read { try $0.queryFirst("SELECT count(*) FROM t") { try $0.get(0, as: Int.self) } }
+            #expect(count == value)
+        }
+    }
+
+    @Test func concurrentWritesThatFailUndoOnlyThemselves() async throws {
+        struct Refused: Error {}
+        let db = try Database(path: temporaryDatabasePath())
+        defer { db.close() }
+        try await db.write { try $0.execute("CREATE TABLE t (v INTEGER)") }
+        let outcomes = await withTaskGroup(of: Bool.self) { group in
+            for value in 0..<200 {
+                group.addTask {
+                    do {
+                        try await db.write { connection in
+                            try connection.run("INSERT INTO t VALUES (?)", value)
+                            if value % 3 == 0 { throw Refused() }
+                        }
+                        return true
+                    } catch {
+                        return false
+                    }
+                }
+            }
+            return await group.reduce(into: [Bool]()) { $0.append($1) }
+        }
+        let committed = outcomes.filter { $0 }.count
+        let rows = try await db.read { try $0.query("SELECT v FROM t") { try $0.get(0, as: Int.self) } }
+        #expect(committed == 133)
+        #expect(rows.count == committed)
+        #expect(rows.allSatisfy { $0 % 3 != 0 })
+    }
+
+    @Test func anInMemoryDatabaseWorksThroughItsWriter() async throws {
+        let db = try Database(path: ":memory:")
+        defer { db.close() }
+        try await db.write { try $0.execute("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (7);") }
+        #expect(try await db.read { try $0.queryFirst("SELECT v FROM t") { try $0.get(0, as: Int.self) } } == 7)
+    }
+}
+
+@Suite struct MigratorTests {
+    func folder(_ files: [String: String]) throws -> String {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("stampd-migrations-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        for (name, sql) in files { try sql.write(to: url.appendingPathComponent(name), atomically: true, encoding: .utf8) }
+        return url.path
+    }
+
+    let first = ["0001_people.sql": "CREATE TABLE people (name TEXT);",
+                 "0002_pets.sql": "CREATE TABLE pets (name TEXT); INSERT INTO pets VALUES ('rex');"]
+
+    @Test func aFreshDatabaseGetsEveryMigrationInOrder() async throws {
+        let db = try Database(path: temporaryDatabasePath())
+        defer { db.close() }
+        let applied = try await db.migrate(directory: try folder(first))
+        #expect(applied.map(\.version) == [1, 2])
+        let pets = try await db.read { try $0.query("SELECT name FROM pets") { try $0.get(0, as: String.self) } }
+        #expect(pets == ["rex"])
+    }
+
+    @Test func runningAgainChangesNothing() async throws {
+        let db = try Database(path: temporaryDatabasePath())
+        defer { db.close() }
+        let path = try folder(first)
+        try await db.migrate(directory: path)
+        #expect(try await db.migrate(directory: path).isEmpty)
+        let pets = try await db.read { try $0.queryFirst("SELECT count(*) FROM pets") { try $0.get(0, as: Int.self) } }
+        #expect(pets == 1)
+    }
+
+    @Test func aNewFileIsAppliedAfterTheOldOnes() async throws {
+        let db = try Database(path: temporaryDatabasePath())
+        defer { db.close() }
+        try await db.migrate(directory: try folder(first))
+        var more = first
+        more["0003_toys.sql"] = "CREATE TABLE toys (name TEXT);"
+        #expect(try await db.migrate(directory: try folder(more)).map(\.version) == [3])
+    }
+
+    @Test func anEditedAppliedMigrationIsRefused() async throws {
+        let db = try Database(path: temporaryDatabasePath())
+        defer { db.close() }
+        try await db.migrate(directory: try folder(first))
+        var edited = first
+        edited["0001_people.sql"] = "CREATE TABLE people (name TEXT, age INTEGER);"
+        let error = await #expect(throws: MigrationError.self) { try await db.migrate(directory: try folder(edited)) }
+        #expect(error?.description.contains("0001_people.sql was edited") == true)
+    }
+
+    @Test func aRemovedAppliedMigrationIsRefused() async throws {
+        let db = try Database(path: temporaryDatabasePath())
+        defer { db.close() }
+        try await db.migrate(directory: try folder(first))
+        let error = await #expect(throws: MigrationError.self) {
+            try await db.migrate(directory: try folder(["0001_people.sql": first["0001_people.sql"]!]))
+        }
+        #expect(error?.description.contains("0002_pets.sql is missing") == true)
+    }
+
+    @Test func aMisnamedFileIsRefused() throws {
+        #expect(throws: MigrationError.self) { try Migrator(directory: try folder(["1_bad.sql": "SELECT 1;"])) }
+    }
+
+    @Test func aFailingMigrationLeavesNoTrace() async throws {
+        let db = try Database(path: temporaryDatabasePath())
+        defer { db.close() }
+        let broken = ["0001_half.sql": "CREATE TABLE half (v INTEGER); INSERT INTO nowhere VALUES (1);"]
+        await #expect(throws: SQLiteError.self) { try await db.migrate(directory: try folder(broken)) }
+        let tables = try await db.read {
+            try $0.query("SELECT name FROM sqlite_master WHERE name = 'half'") { try $0.get(0, as: String.self) }
+        }
+        #expect(tables.isEmpty)
+    }
+}
