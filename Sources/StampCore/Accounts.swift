@@ -13,7 +13,7 @@ extension StampService {
     public func createAccount(role: Role, login: String, password: String, name: String) async throws -> SignedIn {
         let login = try Validate.text(login, field: "login", min: 3, max: 100)
         let name = try Validate.text(name, field: "name", max: 100)
-        guard (8...200).contains(password.count) else {
+        guard (8...200).contains(password.unicodeScalars.count) else {
             throw StampError.invalid("password", "password must have 8 to 200 characters")
         }
         let hash = try await hasher.hash(password)

@@ -2,6 +2,12 @@
 import Foundation
 import SQLiteDB
 
+/// The data of a `card.updated` event: the card after the change, and why it changed.
+public struct CardChange: Codable, Sendable, Equatable {
+    public var card: Card
+    public var reason: String
+}
+
 extension StampService {
     public func cards(_ principal: Principal) async throws -> [Card] {
         guard principal.role == .customer else { throw StampError(.forbidden, "only customers have cards") }

@@ -45,6 +45,7 @@ public final class EventHub: Sendable {
         var shuttingDown = false
         /// Callers of `waitUntilParked`, with the count each waits for.
         var countWatchers: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        var shutdownWatchers: [CheckedContinuation<Void, Never>] = []
 
         mutating func watchersSatisfied() -> [CheckedContinuation<Void, Never>] {
             guard !countWatchers.isEmpty else { return [] }
@@ -118,15 +119,17 @@ public final class EventHub: Sendable {
 
     /// Refuses new parks and resumes every parked poll with `.shutdown`.
     public func shutdown() {
-        let all = state.withLock { state -> [Waiter] in
+        let (all, watchers) = state.withLock { state -> ([Waiter], [CheckedContinuation<Void, Never>]) in
             state.shuttingDown = true
             let all = Array(state.waiters.values)
             state.waiters.removeAll()
             state.byAccount.removeAll()
-            return all
+            defer { state.shutdownWatchers.removeAll() }
+            return (all, state.shutdownWatchers)
         }
         parkedChanged()
         for waiter in all { waiter.wake(.shutdown) }
+        watchers.forEach { $0.resume() }
     }
 
     /// Returns once exactly `count` polls are parked: lets tests await what the gauge shows.
@@ -148,6 +151,18 @@ public final class EventHub: Sendable {
     }
 
     public var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
+
+    /// Returns once `shutdown()` has run: the server has begun to drain its connections.
+    public func waitUntilShutDown() async {
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> Bool in
+                if state.shuttingDown { return true }
+                state.shutdownWatchers.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
 
     private static func remove(_ id: UInt64, from state: inout State) -> Waiter? {
         guard let waiter = state.waiters.removeValue(forKey: id) else { return nil }

@@ -22,11 +22,17 @@ extension StampService {
             let prunedThrough = try connection.queryFirst("SELECT pruned_through FROM event_retention") {
                 try $0.get(0, as: Int64.self)
             } ?? 0
-            if let cursor, cursor < prunedThrough {
+            // A cursor this log never issued (ahead of its newest id, e.g. from a restored backup)
+            // is reset too: answering "nothing new" would hide the events that reuse those ids.
+            let issuedThrough = try connection.queryFirst("SELECT seq FROM sqlite_sequence WHERE name = 'events'") {
+                try $0.get(0, as: Int64.self)
+            } ?? 0
+            if let cursor, cursor < prunedThrough || cursor > issuedThrough {
                 let newest = try connection.queryFirst("SELECT max(id) FROM events WHERE account_id = ?", account) {
                     try $0.optional(0, as: Int64.self)
                 } ?? nil
-                return EventBatch(events: [], cursor: max(prunedThrough, newest ?? 0), reset: true)
+                return EventBatch(events: [], cursor: max(prunedThrough, newest ?? 0, cursor > issuedThrough ? issuedThrough : 0),
+                                  reset: true)
             }
             let events = try connection.query("""
                 SELECT id, type, at, data FROM events WHERE account_id = ? AND id > ? ORDER BY id LIMIT ?

@@ -33,7 +33,8 @@ public struct StorePatch: Sendable {
 }
 
 extension StampService {
-    public func createStore(_ principal: Principal, _ draft: StoreDraft) async throws -> Store {
+    public func createStore(_ principal: Principal, _ draft: StoreDraft,
+                            idempotency: IdempotencyKey? = nil) async throws -> Store {
         guard principal.role == .owner else { throw StampError(.forbidden, "only owners create stores") }
         let now = clock.now()
         var store = Store(
@@ -52,17 +53,20 @@ extension StampService {
         try Self.checkCoordinates(store)
         store.distanceMeters = nil
         let created = store
-        try await write { connection, _ in
-            try connection.run("""
-                INSERT INTO stores (id, owner_id, name, stamps_per_reward, reward_item, address, latitude,
-                                    longitude, open_hours, request_ttl_seconds, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, created.id, created.ownerId, created.name, created.stampsPerReward, created.rewardItem,
-                created.address, created.latitude, created.longitude, created.openHours,
-                created.requestTtlSeconds, now.millis, now.millis)
-            try Self.replaceMenu(created.menu, of: created.id, on: connection)
+        let window = settings.idempotencyWindow
+        return try await write { connection, _ in
+            try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                try connection.run("""
+                    INSERT INTO stores (id, owner_id, name, stamps_per_reward, reward_item, address, latitude,
+                                        longitude, open_hours, request_ttl_seconds, created_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """, created.id, created.ownerId, created.name, created.stampsPerReward, created.rewardItem,
+                    created.address, created.latitude, created.longitude, created.openHours,
+                    created.requestTtlSeconds, now.millis, now.millis)
+                try Self.replaceMenu(created.menu, of: created.id, on: connection)
+                return created
+            }
         }
-        return created
     }
 
     public func store(_ principal: Principal, id: String) async throws -> Store {
@@ -83,7 +87,7 @@ extension StampService {
         let openHours = try patch.openHours.map { try Validate.optionalText($0, field: "openHours", max: 200) }
         let ttl = try patch.requestTtlSeconds.map { try Validate.range($0, field: "requestTtlSeconds", 10...86_400) }
         let menu = try patch.menu.map { try Validate.menu($0) }
-        return try await write { connection, _ in
+        return try await write { connection, outbox in
             guard var store = try Self.loadStore(id, on: connection) else { throw StampError.notFound("store") }
             guard store.ownerId == principal.id else { throw StampError(.forbidden, "only the store's owner may change it") }
             if let name { store.name = name }
@@ -105,6 +109,7 @@ extension StampService {
                 try Self.replaceMenu(menu, of: store.id, on: connection)
                 store.menu = menu
             }
+            try Self.convertExcessStamps(of: store, now: now, on: connection, outbox: &outbox)
             return store
         }
     }
@@ -176,6 +181,25 @@ extension StampService {
             MenuItem(name: try $0.get(0), price: try $0.get(1))
         }
         return store
+    }
+
+    /// After `stampsPerReward` is lowered, cards holding that many stamps or more turn them into
+    /// rewards at once, so 0 ≤ stamps < stampsPerReward holds for every card, always.
+    static func convertExcessStamps(of store: Store, now: Date, on connection: Connection, outbox: inout Outbox) throws {
+        let cards = try connection.query(cardSelect + " WHERE c.store_id = ? AND c.stamps >= ?",
+                                         store.id, store.stampsPerReward) { try cardRow($0) }
+        for var card in cards {
+            let earned = card.stamps / card.stampsPerReward
+            try addLedger(.rewardEarned, card: card, stamps: -earned * card.stampsPerReward, rewards: earned,
+                          request: nil, at: now, on: connection)
+            card.stamps -= earned * card.stampsPerReward
+            card.rewards += earned
+            card.updatedAt = now
+            try connection.run("UPDATE cards SET stamps = ?, rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
+                               card.stamps, card.rewards, now.millis, card.customerId, card.storeId)
+            try outbox.emit("card.updated", to: [card.customerId], data: CardChange(card: card, reason: "stampsPerRewardLowered"),
+                            at: now, on: connection)
+        }
     }
 
     static func replaceMenu(_ menu: [MenuItem], of store: String, on connection: Connection) throws {

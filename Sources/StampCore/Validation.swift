@@ -5,7 +5,8 @@ enum Validate {
     /// Trims surrounding whitespace; refuses control characters and lengths out of range.
     static func text(_ value: String, field: String, min: Int = 1, max: Int) throws -> String {
         let trimmed = value.trimmingCharacters(in: .whitespacesAndNewlines)
-        let length = trimmed.count
+        // Code points, as JSON Schema counts them, not grapheme clusters.
+        let length = trimmed.unicodeScalars.count
         if length < min {
             throw StampError.invalid(field, min == 1 ? "\(field) must not be empty" : "\(field) must have at least \(min) characters")
         }

@@ -95,7 +95,7 @@ struct API: Sendable {
         draft.openHours = try input.string("openHours")
         draft.requestTtlSeconds = try input.int("requestTtlSeconds")
         draft.menu = try menu(input)
-        let store = try await service.createStore(principal, draft)
+        let store = try await service.createStore(principal, draft, idempotency: try idempotencyKey(request, input))
         var response = Response.json(store, status: .created)
         response.headers.add(name: "Location", value: "/v1/stores/\(store.id)")
         return .response(response)
@@ -107,6 +107,10 @@ struct API: Sendable {
         var patch = StorePatch()
         for field in ["name", "rewardItem", "stampsPerReward", "requestTtlSeconds", "menu"] where input.isNull(field) {
             throw HTTPError.invalid(field, "\(field) cannot be null")
+        }
+        if input.has("latitude") != input.has("longitude") {
+            let missing = input.has("latitude") ? "longitude" : "latitude"
+            throw HTTPError.invalid(missing, "latitude and longitude change together")
         }
         patch.name = try input.string("name")
         patch.rewardItem = try input.string("rewardItem")
@@ -157,7 +161,7 @@ struct API: Sendable {
         }
         let created = try await service.createRequest(
             principal, storeId: request.parameter("storeId"), kind: kind, count: try input.int("count"),
-            idempotency: try idempotencyKey(request))
+            idempotency: try idempotencyKey(request, input))
         var response = Response.json(created, status: .created)
         response.headers.add(name: "Location", value: "/v1/requests/\(created.id)")
         return .response(response)
@@ -196,13 +200,14 @@ struct API: Sendable {
         try await service.authenticate(token: try bearerToken(request))
     }
 
-    private func idempotencyKey(_ request: Request) throws -> IdempotencyKey? {
+    /// A retry is the same call when its body is the same JSON value, however it is spaced.
+    private func idempotencyKey(_ request: Request, _ input: JSONInput) throws -> IdempotencyKey? {
         guard let key = request.headers.first(name: "idempotency-key") else { return nil }
         guard (1...255).contains(key.utf8.count), key.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7e }) else {
             throw HTTPError.invalid("Idempotency-Key", "Idempotency-Key must be 1 to 255 visible ASCII characters")
         }
         return IdempotencyKey(key: key, operation: "\(request.method.rawValue) \(request.pathSegments.joined(separator: "/"))",
-                              body: request.bodyBytes)
+                              body: Array(input.canonical.utf8))
     }
 }
 

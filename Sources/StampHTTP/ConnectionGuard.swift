@@ -45,6 +45,8 @@ final class ConnectionGuard: ChannelDuplexHandler {
     /// After an error answer: nothing more is read from this connection.
     private var discarding = false
     private var closing = false
+    /// Bytes of a request that has not ended yet have arrived: it is in flight.
+    private var receiving = false
     private var requestTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
 
@@ -72,11 +74,14 @@ final class ConnectionGuard: ChannelDuplexHandler {
         case is BytesArrived:
             idleTimer?.cancel()
             idleTimer = nil
-            if requestTimer == nil && unanswered == 0 && !discarding { armRequestTimer(context: context) }
+            if unanswered == 0 && !discarding {
+                receiving = true
+                if requestTimer == nil { armRequestTimer(context: context) }
+            }
         case is ServerShuttingDown:
             closing = true
             context.fireUserInboundEventTriggered(event)
-            if unanswered == 0 && head == nil { context.close(promise: nil) }
+            if unanswered == 0 && !receiving { context.close(promise: nil) }
         default:
             context.fireUserInboundEventTriggered(event)
         }
@@ -109,6 +114,7 @@ final class ConnectionGuard: ChannelDuplexHandler {
             requestTimer?.cancel()
             requestTimer = nil
             self.head = nil
+            receiving = false
             unanswered += 1
             context.fireChannelRead(wrapInboundOut(.head(head)))
             if let body { context.fireChannelRead(wrapInboundOut(.body(body))) }
@@ -124,7 +130,7 @@ final class ConnectionGuard: ChannelDuplexHandler {
         case .end:
             responding = false
             unanswered -= 1
-            if unanswered == 0 && head == nil {
+            if unanswered == 0 && !receiving {
                 if closing {
                     let closed = promise ?? context.eventLoop.makePromise()
                     closed.futureResult.whenComplete { _ in context.close(promise: nil) }

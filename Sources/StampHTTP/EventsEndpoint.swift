@@ -24,7 +24,8 @@ struct EventsEndpoint: Sendable {
         var extraHeaders: [(String, String)] = []
         var seconds = Self.defaultTimeout
         if let timeout = try queryDouble(request, "timeout") {
-            seconds = Int(timeout.rounded())
+            // Clamped while still a Double: any finite number is a valid request.
+            seconds = Int(min(max(timeout.rounded(), Double(Self.timeoutRange.lowerBound)), Double(Self.timeoutRange.upperBound)))
         } else if let wait = Self.preferredWait(request.headers) {
             seconds = wait
             extraHeaders.append(("Preference-Applied", "wait=\(min(max(wait, Self.timeoutRange.lowerBound), Self.timeoutRange.upperBound))"))
@@ -75,10 +76,14 @@ struct EventsEndpoint: Sendable {
 
     /// `after`, or `Last-Event-ID` in its place; absent means every retained event.
     static func cursor(_ request: Request) throws -> Int64? {
-        let text = request.query["after"] ?? request.headers.first(name: "last-event-id")
+        let header = try parseCursor(request.headers.first(name: "last-event-id"), field: "Last-Event-ID")
+        return try parseCursor(request.query["after"], field: "after") ?? header
+    }
+
+    private static func parseCursor(_ text: String?, field: String) throws -> Int64? {
         guard let text, !text.isEmpty else { return nil }
         guard let value = Int64(text), value >= 0 else {
-            throw HTTPError.invalid("after", "after must be a cursor from an earlier answer")
+            throw HTTPError.invalid(field, "\(field) must be a cursor from an earlier answer")
         }
         return value
     }

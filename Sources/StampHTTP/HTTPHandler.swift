@@ -27,6 +27,7 @@ final class HTTPHandler: ChannelInboundHandler {
     private struct InFlight {
         let id: String
         let keepAlive: Bool
+        let isHead: Bool
         let version: HTTPVersion
         let started: UInt64
         var route: String
@@ -87,7 +88,7 @@ final class HTTPHandler: ChannelInboundHandler {
 
     private func dispatch(head: HTTPRequestHead, body: ByteBuffer, context: ChannelHandlerContext) {
         let requestID = Self.requestID(from: head.headers)
-        inFlight = InFlight(id: requestID, keepAlive: head.isKeepAlive, version: head.version,
+        inFlight = InFlight(id: requestID, keepAlive: head.isKeepAlive, isHead: head.method == .HEAD, version: head.version,
                             started: DispatchTime.now().uptimeNanoseconds, route: "unmatched")
         guard let target = Request.parseTarget(head.uri) else {
             write(.problem(HTTPError(.badRequest, detail: "the request target is not a valid path and query")), context: context)
@@ -175,7 +176,7 @@ final class HTTPHandler: ChannelInboundHandler {
         if close { headers.replaceOrAdd(name: "Connection", value: "close") }
         let head = HTTPResponseHead(version: inFlight.version, status: response.status, headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if response.body.readableBytes > 0 {
+        if response.body.readableBytes > 0 && !inFlight.isHead {
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))

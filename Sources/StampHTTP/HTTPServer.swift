@@ -115,8 +115,8 @@ public final class HTTPServer: Service, Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelInitializer { channel in
                 guard connections.add(channel, maximum: maximumConnections) else {
-                    return channel.writeAndFlush(ByteBuffer(string: ConnectionRegistry.refusal)).always { _ in
-                        channel.close(promise: nil)
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(RefuseConnection())
                     }
                 }
                 return channel.eventLoop.makeCompletedFuture {
@@ -131,6 +131,20 @@ public final class HTTPServer: Service, Sendable {
                 }
             }
     }
+}
+
+/// Answers a connection over the cap with a 503 and closes it, without reading from it.
+final class RefuseConnection: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: ConnectionRegistry.refusal))).whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
 
 /// The open connections: counted against the cap, and reached at shutdown.

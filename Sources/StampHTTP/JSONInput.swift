@@ -23,6 +23,20 @@ enum JSONValue: Decodable, Sendable {
         else { self = .object(try container.decode([String: JSONValue].self)) }
     }
 
+    /// The value as JSON with object keys sorted: equal for equal values, however they were spaced.
+    var canonical: String {
+        switch self {
+        case .null: "null"
+        case .bool(let value): value ? "true" : "false"
+        case .integer(let value): String(value)
+        case .number(let value): value.rounded() == value && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+        case .string(let value): Response.jsonString(value)
+        case .array(let values): "[" + values.map(\.canonical).joined(separator: ",") + "]"
+        case .object(let fields):
+            "{" + fields.keys.sorted().map { Response.jsonString($0) + ":" + fields[$0]!.canonical }.joined(separator: ",") + "}"
+        }
+    }
+
     var kindName: String {
         switch self {
         case .null: "null"
@@ -72,6 +86,9 @@ struct JSONInput {
     }
 
     func has(_ key: String) -> Bool { fields[key] != nil }
+
+    /// The body in canonical form, to compare retries under one `Idempotency-Key`.
+    var canonical: String { JSONValue.object(fields).canonical }
 
     func isNull(_ key: String) -> Bool {
         if case .null? = fields[key] { return true }

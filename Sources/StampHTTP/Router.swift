@@ -50,8 +50,12 @@ public struct Router: Sendable {
                 if !matches { break }
             }
             guard matches else { continue }
-            if route.method == method { return .found(route, parameters: parameters) }
+            // HEAD is GET without the body (RFC 9110 §9.3.2); the handler drops the body.
+            if route.method == method || (method == .HEAD && route.method == .GET) {
+                return .found(route, parameters: parameters)
+            }
             allowed.append(route.method)
+            if route.method == .GET { allowed.append(.HEAD) }
         }
         return allowed.isEmpty ? .notFound : .methodNotAllowed(allowed: allowed)
     }

@@ -1,0 +1,221 @@
+// The HTTP/1.1 layer over real sockets: routing, keep-alive, pipelining, limits, timeouts, shutdown.
+import Foundation
+import NIOCore
+import Testing
+
+@Suite struct HTTPServerTests {
+    @Test func healthAndReadinessAnswer() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        let health = try await client.request("GET", "/healthz")
+        #expect(health.status == 200)
+        #expect(health.value("status") as? String == "ok")
+        #expect(health.header("x-request-id")?.isEmpty == false)
+        let ready = try await client.request("GET", "/readyz")
+        #expect(ready.status == 200)
+        let metrics = try await client.request("GET", "/metrics")
+        #expect(metrics.status == 200)
+        #expect(metrics.header("content-type")?.hasPrefix("text/plain") == true)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func anUnknownPathIsANotFoundProblem() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        let response = try await client.request("GET", "/v1/nothing-here")
+        #expect(response.status == 404)
+        #expect(response.header("content-type") == "application/problem+json")
+        #expect(response.int("status") == 404)
+        #expect(response.value("title") as? String == "Not Found")
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func aWrongMethodIs405WithAllow() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        let response = try await client.request("PUT", "/v1/stores/abc")
+        #expect(response.status == 405)
+        #expect(response.header("allow") == "GET, HEAD, PATCH")
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func aCallerChosenRequestIdIsEchoed() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        let response = try await client.request("GET", "/healthz", headers: ["X-Request-Id": "trace-42"])
+        #expect(response.header("x-request-id") == "trace-42")
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func keepAliveServesManyRequestsOnOneConnection() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        for _ in 0..<20 {
+            #expect(try await client.request("GET", "/healthz").status == 200)
+        }
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInOrder() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        try await client.send(TestClient.raw("GET", "/healthz", headers: ["X-Request-Id": "one"])
+                              + TestClient.raw("GET", "/nope", headers: ["X-Request-Id": "two"])
+                              + TestClient.raw("GET", "/readyz", headers: ["X-Request-Id": "three"]))
+        let first = try await client.readResponse()
+        let second = try await client.readResponse()
+        let third = try await client.readResponse()
+        let ids = [first, second, third].map { $0.header("x-request-id") ?? "" }
+        let statuses = [first, second, third].map(\.status)
+        #expect(ids == ["one", "two", "three"])
+        #expect(statuses == [200, 404, 200])
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func http10WithoutKeepAliveIsClosedAfterTheAnswer() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        try await client.send("GET /healthz HTTP/1.0\r\n\r\n")
+        #expect(try await client.readResponse().status == 200)
+        #expect(await client.waitForClose())
+        try await server.stop()
+    }
+
+    @Test func aTooLargeBodyIs413AndTheConnectionCloses() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        try await client.send("POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 70000\r\n\r\n")
+        let response = try await client.readResponse()
+        #expect(response.status == 413)
+        #expect(response.header("content-type") == "application/problem+json")
+        #expect(response.header("connection") == "close")
+        #expect(await client.waitForClose())
+        try await server.stop()
+    }
+
+    @Test func aTooLargeChunkedBodyIs413() async throws {
+        let server = try await TestServer.start { configuration, _ in configuration.limits.maximumBodyBytes = 1000 }
+        let client = try await server.connect()
+        let chunk = String(repeating: "a", count: 800)
+        try await client.send("POST /v1/accounts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              + "320\r\n\(chunk)\r\n320\r\n\(chunk)\r\n0\r\n\r\n")
+        #expect(try await client.readResponse().status == 413)
+        #expect(await client.waitForClose())
+        try await server.stop()
+    }
+
+    @Test func tooLargeHeadersAre431() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        let big = String(repeating: "x", count: 17 * 1024)
+        try await client.send("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: \(big)\r\n\r\n")
+        let response = try await client.readResponse()
+        #expect(response.status == 431)
+        #expect(await client.waitForClose())
+        try await server.stop()
+    }
+
+    @Test func malformedRequestsAre400AndClosed() async throws {
+        let server = try await TestServer.start()
+        for garbage in ["NOT HTTP AT ALL\r\n\r\n", "GET /healthz HTTP/1.1\r\nBad Header Without Colon\r\n\r\n",
+                        "GET /healthz HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+                        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+            let client = try await server.connect()
+            try await client.send(garbage)
+            let response = try await client.readResponse()
+            #expect(response.status == 400, "for \(garbage.debugDescription)")
+            #expect(await client.waitForClose())
+        }
+        // The server still serves others.
+        let client = try await server.connect()
+        #expect(try await client.request("GET", "/healthz").status == 200)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func aBrokenPercentEncodingIs400() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        #expect(try await client.request("GET", "/v1/stores/%zz").status == 400)
+        #expect(try await client.request("GET", "/v1/stores?q=%FF%FE").status == 400)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func aSlowRequestGets408AndIsClosed() async throws {
+        let server = try await TestServer.start { configuration, _ in
+            configuration.limits.requestTimeout = .milliseconds(300)
+        }
+        let client = try await server.connect()
+        try await client.send("GET /healthz HTTP/1.1\r\nHost: x\r\n")  // never finished
+        let response = try await client.readResponse()
+        #expect(response.status == 408)
+        #expect(await client.waitForClose())
+        try await server.stop()
+    }
+
+    @Test func anIdleKeepAliveConnectionIsClosed() async throws {
+        let server = try await TestServer.start { configuration, _ in configuration.limits.idleTimeout = .milliseconds(200) }
+        let client = try await server.connect()
+        #expect(try await client.request("GET", "/healthz").status == 200)
+        #expect(await client.waitForClose())
+        try await server.stop()
+    }
+
+    @Test func aParkedPollOutlivesTheIdleTimeout() async throws {
+        let server = try await TestServer.start { configuration, _ in configuration.limits.idleTimeout = .milliseconds(200) }
+        let owner = try await server.signUp("owner")
+        let client = try await server.connect()
+        let started = Date()
+        let response = try await client.request("GET", "/v1/events?timeout=1", token: owner.token)
+        #expect(response.status == 200)
+        #expect(Date().timeIntervalSince(started) >= 0.9)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func shutdownLetsAnInFlightRequestFinish() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        let body = #"{"role":"owner","login":"late-owner","password":"correct horse","name":"Late"}"#
+        // The head and half the body are in when the shutdown starts.
+        try await client.send("POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              + "Expect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + String(body.prefix(20)))
+        #expect(try await client.readContinue() == 100)
+        await server.beginShutdown()
+        await server.hub.waitUntilShutDown()
+        try await client.send(String(body.dropFirst(20)))
+        let response = try await client.readResponse()
+        #expect(response.status == 201)
+        #expect(await client.waitForClose())
+        try await server.stop()
+        // It is durable: a new server on the same file knows the account.
+        let again = try await TestServer.start(databasePath: server.databasePath)
+        let login = try await again.connect()
+        let session = try await login.request("POST", "/v1/sessions", json: ["login": "late-owner", "password": "correct horse"])
+        #expect(session.status == 201)
+        login.close()
+        try await again.stop()
+    }
+
+    @Test func connectionsOverTheCapAreRefusedWith503() async throws {
+        let server = try await TestServer.start { configuration, _ in configuration.maximumConnections = 2 }
+        let first = try await server.connect()
+        let second = try await server.connect()
+        #expect(try await first.request("GET", "/healthz").status == 200)
+        #expect(try await second.request("GET", "/healthz").status == 200)
+        let third = try await server.connect()
+        let refused = try await third.readResponse()
+        #expect(refused.status == 503)
+        #expect(await third.waitForClose())
+        first.close()
+        second.close()
+        try await server.stop()
+    }
+}
