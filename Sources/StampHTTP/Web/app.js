@@ -1,0 +1,342 @@
+// The customer's page (GET /app): find a cafe, ask for a stamp or a reward, and watch the answer
+// arrive live; see the stamp cards and each card's history.
+//
+// State: the cards (GET /v1/cards, then the card carried by each approval event) and the
+// customer's recent requests. There is no "my requests" endpoint, so the recent ones are kept in
+// localStorage and refreshed one by one on load; the events move them from pending to decided.
+import {
+  $, api, ApiError, describeRequest, el, errorText, EventFeed, formatDateTime, formatTime, mergeRequest,
+  plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, STATUS_TEXT, storage, uuid,
+} from '/assets/common.js';
+
+const session = new Session('app', 'customer');
+const state = { cards: new Map(), requests: new Map(), feed: null, ledgerStore: null };
+const recentKey = () => `stampd.app.recent.${session.account.id}`;
+const KEEP_RECENT = 20;
+
+const LEDGER_TEXT = {
+  stamp_added: 'Stamps added', reward_earned: 'Reward earned', reward_used: 'Reward used',
+  gift_sent: 'Gift sent', gift_received: 'Gift received', manual_stamp: 'Stamp from the cafe',
+};
+
+/** Every authenticated call goes through here: a refused token signs the page out. */
+async function call(path, options = {}) {
+  try {
+    return await api(path, { ...options, token: session.token });
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) sessionEnded();
+    throw error;
+  }
+}
+
+function say(text) { $('message').textContent = text; }
+
+// ---------------------------------------------------------------------------------------------
+// Signing in and out
+
+function signedIn() {
+  show($('auth'), false);
+  show($('session-bar'));
+  show($('customer'));
+  $('account-name').textContent = session.account.name;
+  say('');
+  state.cards = new Map();
+  state.requests = new Map();
+  state.feed = new EventFeed(session, {
+    onEvents, onReset: refreshAll, onStatus: showConnection, onUnauthorized: sessionEnded,
+    onMessage: (message) => { if (message.request) learn(message.request); render(); },
+  });
+  state.feed.start();
+  for (const request of storage.get(recentKey()) ?? []) mergeRequest(state.requests, request);
+  render();
+  refreshAll();
+  search('');
+}
+
+async function signOut() {
+  state.feed?.stop();
+  await session.signOut();
+  location.reload();
+}
+
+function sessionEnded() {
+  if (!session.token) return;
+  state.feed?.stop();
+  session.forget();
+  show($('session-bar'), false);
+  show($('customer'), false);
+  show($('auth'));
+  $('auth-error').textContent = 'Your session has ended. Please sign in again.';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and learning
+
+/** The cards, and the current status of every remembered request still pending. */
+async function refreshAll() {
+  try {
+    const { cards } = await call('/v1/cards');
+    for (const card of cards) learnCard(card);
+    const pending = [...state.requests.values()].filter((r) => r.status === 'pending');
+    await Promise.all(pending.map(async (request) => {
+      try {
+        learn(await call(`/v1/requests/${encodeURIComponent(request.id)}`));
+      } catch (error) {
+        if (error instanceof ApiError && error.status === 404) state.requests.delete(request.id);
+      }
+    }));
+    render();
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) say(`Could not load your cards: ${errorText(error)}`);
+  }
+}
+
+function learn(request) {
+  if (mergeRequest(state.requests, request)) {
+    // Keep the newest few in localStorage, to show them again after a reload.
+    const recent = [...state.requests.values()].sort((a, b) => b.createdAt.localeCompare(a.createdAt)).slice(0, KEEP_RECENT);
+    storage.set(recentKey(), recent);
+  }
+}
+
+/** A card from the API or an event; the newer one wins, whichever arrives first. */
+function learnCard(card) {
+  const known = state.cards.get(card.storeId);
+  if (known && known.updatedAt > card.updatedAt) return false;
+  state.cards.set(card.storeId, card);
+  return true;
+}
+
+/** A batch of events from the feed (this tab's poll, or another tab's). */
+function onEvents(events, { quiet }) {
+  let reloadCards = false;
+  const changedCards = [];
+  for (const event of events) {
+    const { request, card } = event.data ?? {};
+    if (request) {
+      learn(request);
+      if (!quiet) say(`${request.storeName}: ${STATUS_TEXT[request.status].toLowerCase()}, ${describeRequest(request)}.`);
+    }
+    if (card) {
+      if (learnCard(card)) changedCards.push(card.storeId);
+    } else if (event.type === 'card.updated') {
+      reloadCards = true; // a card change without the card in it: ask for the cards again
+    }
+  }
+  render();
+  for (const storeId of changedCards) {
+    $('cards').querySelector(`[data-store-id="${storeId}"]`)?.classList.add('new');
+    if (state.ledgerStore === storeId) showLedger(storeId);
+  }
+  if (reloadCards) refreshAll();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asking
+
+/**
+ * Asks a store for stamps or a reward. The Idempotency-Key makes a retry after a network error
+ * safe: the server answers the first request again instead of making a second one.
+ */
+async function ask(storeId, kind, count, button) {
+  const key = uuid();
+  const body = kind === 'stamp' ? { kind, count } : { kind };
+  if (isBusy(button)) return;
+  setBusy(button, true);
+  say('Sending your request…');
+  try {
+    let request;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        request = await call(`/v1/stores/${encodeURIComponent(storeId)}/requests`,
+          { method: 'POST', body, headers: { 'Idempotency-Key': key } });
+        break;
+      } catch (error) {
+        const retryable = error instanceof TypeError || (error instanceof ApiError && error.status >= 500);
+        if (!retryable || attempt === 3) throw error;
+        await new Promise((resolve) => { setTimeout(resolve, 1000 * attempt); });
+      }
+    }
+    learn(request);
+    state.feed.post({ request }); // other tabs get no event for it: tell them
+    render();
+    say(`Asked ${request.storeName} for ${describeRequest(request)}. Waiting for the cafe…`);
+  } catch (error) {
+    say(`Not sent: ${errorText(error)}`);
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+async function cancel(request, button) {
+  if (isBusy(button)) return;
+  setBusy(button, true);
+  try {
+    const answer = await call(`/v1/requests/${encodeURIComponent(request.id)}`, { method: 'DELETE' });
+    learn(answer.request);
+    state.feed.post({ request: answer.request });
+    say(`Cancelled your request to ${request.storeName}.`);
+    render();
+  } catch (error) {
+    say(errorText(error));
+    setBusy(button, false);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Search
+
+let searches = 0;
+
+/** Searches the stores; only the latest search's answer is shown (answers can cross). */
+async function search(query) {
+  const list = $('search-results');
+  const number = ++searches;
+  list.setAttribute('aria-busy', 'true');
+  try {
+    const { stores } = await call(`/v1/stores?${new URLSearchParams({ q: query, limit: '20' })}`);
+    if (number !== searches) return;
+    list.replaceChildren(...stores.map(storeItem));
+    list.dataset.query = query; // what the list shows the answer to
+    show($('search-empty'), stores.length === 0);
+  } catch (error) {
+    if (number === searches) say(`Search failed: ${errorText(error)}`);
+  } finally {
+    if (number === searches) list.removeAttribute('aria-busy');
+  }
+}
+
+function storeItem(store) {
+  const countId = `count-${store.id}`;
+  const count = el('select', { id: countId, dataset: { testid: 'stamp-count' } },
+    ...Array.from({ length: 10 }, (_, i) => el('option', { value: String(i + 1), text: String(i + 1) })));
+  const button = el('button', { type: 'submit', dataset: { testid: 'request-stamp' } }, 'Ask for stamps');
+  const form = el('form', { class: 'inline ask', on: { submit: (event) => {
+    event.preventDefault();
+    ask(store.id, 'stamp', Number(count.value), button);
+  } } }, el('label', { for: countId }, 'Stamps'), count, button);
+  return el('li', { class: 'store', dataset: { storeId: store.id, testid: 'store-result' } },
+    el('h3', { text: store.name }),
+    el('p', { class: 'store-meta' }, `${plural(store.stampsPerReward, 'stamp')} → ${store.rewardItem}`,
+      store.address ? ` · ${store.address}` : '', store.openHours ? ` · ${store.openHours}` : ''),
+    form);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+function requestItem(request) {
+  const item = el('li', { class: 'request', dataset: { requestId: request.id, testid: 'my-request' } },
+    el('div', { class: 'request-text' },
+      el('strong', { text: request.storeName }), ' · ', el('span', { class: 'what' }),
+      el('span', { class: 'when' }, ' · ', el('time', { datetime: request.createdAt, text: formatTime(request.createdAt) }))),
+    el('span', { class: 'badge' }),
+    el('div', { class: 'actions' },
+      el('button', { type: 'button', class: 'quiet cancel', dataset: { testid: 'cancel' },
+        'aria-label': `Cancel the request to ${request.storeName}`,
+        on: { click: (event) => cancel(request, event.currentTarget) } }, 'Cancel')));
+  updateRequestItem(item, request);
+  return item;
+}
+
+function updateRequestItem(item, request) {
+  item.dataset.status = request.status;
+  const reason = request.reason ? ` (${request.reason})` : '';
+  item.querySelector('.what').textContent = describeRequest(request, state.cards.get(request.storeId)?.rewardItem);
+  const badge = item.querySelector('.badge');
+  badge.dataset.status = request.status;
+  badge.textContent = request.status === 'pending' ? 'Pending: waiting for the cafe' : STATUS_TEXT[request.status] + reason;
+  const cancelButton = item.querySelector('.cancel');
+  if (request.status !== 'pending' && cancelButton) {
+    if (cancelButton.contains(document.activeElement)) $('requests-heading').focus();
+    cancelButton.remove();
+  }
+}
+
+function cardItem(card) {
+  const item = el('li', { class: 'card', dataset: { storeId: card.storeId, testid: 'card' } },
+    el('h3', { text: card.storeName }),
+    el('p', { class: 'card-progress' }),
+    el('p', { class: 'stamps', 'aria-hidden': 'true' }),
+    el('progress', { class: 'bar' }),
+    el('p', { class: 'card-rewards' }),
+    el('div', { class: 'actions' },
+      el('button', { type: 'button', dataset: { testid: 'card-ask' }, 'aria-label': `Ask ${card.storeName} for a stamp`,
+        on: { click: (event) => ask(card.storeId, 'stamp', 1, event.currentTarget) } }, 'Ask for a stamp'),
+      el('button', { type: 'button', class: 'use-reward', dataset: { testid: 'use-reward' },
+        'aria-label': `Use a reward at ${card.storeName}`,
+        on: { click: (event) => ask(card.storeId, 'reward', 1, event.currentTarget) } }, 'Use a reward'),
+      el('button', { type: 'button', class: 'quiet', dataset: { testid: 'show-ledger' },
+        'aria-label': `History of the ${card.storeName} card`, on: { click: () => showLedger(card.storeId) } }, 'History')));
+  updateCardItem(item, card);
+  return item;
+}
+
+function updateCardItem(item, card) {
+  item.dataset.stamps = card.stamps;
+  item.dataset.rewards = card.rewards;
+  item.querySelector('.card-progress').textContent = `${card.stamps} of ${card.stampsPerReward} stamps`;
+  // One mark per stamp: filled ● and empty ○, so progress is not shown by colour alone.
+  item.querySelector('.stamps').replaceChildren(...Array.from({ length: card.stampsPerReward },
+    (_, i) => el('span', { class: i < card.stamps ? 'stamp filled' : 'stamp', text: i < card.stamps ? '●' : '○' })));
+  const bar = item.querySelector('progress');
+  bar.max = card.stampsPerReward;
+  bar.value = card.stamps;
+  bar.setAttribute('aria-label', `${card.stamps} of ${card.stampsPerReward} stamps towards ${card.rewardItem}`);
+  item.querySelector('.card-rewards').textContent = card.rewards > 0
+    ? `${plural(card.rewards, 'reward')} ready: ${card.rewardItem}`
+    : `${card.stampsPerReward - card.stamps} more for a free ${card.rewardItem}`;
+  show(item.querySelector('.use-reward'), card.rewards > 0);
+}
+
+function render() {
+  const requests = [...state.requests.values()].sort((a, b) => b.createdAt.localeCompare(a.createdAt)).slice(0, 10);
+  reconcile($('my-requests'), requests, (r) => r.id, requestItem, updateRequestItem, $('requests-heading'));
+  show($('requests-empty'), requests.length === 0);
+  const cards = [...state.cards.values()].sort((a, b) => a.storeName.localeCompare(b.storeName));
+  reconcile($('cards'), cards, (c) => c.storeId, cardItem, updateCardItem, $('cards-heading'));
+  show($('cards-empty'), cards.length === 0);
+}
+
+async function showLedger(storeId) {
+  const card = state.cards.get(storeId);
+  try {
+    const { entries } = await call(`/v1/cards/${encodeURIComponent(storeId)}/ledger`);
+    const opening = state.ledgerStore !== storeId;
+    state.ledgerStore = storeId;
+    $('ledger-title').textContent = `History: ${card?.storeName ?? 'card'}`;
+    const signed = (n) => (n > 0 ? `+${n}` : String(n));
+    $('ledger-rows').replaceChildren(...entries.map((entry) => el('tr', {},
+      el('td', {}, el('time', { datetime: entry.at, text: formatDateTime(entry.at) })),
+      el('td', { text: LEDGER_TEXT[entry.kind] ?? entry.kind }),
+      el('td', { text: entry.stampsDelta ? signed(entry.stampsDelta) : '' }),
+      el('td', { text: entry.rewardsDelta ? signed(entry.rewardsDelta) : '' }))));
+    show($('ledger'), entries.length > 0);
+    show($('ledger-empty'), entries.length === 0);
+    show($('ledger-panel'));
+    if (opening) $('ledger-title').focus();
+  } catch (error) {
+    say(`Could not load the history: ${errorText(error)}`);
+  }
+}
+
+function closeLedger() {
+  const storeId = state.ledgerStore;
+  state.ledgerStore = null;
+  show($('ledger-panel'), false);
+  $('cards').querySelector(`[data-store-id="${storeId}"] [data-testid="show-ledger"]`)?.focus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+setupAuthForms(session, signedIn);
+$('signout').addEventListener('click', signOut);
+$('search-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  search($('search-q').value.trim());
+});
+$('ledger-close').addEventListener('click', closeLedger);
+
+if (await session.restore()) signedIn();
+else show($('auth'));

@@ -1,0 +1,338 @@
+// The owner's page (GET /): sign in, pick the store, and approve or reject requests as they come.
+//
+// State: the open store and a map of its requests (pending ones, and today's decided ones for the
+// totals). It is filled from the API on load and on a feed reset, then kept current by the event
+// feed; both go through mergeRequest, so their order does not matter.
+import {
+  $, api, ApiError, Beeper, describeRequest, el, errorText, EventFeed, formatTime, isToday, mergeRequest,
+  reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, startOfToday, STATUS_TEXT, storage,
+} from '/assets/common.js';
+
+const session = new Session('owner', 'owner');
+const beeper = new Beeper();
+const state = {
+  store: null,
+  requests: new Map(), // id → request, of the open store
+  loading: new Set(), // while a snapshot loads, the events that arrive meanwhile, to apply on top
+  feed: null,
+  noticed: [], // the requests the notice is about: it goes when none of them is pending
+  noticeTimer: 0,
+};
+const storeKey = () => `stampd.owner.store.${session.account.id}`;
+const soundKey = 'stampd.owner.sound';
+
+/** Every authenticated call goes through here: a refused token signs the page out. */
+async function call(path, options = {}) {
+  try {
+    return await api(path, { ...options, token: session.token });
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) sessionEnded();
+    throw error;
+  }
+}
+
+/** Says something in the page's status line (read out by screen readers). */
+function say(text) { $('message').textContent = text; }
+
+// ---------------------------------------------------------------------------------------------
+// Signing in and out
+
+function signedIn() {
+  show($('auth'), false);
+  show($('session-bar'));
+  $('account-name').textContent = session.account.name;
+  say('');
+  state.feed = new EventFeed(session, {
+    onEvents, onReset: loadSnapshot, onStatus: showConnection, onUnauthorized: sessionEnded,
+  });
+  state.feed.start();
+  const storeId = storage.get(storeKey());
+  if (storeId) openStore(storeId); else showSetup();
+}
+
+async function signOut() {
+  state.feed?.stop();
+  await session.signOut();
+  location.reload();
+}
+
+function sessionEnded() {
+  if (!session.token) return;
+  state.feed?.stop();
+  session.forget();
+  for (const id of ['session-bar', 'store-setup', 'dashboard']) show($(id), false);
+  show($('auth'));
+  $('auth-error').textContent = 'Your session has ended. Please sign in again.';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Choosing the store. There is no "my stores" endpoint: the id is remembered in localStorage,
+// and an owner on a new device pastes it.
+
+function showSetup(error = '') {
+  state.store = null;
+  show($('dashboard'), false);
+  show($('store-setup'));
+  $('store-error').textContent = error;
+  document.title = 'stampd — cafe owner';
+}
+
+async function openStore(id) {
+  try {
+    const store = await call(`/v1/stores/${encodeURIComponent(id)}`);
+    if (store.ownerId !== session.account.id) throw new Error('That store belongs to another owner.');
+    state.store = store;
+    state.requests = new Map();
+    storage.set(storeKey(), store.id);
+    $('store-title').textContent = store.name;
+    $('store-id').textContent = store.id;
+    show($('store-setup'), false);
+    show($('dashboard'));
+    render();
+    await loadSnapshot();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return;
+    const gone = error instanceof ApiError ? error.status === 404 || error.status === 403 : !(error instanceof TypeError);
+    if (gone && storage.get(storeKey()) === id) storage.remove(storeKey()); // not this owner's (any more)
+    $('store-id-input').value = id;
+    showSetup(error instanceof ApiError || error instanceof TypeError ? errorText(error) : error.message);
+  }
+}
+
+async function createStore(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const data = new FormData(form);
+  const body = {
+    name: data.get('name').trim(),
+    rewardItem: data.get('rewardItem').trim(),
+    stampsPerReward: Number(data.get('stampsPerReward')),
+  };
+  const address = data.get('address').trim();
+  if (address) body.address = address;
+  const button = form.querySelector('button');
+  if (isBusy(button)) return;
+  setBusy(button, true);
+  try {
+    const store = await call('/v1/stores', { method: 'POST', body });
+    storage.set(storeKey(), store.id);
+    form.reset();
+    await openStore(store.id);
+    say(`Store created. Customers find it by its name; its id is ${store.id}.`);
+  } catch (error) {
+    $('store-error').textContent = errorText(error);
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store's requests: a snapshot from the API, then the events
+
+/**
+ * Loads the pending requests and today's requests (for the totals) of the open store, replacing
+ * what the page knew (after a feed reset, some of it may be stale). Events that arrive while it
+ * loads are kept aside and merged on top, since the snapshot may predate them.
+ */
+async function loadSnapshot() {
+  const store = state.store;
+  if (!store) return;
+  const meanwhile = new Map();
+  state.loading.add(meanwhile);
+  const path = `/v1/stores/${encodeURIComponent(store.id)}/requests`;
+  // A request made just before midnight can be decided after it: look back one TTL further.
+  const since = startOfToday().getTime() - store.requestTtlSeconds * 1000;
+  try {
+    const [pending, recent] = await Promise.all([
+      fetchRequests(`${path}?status=pending`, () => true),
+      fetchRequests(path, (request) => new Date(request.createdAt).getTime() >= since),
+    ]);
+    if (state.store !== store) return; // the owner switched stores meanwhile
+    const requests = new Map();
+    for (const request of [...pending, ...recent, ...meanwhile.values()]) mergeRequest(requests, request);
+    state.requests = requests;
+    render();
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) say(`Could not load the requests: ${errorText(error)}`);
+  } finally {
+    state.loading.delete(meanwhile);
+  }
+}
+
+/** Follows nextCursor through a newest-first list while `keep` holds (at most 20 pages). */
+async function fetchRequests(path, keep) {
+  const requests = [];
+  let cursor = null;
+  for (let page = 0; page < 20; page += 1) {
+    const query = new URLSearchParams({ limit: '100' });
+    if (cursor) query.set('cursor', cursor);
+    const answer = await call(`${path}${path.includes('?') ? '&' : '?'}${query}`);
+    for (const request of answer.requests) {
+      if (!keep(request)) return requests;
+      requests.push(request);
+    }
+    cursor = answer.nextCursor;
+    if (!cursor) break;
+  }
+  return requests;
+}
+
+/** Takes in a newer version of a request (from an event or an answer). */
+function learn(request) {
+  mergeRequest(state.requests, request);
+  for (const meanwhile of state.loading) mergeRequest(meanwhile, request);
+}
+
+/** A batch of events from the feed (this tab's poll, or another tab's). */
+function onEvents(events, { quiet }) {
+  if (!state.store) return;
+  const created = [];
+  for (const event of events) {
+    const request = event.data?.request;
+    if (!request || request.storeId !== state.store.id) continue; // another of the owner's stores
+    learn(request);
+    if (event.type === 'request.created') created.push(request.id);
+  }
+  render();
+  // Only requests that are still waiting deserve a beep: a replay of old events stays silent.
+  const waiting = created.map((id) => state.requests.get(id)).filter((r) => r?.status === 'pending');
+  if (waiting.length > 0 && !quiet) announce(waiting);
+  for (const request of waiting) {
+    $('pending-list').querySelector(`[data-request-id="${request.id}"]`)?.classList.add('new');
+  }
+}
+
+/** The visible and audible notice of new requests. */
+function announce(requests) {
+  const [first] = requests;
+  const text = requests.length === 1
+    ? `New request: ${first.customerName} asks for ${describeRequest(first, state.store.rewardItem)}.`
+    : `${requests.length} new requests.`;
+  const notice = $('notice');
+  state.noticed = requests.map((r) => r.id);
+  notice.textContent = text;
+  show(notice);
+  notice.classList.remove('flash');
+  void notice.offsetWidth; // restart the animation
+  notice.classList.add('flash');
+  clearTimeout(state.noticeTimer);
+  state.noticeTimer = setTimeout(() => show(notice, false), 15_000);
+  if (storage.get(soundKey) !== false) beeper.beep();
+}
+
+/** Approves or rejects one request, with feedback on the item at once. */
+async function decide(request, action, item) {
+  const buttons = [...item.querySelectorAll('button')];
+  if (buttons.some(isBusy)) return; // already on its way
+  buttons.forEach((button) => setBusy(button, true));
+  item.classList.add('busy');
+  item.querySelector('.item-status').textContent = action === 'approve' ? 'Approving…' : 'Rejecting…';
+  try {
+    const answer = await call(`/v1/requests/${encodeURIComponent(request.id)}/${action}`, { method: 'POST' });
+    learn(answer.request);
+    const what = describeRequest(answer.request, state.store.rewardItem);
+    say(`${STATUS_TEXT[answer.request.status]}: ${what} for ${answer.request.customerName}.`);
+    render();
+  } catch (error) {
+    say(errorText(error));
+    if (error instanceof ApiError && (error.status === 409 || error.status === 404)) {
+      // Decided elsewhere, cancelled or expired: show what it is now.
+      const now = await call(`/v1/requests/${encodeURIComponent(request.id)}`).catch(() => null);
+      if (now) learn(now);
+      render();
+    } else {
+      buttons.forEach((button) => setBusy(button, false));
+      item.classList.remove('busy');
+      item.querySelector('.item-status').textContent = `Not done: ${errorText(error)}`;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+function pendingItem(request) {
+  const what = describeRequest(request, state.store.rewardItem);
+  const item = el('li', { class: 'request', dataset: { requestId: request.id, testid: 'request-item', status: 'pending' } },
+    el('div', { class: 'request-text' },
+      el('strong', { text: request.customerName }), ' asks for ', el('strong', { text: what }),
+      el('span', { class: 'when' }, ' · ', el('time', { datetime: request.createdAt, text: formatTime(request.createdAt) }))),
+    el('span', { class: 'badge', dataset: { status: 'pending' }, text: STATUS_TEXT.pending }),
+    el('div', { class: 'actions' },
+      el('button', { type: 'button', class: 'approve', dataset: { testid: 'approve' },
+        'aria-label': `Approve ${what} for ${request.customerName}`,
+        on: { click: () => decide(request, 'approve', item) } }, 'Approve'),
+      el('button', { type: 'button', class: 'reject', dataset: { testid: 'reject' },
+        'aria-label': `Reject ${what} for ${request.customerName}`,
+        on: { click: () => decide(request, 'reject', item) } }, 'Reject')),
+    el('p', { class: 'item-status' }));
+  return item;
+}
+
+function decidedItem(request) {
+  return el('li', { class: 'request', dataset: { requestId: request.id, status: request.status } },
+    el('div', { class: 'request-text' },
+      el('strong', { text: request.customerName }), ` · ${describeRequest(request, state.store.rewardItem)}`,
+      el('span', { class: 'when' }, ' · ', el('time', { datetime: request.decidedAt, text: formatTime(request.decidedAt) }))),
+    el('span', { class: 'badge', dataset: { status: request.status }, text: STATUS_TEXT[request.status] }));
+}
+
+/** Updates the page from state.requests (the pending list in place, see reconcile). */
+function render() {
+  const store = state.store;
+  if (!store) return;
+  const all = [...state.requests.values()].filter((r) => r.storeId === store.id);
+  const pending = all.filter((r) => r.status === 'pending')
+    .sort((a, b) => a.createdAt.localeCompare(b.createdAt)); // first come, first served
+  reconcile($('pending-list'), pending, (r) => r.id, pendingItem, null, $('pending-heading'));
+  $('pending-count').textContent = pending.length ? `(${pending.length})` : '';
+  show($('pending-empty'), pending.length === 0);
+  if (!state.noticed.some((id) => state.requests.get(id)?.status === 'pending')) show($('notice'), false);
+
+  const decided = all.filter((r) => r.status !== 'pending' && isToday(r.decidedAt))
+    .sort((a, b) => b.decidedAt.localeCompare(a.decidedAt));
+  $('decided-list').replaceChildren(...decided.slice(0, 50).map(decidedItem));
+  show($('decided-empty'), decided.length === 0);
+
+  const approved = decided.filter((r) => r.status === 'approved');
+  $('totals-approved').textContent = approved.length;
+  $('totals-rejected').textContent = decided.filter((r) => r.status === 'rejected').length;
+  $('totals-stamps').textContent = approved.filter((r) => r.kind === 'stamp').reduce((sum, r) => sum + r.count, 0);
+  $('totals-rewards').textContent = approved.filter((r) => r.kind === 'reward').length;
+
+  document.title = `${pending.length ? `(${pending.length}) ` : ''}${store.name} — stampd`;
+}
+
+/** The sound toggle: its text and aria-pressed both say whether it is on. */
+function showSound() {
+  const on = storage.get(soundKey) !== false;
+  const button = $('sound-toggle');
+  button.setAttribute('aria-pressed', String(on));
+  button.textContent = on ? 'Sound: on' : 'Sound: off';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+setupAuthForms(session, signedIn);
+$('signout').addEventListener('click', signOut);
+$('store-create-form').addEventListener('submit', createStore);
+$('store-open-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  openStore(new FormData(event.currentTarget).get('storeId').trim());
+});
+$('switch-store').addEventListener('click', () => {
+  storage.remove(storeKey());
+  showSetup();
+  $('store-name').focus();
+});
+$('sound-toggle').addEventListener('click', () => {
+  storage.set(soundKey, storage.get(soundKey) === false);
+  showSound();
+  if (storage.get(soundKey) !== false) beeper.beep(); // a test beep, so the owner hears it works
+});
+$('notice').addEventListener('click', () => show($('notice'), false));
+showSound();
+
+if (await session.restore()) signedIn();
+else show($('auth'));
