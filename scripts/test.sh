@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs every test of stampd: unit and live-socket (swift test), the OpenAPI document check,
+# the contract fuzzing (schemathesis), the browser end-to-end test (headless Chromium), and the
+# benchmark smoke run. On a fresh machine it first installs what is missing: Debian packages
+# (apt-get, as root) and a Python venv in .venv from Tests/requirements.txt.
+#
+#   scripts/test.sh            everything
+#   SKIP=browser,bench scripts/test.sh   leave stages out (build, swift, openapi, contract, browser, bench)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo="$(pwd)"
+skip=",${SKIP:-},"
+
+say() { printf '\n== %s\n' "$*"; }
+
+# --- what a clean machine lacks -------------------------------------------------------------
+apt_packages=(libsqlite3-dev sqlite3 chromium chromium-driver nginx-light libnginx-mod-nchan wrk)
+missing=()
+for package in "${apt_packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  say "installing ${missing[*]}"
+  sudo_cmd=""
+  [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || { echo "apt-get could not install ${missing[*]}"; exit 1; }
+fi
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import selenium, pytest, schemathesis, openapi_spec_validator' 2>/dev/null; then
+  say "preparing .venv"
+  python3 -m venv .venv && .venv/bin/pip install -q -r Tests/requirements.txt || { echo "pip install failed"; exit 1; }
+fi
+
+# --- the stages -----------------------------------------------------------------------------
+passed=0
+failed=0
+failures=()
+stage() {
+  local name=$1
+  shift
+  if [[ $skip == *",$name,"* ]]; then
+    say "$name: skipped"
+    return
+  fi
+  say "$name"
+  local started=$SECONDS
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "-- $name passed in $((SECONDS - started)) s"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    echo "-- $name FAILED in $((SECONDS - started)) s"
+  fi
+}
+
+stage build swift build --build-tests
+stage swift swift test --skip-build
+stage openapi .venv/bin/openapi-spec-validator openapi.yaml
+# The same debug binary that `swift test` built serves the live checks.
+binary="$(swift build --show-bin-path)/stampd"
+stage contract bash Tests/contract/run.sh "$binary"
+stage browser bash Tests/browser/run.sh "$binary"
+if [[ -x scripts/bench/run.sh ]]; then
+  stage bench bash scripts/bench/run.sh --smoke
+fi
+
+say "summary"
+((failed)) && echo "failed: ${failures[*]}"
+echo "stages: $passed passed, $failed failed"
+((failed == 0))
