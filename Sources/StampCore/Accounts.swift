@@ -10,7 +10,10 @@ public struct SignedIn: Codable, Sendable {
 }
 
 extension StampService {
-    public func createAccount(role: Role, login: String, password: String, name: String) async throws -> SignedIn {
+    /// Signs up. A customer whose phone a store registered as a walk-in claims that account and
+    /// its cards with the one-time code the store shows (`claimCode`).
+    public func createAccount(role: Role, login: String, password: String, name: String,
+                              claimCode: String? = nil) async throws -> SignedIn {
         let login = try Validate.text(login, field: "login", min: 3, max: 100)
         let name = try Validate.text(name, field: "name", max: 100)
         guard (8...200).contains(password.unicodeScalars.count) else {
@@ -21,7 +24,20 @@ extension StampService {
         let account = Account(id: Identifier.make("acc"), role: role, login: login, name: name, createdAt: now)
         let token = BearerToken.generate()
         let expiresAt = now.addingTimeInterval(settings.tokenLifetime)
-        try await write { connection, _ in
+        let key = Self.loginKey(login)
+        let created = try await write { connection, _ -> Account? in
+            if let walkIn = try Self.walkInAccount(key, on: connection) {
+                guard role == .customer else { throw StampError(.conflict, "the login is taken", field: "login") }
+                do {
+                    try Self.claim(walkIn, code: claimCode, passwordHash: hash, name: name, now: now, on: connection)
+                } catch is ClaimRefused {
+                    // Returned, not thrown, so that the counted attempt commits.
+                    try connection.run("UPDATE claim_codes SET attempts = attempts + 1 WHERE account_id = ?", walkIn)
+                    return nil
+                }
+                try Self.insertSession(token: token, account: walkIn, now: now, expiresAt: expiresAt, on: connection)
+                return try Self.loadAccount(walkIn, on: connection)
+            }
             do {
                 try connection.run("""
                     INSERT INTO accounts (id, role, login, login_key, name, password_hash, created_at)
@@ -31,8 +47,10 @@ extension StampService {
                 throw StampError(.conflict, "the login is taken", field: "login")
             }
             try Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
+            return account
         }
-        return SignedIn(account: account, token: token, expiresAt: expiresAt)
+        guard let created else { throw StampError.invalid("claimCode", "the claim code is wrong") }
+        return SignedIn(account: created, token: token, expiresAt: expiresAt)
     }
 
     public func createSession(login: String, password: String) async throws -> SignedIn {
@@ -90,9 +108,29 @@ extension StampService {
             """, BearerToken.digest(token), account, now.millis, expiresAt.millis)
     }
 
-    /// Logins are unique regardless of case and surrounding spaces.
+    /// Logins are unique regardless of case and surrounding spaces; a phone number is unique
+    /// by its digits, however it is written (`+82 10-5555-0101` is `+821055550101`).
     static func loginKey(_ login: String) -> String {
-        login.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+        let trimmed = login.trimmingCharacters(in: .whitespacesAndNewlines)
+        if let digits = phoneDigits(trimmed) { return "tel:" + digits }
+        return trimmed.lowercased()
+    }
+
+    /// The digits of a phone number (a leading `+` kept), or nil when the text is not one.
+    static func phoneDigits(_ text: String) -> String? {
+        let allowed = Set("0123456789 -().+")
+        guard text.allSatisfy({ allowed.contains($0) }) else { return nil }
+        let digits = text.filter(\.isNumber)
+        guard (6...20).contains(digits.count) else { return nil }
+        return (text.hasPrefix("+") ? "+" : "") + digits
+    }
+
+    static func loadAccount(_ id: String, on connection: Connection) throws -> Account {
+        guard let account = try connection.queryFirst("SELECT id, role, login, name, created_at FROM accounts WHERE id = ?",
+                                                      id, row: { try Self.account($0) }) else {
+            throw StampError.notFound("account")
+        }
+        return account
     }
 
     /// Reads `id, role, login, name, created_at` from columns 0–4.

@@ -5,7 +5,19 @@ import SQLiteDB
 /// The data of a `card.updated` event: the card after the change, and why it changed.
 public struct CardChange: Codable, Sendable, Equatable {
     public var card: Card
+    /// `ownerStamped`, `giftSent`, `giftReceived` or `stampsPerRewardLowered`.
     public var reason: String
+    /// The stamps added (negative: removed) by this change, where it has a count.
+    public var stamps: Int?
+    /// The other customer's name, for a gift.
+    public var counterpart: String?
+
+    public init(card: Card, reason: String, stamps: Int? = nil, counterpart: String? = nil) {
+        self.card = card
+        self.reason = reason
+        self.stamps = stamps
+        self.counterpart = counterpart
+    }
 }
 
 extension StampService {

@@ -109,25 +109,18 @@ extension StampService {
                 ?? Self.newCard(customer: request.customerId, store: request.storeId, now: now, on: connection)
             switch request.kind {
             case .stamp:
-                let total = card.stamps + request.count
-                let earned = total / card.stampsPerReward
                 try Self.addLedger(.stampAdded, card: card, stamps: request.count, rewards: 0, request: request.id,
                                    at: now, on: connection)
-                if earned > 0 {
-                    try Self.addLedger(.rewardEarned, card: card, stamps: -earned * card.stampsPerReward,
-                                       rewards: earned, request: request.id, at: now, on: connection)
-                }
-                card.stamps = total - earned * card.stampsPerReward
-                card.rewards += earned
+                card = try Self.convertAndSave(card, adding: request.count, now: now, on: connection)
             case .reward:
                 guard card.rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
                 try Self.addLedger(.rewardUsed, card: card, stamps: 0, rewards: -1, request: request.id,
                                    at: now, on: connection)
                 card.rewards -= 1
+                card.updatedAt = now
+                try connection.run("UPDATE cards SET rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
+                                   card.rewards, now.millis, card.customerId, card.storeId)
             }
-            card.updatedAt = now
-            try connection.run("UPDATE cards SET stamps = ?, rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
-                               card.stamps, card.rewards, now.millis, card.customerId, card.storeId)
             let approved = try Self.decide(request, .approved, reason: nil, now: now, on: connection)
             let approval = Approval(request: approved, card: card)
             try outbox.emit("request.approved", to: [request.customerId, owner], data: approval, at: now, on: connection)

@@ -188,15 +188,8 @@ extension StampService {
     static func convertExcessStamps(of store: Store, now: Date, on connection: Connection, outbox: inout Outbox) throws {
         let cards = try connection.query(cardSelect + " WHERE c.store_id = ? AND c.stamps >= ?",
                                          store.id, store.stampsPerReward) { try cardRow($0) }
-        for var card in cards {
-            let earned = card.stamps / card.stampsPerReward
-            try addLedger(.rewardEarned, card: card, stamps: -earned * card.stampsPerReward, rewards: earned,
-                          request: nil, at: now, on: connection)
-            card.stamps -= earned * card.stampsPerReward
-            card.rewards += earned
-            card.updatedAt = now
-            try connection.run("UPDATE cards SET stamps = ?, rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
-                               card.stamps, card.rewards, now.millis, card.customerId, card.storeId)
+        for card in cards {
+            let card = try convertAndSave(card, adding: 0, now: now, on: connection)
             try outbox.emit("card.updated", to: [card.customerId], data: CardChange(card: card, reason: "stampsPerRewardLowered"),
                             at: now, on: connection)
         }

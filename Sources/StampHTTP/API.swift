@@ -46,6 +46,43 @@ struct API: Sendable {
             let principal = try await principal(request)
             return .response(.json(CardList(cards: try await service.cards(principal))))
         }
+        router.add(.GET, "/v1/stores/{storeId}/customers") { request in
+            let principal = try await principal(request)
+            let found = try await service.findCustomers(principal, storeId: request.parameter("storeId"),
+                                                        phoneSuffix: request.query["phoneEndsWith"], login: request.query["login"])
+            return .response(.json(CustomerList(customers: found)))
+        }
+        router.add(.POST, "/v1/stores/{storeId}/customers") { request in
+            let principal = try await principal(request)
+            let input = try JSONInput(request, allowed: ["phone", "name"])
+            let registered = try await service.registerWalkIn(principal, storeId: request.parameter("storeId"),
+                                                              phone: try input.requiredString("phone"), name: try input.string("name"))
+            return .response(.json(registered, status: .created))
+        }
+        router.add(.POST, "/v1/stores/{storeId}/customers/{customerId}/claim-code") { request in
+            let principal = try await principal(request)
+            _ = try JSONInput(request, allowed: [])
+            let code = try await service.issueClaimCode(principal, storeId: request.parameter("storeId"),
+                                                        customerId: request.parameter("customerId"))
+            return .response(.json(code, status: .created))
+        }
+        router.add(.POST, "/v1/stores/{storeId}/stamps") { request in
+            let principal = try await principal(request)
+            let input = try JSONInput(request, allowed: ["customerId", "count"])
+            guard let count = try input.int("count") else { throw HTTPError.invalid("count", "count is required") }
+            let card = try await service.stampDirectly(principal, storeId: request.parameter("storeId"),
+                                                       customerId: try input.requiredString("customerId"), count: count)
+            return .response(.json(OwnerStamping(card: card)))
+        }
+        router.add(.POST, "/v1/cards/{storeId}/gifts") { request in
+            let principal = try await principal(request)
+            let input = try JSONInput(request, allowed: ["to", "count"])
+            guard let count = try input.int("count") else { throw HTTPError.invalid("count", "count is required") }
+            let gift = try await service.giveStamps(principal, storeId: request.parameter("storeId"),
+                                                    toLogin: try input.requiredString("to"), count: count,
+                                                    idempotency: try idempotencyKey(request, input))
+            return .response(.json(gift, status: .created))
+        }
         router.add(.GET, "/v1/cards/{storeId}/ledger") { request in
             let principal = try await principal(request)
             return .response(.json(LedgerList(entries: try await service.ledger(principal, storeId: request.parameter("storeId")))))
@@ -55,14 +92,14 @@ struct API: Sendable {
     // MARK: - Accounts and sessions
 
     private func createAccount(_ request: Request) async throws -> Reply {
-        let input = try JSONInput(request, allowed: ["role", "login", "password", "name"])
+        let input = try JSONInput(request, allowed: ["role", "login", "password", "name", "claimCode"])
         let roleText = try input.requiredString("role")
         guard let role = Role(rawValue: roleText) else {
             throw HTTPError.invalid("role", "role must be customer or owner")
         }
         let signedIn = try await service.createAccount(
             role: role, login: try input.requiredString("login"), password: try input.requiredString("password"),
-            name: try input.requiredString("name"))
+            name: try input.requiredString("name"), claimCode: try input.string("claimCode"))
         return .response(.json(signedIn, status: .created))
     }
 
@@ -235,6 +272,10 @@ struct RequestList: Encodable, Sendable {
 
 struct CardList: Encodable, Sendable {
     var cards: [Card]
+}
+
+struct CustomerList: Encodable, Sendable {
+    var customers: [CustomerSummary]
 }
 
 struct LedgerList: Encodable, Sendable {

@@ -1,0 +1,70 @@
+// Stamp gifts: a customer gives stamps of one store's card to another customer, atomically.
+import Foundation
+import SQLiteDB
+
+public struct Gift: Codable, Sendable, Equatable {
+    public var id: String
+    public var storeId: String
+    public var toName: String
+    public var count: Int
+    public var at: Date
+    /// The giver's card after the gift.
+    public var card: Card
+}
+
+extension StampService {
+    /// Gifts a sender may make per hour.
+    static let giftsPerHour = 10
+
+    public func giveStamps(_ principal: Principal, storeId: String, toLogin: String, count: Int,
+                           idempotency: IdempotencyKey? = nil) async throws -> Gift {
+        guard principal.role == .customer else { throw StampError(.forbidden, "only customers give stamps") }
+        let toLogin = try Validate.text(toLogin, field: "to", min: 3, max: 100)
+        let count = try Validate.range(count, field: "count", 1...100)
+        let key = Self.loginKey(toLogin)
+        let now = clock.now()
+        let hourAgo = now.addingTimeInterval(-3600).millis
+        let senderName = principal.account.name
+        let window = settings.idempotencyWindow
+        return try await write { connection, outbox in
+            try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                guard let receiver = try connection.queryFirst("""
+                    SELECT id, name FROM accounts WHERE login_key = ? AND role = 'customer'
+                    """, key, row: { (try $0.get(0, as: String.self), try $0.get(1, as: String.self)) }) else {
+                    throw StampError(.notFound, "no customer has that login", field: "to")
+                }
+                guard receiver.0 != principal.id else { throw StampError.invalid("to", "a gift goes to someone else") }
+                let recent = try connection.queryFirst("SELECT count(*), min(at) FROM gifts WHERE from_id = ? AND at > ?",
+                                                       principal.id, hourAgo) {
+                    (try $0.get(0, as: Int.self), try $0.optional(1, as: Int64.self))
+                }
+                if let (sent, oldest) = recent, sent >= Self.giftsPerHour {
+                    let wait = max(1, Int(((oldest ?? now.millis) + 3_600_000 - now.millis) / 1000))
+                    throw StampError(.rateLimited, "at most \(Self.giftsPerHour) gifts an hour", retryAfter: wait)
+                }
+                guard var sender = try Self.loadCard(customer: principal.id, store: storeId, on: connection) else {
+                    throw StampError.notFound("card")
+                }
+                guard sender.stamps >= count else {
+                    throw StampError(.conflict, "the card has \(sender.stamps) stamps, fewer than \(count)")
+                }
+                var receiving = try Self.loadCard(customer: receiver.0, store: storeId, on: connection)
+                    ?? Self.newCard(customer: receiver.0, store: storeId, now: now, on: connection)
+                try Self.addLedger(.giftSent, card: sender, stamps: -count, rewards: 0, request: nil, at: now, on: connection)
+                sender = try Self.convertAndSave(sender, adding: -count, now: now, on: connection)
+                try Self.addLedger(.giftReceived, card: receiving, stamps: count, rewards: 0, request: nil, at: now, on: connection)
+                receiving = try Self.convertAndSave(receiving, adding: count, now: now, on: connection)
+                let gift = Gift(id: Identifier.make("gft"), storeId: storeId, toName: receiver.1, count: count, at: now, card: sender)
+                try connection.run("INSERT INTO gifts (id, store_id, from_id, to_id, count, at) VALUES (?, ?, ?, ?, ?, ?)",
+                                   gift.id, storeId, principal.id, receiver.0, count, now.millis)
+                try outbox.emit("card.updated", to: [principal.id],
+                                data: CardChange(card: sender, reason: "giftSent", stamps: -count, counterpart: receiver.1),
+                                at: now, on: connection)
+                try outbox.emit("card.updated", to: [receiver.0],
+                                data: CardChange(card: receiving, reason: "giftReceived", stamps: count, counterpart: senderName),
+                                at: now, on: connection)
+                return gift
+            }
+        }
+    }
+}
