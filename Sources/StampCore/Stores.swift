@@ -87,6 +87,9 @@ extension StampService {
         let openHours = try patch.openHours.map { try Validate.optionalText($0, field: "openHours", max: 200) }
         let ttl = try patch.requestTtlSeconds.map { try Validate.range($0, field: "requestTtlSeconds", 10...86_400) }
         let menu = try patch.menu.map { try Validate.menu($0) }
+        if let latitude, let longitude, (latitude == nil) != (longitude == nil) {
+            throw StampError.invalid(latitude == nil ? "latitude" : "longitude", "latitude and longitude go together")
+        }
         return try await write { connection, outbox in
             guard var store = try Self.loadStore(id, on: connection) else { throw StampError.notFound("store") }
             guard store.ownerId == principal.id else { throw StampError(.forbidden, "only the store's owner may change it") }

@@ -250,7 +250,7 @@ struct API: Sendable {
 
 func queryInt(_ request: Request, _ name: String) throws -> Int? {
     guard let text = request.query[name] else { return nil }
-    guard let value = Int(text) else { throw HTTPError.invalid(name, "\(name) must be an integer") }
+    guard !text.hasPrefix("+"), let value = Int(text) else { throw HTTPError.invalid(name, "\(name) must be an integer") }
     return value
 }
 

@@ -23,8 +23,9 @@ struct EventsEndpoint: Sendable {
         guard (1...1000).contains(limit) else { throw HTTPError.invalid("limit", "limit must be between 1 and 1000") }
         var extraHeaders: [(String, String)] = []
         var seconds = Self.defaultTimeout
-        if let timeout = try queryDouble(request, "timeout") {
-            // Clamped while still a Double: any finite number is a valid request.
+        if let text = request.query["timeout"] {
+            // Any number is a valid wait, clamped while still a Double (1e400 parses as infinity).
+            guard let timeout = Double(text), !timeout.isNaN else { throw HTTPError.invalid("timeout", "timeout must be a number") }
             seconds = Int(min(max(timeout.rounded(), Double(Self.timeoutRange.lowerBound)), Double(Self.timeoutRange.upperBound)))
         } else if let wait = Self.preferredWait(request.headers) {
             seconds = wait
@@ -82,7 +83,9 @@ struct EventsEndpoint: Sendable {
 
     private static func parseCursor(_ text: String?, field: String) throws -> Int64? {
         guard let text, !text.isEmpty else { return nil }
-        guard let value = Int64(text), value >= 0 else {
+        // Cursors are written as plain decimals; "+3" or "003" were never issued.
+        guard text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+              text == "0" || !text.hasPrefix("0"), let value = Int64(text) else {
             throw HTTPError.invalid(field, "\(field) must be a cursor from an earlier answer")
         }
         return value

@@ -1,12 +1,12 @@
 // The customer's page (GET /app): find a cafe, ask for a stamp or a reward, and watch the answer
-// arrive live; see the stamp cards and each card's history.
+// arrive live; see the stamp cards and each card's history; give stamps to someone else.
 //
-// State: the cards (GET /v1/cards, then the card carried by each approval event) and the
-// customer's recent requests. There is no "my requests" endpoint, so the recent ones are kept in
+// State: the cards (GET /v1/cards, then the card carried by each approval or card.updated event)
+// and the customer's recent requests. There is no "my requests" endpoint, so the recent ones are kept in
 // localStorage and refreshed one by one on load; the events move them from pending to decided.
 import {
-  $, api, ApiError, describeRequest, el, errorText, EventFeed, formatDateTime, formatTime, mergeRequest,
-  plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, STATUS_TEXT, storage, uuid,
+  $, api, ApiError, clearProblems, describeRequest, el, errorText, EventFeed, formatDateTime, formatTime, mergeRequest,
+  plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, showProblem, STATUS_TEXT, storage, uuid,
 } from '/assets/common.js';
 
 const session = new Session('app', 'customer');
@@ -16,7 +16,7 @@ const KEEP_RECENT = 20;
 
 const LEDGER_TEXT = {
   stamp_added: 'Stamps added', reward_earned: 'Reward earned', reward_used: 'Reward used',
-  gift_sent: 'Gift sent', gift_received: 'Gift received', manual_stamp: 'Stamp from the cafe',
+  gift_sent: 'Gift sent', gift_received: 'Gift received', manual_stamp: 'Stamps from the cafe',
 };
 
 /** Every authenticated call goes through here: a refused token signs the page out. */
@@ -107,10 +107,41 @@ function learnCard(card) {
   return true;
 }
 
+/**
+ * What a card.updated event means, in words: "Gia gave you 3 stamps at Bean Cafe." Its data is
+ * {card, reason, stamps?, counterpart?}; `before` is the card as the page knew it.
+ */
+function describeChange({ card, reason, stamps, counterpart }, before) {
+  const n = Math.abs(stamps ?? 0);
+  let text;
+  switch (reason) {
+    case 'ownerStamped':
+      text = stamps < 0 ? `${card.storeName} took ${plural(n, 'stamp')} off your card (a correction).`
+        : `${card.storeName} added ${plural(n, 'stamp')} to your card.`;
+      break;
+    case 'giftReceived': text = `${counterpart || 'Someone'} gave you ${plural(n, 'stamp')} at ${card.storeName}.`; break;
+    case 'giftSent': text = `You gave ${counterpart || 'someone'} ${plural(n, 'stamp')} from your ${card.storeName} card.`; break;
+    case 'stampsPerRewardLowered':
+      text = `${card.storeName} now needs only ${plural(card.stampsPerReward, 'stamp')} for a ${card.rewardItem}.`;
+      break;
+    default: text = `Your ${card.storeName} card changed.`;
+  }
+  if (card.rewards > (before?.rewards ?? 0)) text += ` A free ${card.rewardItem} is ready!`;
+  return text;
+}
+
+/** Says a card's news in the status line and on the card itself, until the next news. */
+function tell(storeId, text) {
+  say(text);
+  const note = $('cards').querySelector(`[data-store-id="${storeId}"] .card-note`);
+  if (note) note.textContent = text;
+}
+
 /** A batch of events from the feed (this tab's poll, or another tab's). */
 function onEvents(events, { quiet }) {
   let reloadCards = false;
   const changedCards = [];
+  const news = []; // [storeId, text] of card.updated events, told after the render
   for (const event of events) {
     const { request, card } = event.data ?? {};
     if (request) {
@@ -118,7 +149,9 @@ function onEvents(events, { quiet }) {
       if (!quiet) say(`${request.storeName}: ${STATUS_TEXT[request.status].toLowerCase()}, ${describeRequest(request)}.`);
     }
     if (card) {
+      const before = state.cards.get(card.storeId);
       if (learnCard(card)) changedCards.push(card.storeId);
+      if (event.type === 'card.updated' && !quiet) news.push([card.storeId, describeChange(event.data, before)]);
     } else if (event.type === 'card.updated') {
       reloadCards = true; // a card change without the card in it: ask for the cards again
     }
@@ -128,6 +161,8 @@ function onEvents(events, { quiet }) {
     $('cards').querySelector(`[data-store-id="${storeId}"]`)?.classList.add('new');
     if (state.ledgerStore === storeId) showLedger(storeId);
   }
+  for (const [storeId, text] of news) tell(storeId, text);
+  if (news.length > 1) say(news.map(([, text]) => text).join(' '));
   if (reloadCards) refreshAll();
 }
 
@@ -181,6 +216,87 @@ async function cancel(request, button) {
     say(errorText(error));
     setBusy(button, false);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Giving stamps: from one of the customer's cards to another customer, by their login.
+
+/** Opens or closes a card's gift form. */
+function toggleGift(item, open) {
+  const form = item.querySelector('.gift');
+  const toggle = item.querySelector('.give');
+  show(form, open);
+  toggle.setAttribute('aria-expanded', String(open));
+  if (open) {
+    form.elements.namedItem('to').focus();
+  } else {
+    clearProblems(form, form.querySelector('.form-error'));
+    show(toggle, (state.cards.get(item.dataset.storeId)?.stamps ?? 0) > 0);
+    (toggle.hidden ? item.querySelector('button') : toggle).focus();
+  }
+}
+
+/**
+ * Gives stamps. The Idempotency-Key stays the same while the form sends the same gift again
+ * after a network error (so a gift that did go through is not given twice); any answer from the
+ * server, or a changed gift, starts a new key.
+ */
+async function give(card, form, button) {
+  if (isBusy(button)) return;
+  const data = new FormData(form);
+  const body = { to: data.get('to').trim(), count: Number(data.get('count')) };
+  const fingerprint = JSON.stringify(body);
+  if (form.dataset.fingerprint !== fingerprint) {
+    form.dataset.fingerprint = fingerprint;
+    form.dataset.key = uuid();
+  }
+  const formError = form.querySelector('.form-error');
+  clearProblems(form, formError);
+  setBusy(button, true);
+  try {
+    let gift;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        gift = await call(`/v1/cards/${encodeURIComponent(card.storeId)}/gifts`,
+          { method: 'POST', body, headers: { 'Idempotency-Key': form.dataset.key } });
+        break;
+      } catch (error) {
+        const retryable = error instanceof TypeError || (error instanceof ApiError && error.status >= 500);
+        if (!retryable || attempt === 3) throw error;
+        await new Promise((resolve) => { setTimeout(resolve, 1000 * attempt); });
+      }
+    }
+    delete form.dataset.fingerprint;
+    learnCard(gift.card);
+    render();
+    const item = form.closest('.card');
+    form.reset();
+    toggleGift(item, false);
+    tell(card.storeId, `You gave ${gift.toName} ${plural(gift.count, 'stamp')} from your ${gift.card.storeName} card.`);
+  } catch (error) {
+    if (error instanceof ApiError) delete form.dataset.fingerprint; // answered: a new try is a new gift
+    if (!(error instanceof ApiError && error.status === 401)) showProblem(form, error, formError);
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+function giftForm(card) {
+  const id = (name) => `gift-${name}-${card.storeId}`;
+  const button = el('button', { type: 'submit', dataset: { testid: 'gift-submit' } }, 'Give');
+  const form = el('form', { id: id('form'), class: 'gift', hidden: true, dataset: { testid: 'gift-form' },
+    'aria-label': `Give stamps from the ${card.storeName} card`,
+    on: { submit: (event) => { event.preventDefault(); give(state.cards.get(card.storeId) ?? card, form, button); } } },
+  el('h4', {}, 'Give stamps to someone'),
+  el('label', { for: id('to') }, 'Their phone or e-mail ', el('span', { class: 'hint' }, '(as they sign in to stampd)')),
+  el('input', { id: id('to'), name: 'to', autocomplete: 'off', spellcheck: 'false', required: true, dataset: { testid: 'gift-to' } }),
+  el('label', { for: id('count') }, 'Stamps'),
+  el('input', { id: id('count'), name: 'count', type: 'number', inputmode: 'numeric', min: '1', value: '1', required: true,
+    class: 'count-input', dataset: { testid: 'gift-count' } }),
+  el('div', { class: 'inline form-actions' }, button,
+    el('button', { type: 'button', class: 'quiet', on: { click: () => toggleGift(form.closest('.card'), false) } }, 'Cancel')),
+  el('p', { class: 'error form-error', role: 'alert' }));
+  return form;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,20 +370,26 @@ function updateRequestItem(item, request) {
 }
 
 function cardItem(card) {
+  const gift = giftForm(card);
   const item = el('li', { class: 'card', dataset: { storeId: card.storeId, testid: 'card' } },
     el('h3', { text: card.storeName }),
     el('p', { class: 'card-progress' }),
     el('p', { class: 'stamps', 'aria-hidden': 'true' }),
     el('progress', { class: 'bar' }),
     el('p', { class: 'card-rewards' }),
+    el('p', { class: 'card-note', role: 'status', dataset: { testid: 'card-note' } }),
     el('div', { class: 'actions' },
       el('button', { type: 'button', dataset: { testid: 'card-ask' }, 'aria-label': `Ask ${card.storeName} for a stamp`,
         on: { click: (event) => ask(card.storeId, 'stamp', 1, event.currentTarget) } }, 'Ask for a stamp'),
       el('button', { type: 'button', class: 'use-reward', dataset: { testid: 'use-reward' },
         'aria-label': `Use a reward at ${card.storeName}`,
         on: { click: (event) => ask(card.storeId, 'reward', 1, event.currentTarget) } }, 'Use a reward'),
+      el('button', { type: 'button', class: 'quiet give', dataset: { testid: 'give-stamps' }, 'aria-expanded': 'false',
+        'aria-controls': gift.id, 'aria-label': `Give stamps from the ${card.storeName} card`,
+        on: { click: () => toggleGift(item, gift.hidden) } }, 'Give stamps'),
       el('button', { type: 'button', class: 'quiet', dataset: { testid: 'show-ledger' },
-        'aria-label': `History of the ${card.storeName} card`, on: { click: () => showLedger(card.storeId) } }, 'History')));
+        'aria-label': `History of the ${card.storeName} card`, on: { click: () => showLedger(card.storeId) } }, 'History')),
+    gift);
   updateCardItem(item, card);
   return item;
 }
@@ -287,6 +409,10 @@ function updateCardItem(item, card) {
     ? `${plural(card.rewards, 'reward')} ready: ${card.rewardItem}`
     : `${card.stampsPerReward - card.stamps} more for a free ${card.rewardItem}`;
   show(item.querySelector('.use-reward'), card.rewards > 0);
+  // Stamps can be given while the card has some; an open form stays open (the server has the last word).
+  const gift = item.querySelector('.gift');
+  show(item.querySelector('.give'), card.stamps > 0 || !gift.hidden);
+  gift.elements.namedItem('count').max = String(Math.max(1, card.stamps));
 }
 
 function render() {
@@ -308,7 +434,8 @@ async function showLedger(storeId) {
     const signed = (n) => (n > 0 ? `+${n}` : String(n));
     $('ledger-rows').replaceChildren(...entries.map((entry) => el('tr', {},
       el('td', {}, el('time', { datetime: entry.at, text: formatDateTime(entry.at) })),
-      el('td', { text: LEDGER_TEXT[entry.kind] ?? entry.kind }),
+      el('td', { text: entry.kind === 'manual_stamp' && entry.stampsDelta < 0 ? 'Correction by the cafe'
+        : LEDGER_TEXT[entry.kind] ?? entry.kind }),
       el('td', { text: entry.stampsDelta ? signed(entry.stampsDelta) : '' }),
       el('td', { text: entry.rewardsDelta ? signed(entry.rewardsDelta) : '' }))));
     show($('ledger'), entries.length > 0);

@@ -164,11 +164,69 @@ export async function api(path, { method = 'GET', body, token, headers = {}, sig
   return data;
 }
 
-/** A message fit to show for any error that api() can throw. */
+/** "40 s", "5 min": how long to wait, in words. */
+export function formatWait(seconds) {
+  return seconds < 90 ? plural(Math.ceil(seconds), 'second') : plural(Math.ceil(seconds / 60), 'minute');
+}
+
+/** A message fit to show for any error that api() can throw (or an Error of the page's own). */
 export function errorText(error) {
-  if (error instanceof ApiError) return error.message;
+  if (error instanceof ApiError) {
+    return error.status === 429 && error.retryAfter ? `${error.message} (try again in ${formatWait(error.retryAfter)})` : error.message;
+  }
   if (error?.name === 'AbortError') return 'Cancelled.';
+  if (error instanceof Error && !(error instanceof TypeError) && error.message) return error.message;
   return 'The server cannot be reached. Check the connection and try again.';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Problems next to their fields. A problem+json answer may name the `field` it is about: its
+// detail goes right under that input (created on first use, tied to it with aria-describedby,
+// the input marked aria-invalid and focused); a problem about no field of the form goes to
+// `fallback`. Typing in the field clears its message.
+
+function fieldErrorNode(input) {
+  const id = `${input.id}-error`;
+  let node = document.getElementById(id);
+  if (!node) {
+    node = el('p', { id, class: 'field-error' });
+    (input.closest('.inline') ?? input).after(node);
+    const described = input.getAttribute('aria-describedby');
+    input.setAttribute('aria-describedby', described ? `${described} ${id}` : id);
+    input.addEventListener('input', () => {
+      node.textContent = '';
+      input.removeAttribute('aria-invalid');
+    });
+  }
+  return node;
+}
+
+/** Clears what showProblem showed in `form` (and in `fallback`). */
+export function clearProblems(form, fallback) {
+  for (const node of form.querySelectorAll('.field-error')) node.textContent = '';
+  for (const input of form.querySelectorAll('[aria-invalid]')) input.removeAttribute('aria-invalid');
+  if (fallback) fallback.textContent = '';
+}
+
+/**
+ * Shows an error in `form`: under the input named by the problem's field (or by `aliases[field]`),
+ * else in `fallback`. Answers the input it marked, or null.
+ */
+export function showProblem(form, error, fallback, aliases = {}) {
+  const text = errorText(error);
+  const name = error?.field ? aliases[error.field] ?? error.field : null;
+  const input = name ? form.elements.namedItem(name) : null;
+  if (!(input instanceof HTMLInputElement || input instanceof HTMLSelectElement) || !input.id) {
+    if (fallback) fallback.textContent = text;
+    return null;
+  }
+  const details = input.closest('details');
+  if (details) details.open = true; // a field folded away (the claim code): unfold it
+  show(input.closest('[hidden]') ?? input, true);
+  fieldErrorNode(input).textContent = text;
+  input.setAttribute('aria-invalid', 'true');
+  input.focus();
+  return input;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,8 +260,11 @@ export class Session {
 
   async signIn(login, password) { this.keep(await api('/v1/sessions', { method: 'POST', body: { login, password } })); }
 
-  async signUp(name, login, password) {
-    this.keep(await api('/v1/accounts', { method: 'POST', body: { role: this.role, login, password, name } }));
+  /** Signs up; a customer's `claimCode` (from a cafe) takes over the stamps the cafe gave that phone. */
+  async signUp(name, login, password, claimCode) {
+    const body = { role: this.role, login, password, name };
+    if (claimCode) body.claimCode = claimCode;
+    this.keep(await api('/v1/accounts', { method: 'POST', body }));
   }
 
   keep({ token, account }) {
@@ -235,28 +296,33 @@ export class Session {
 
 /**
  * Wires the sign-in and sign-up forms that both pages share (ids signin-*, signup-*, auth-error).
+ * A problem about a field shows under it; the customer page's sign-up form also has a claim code
+ * field, folded away in a <details> (signup-claim) until the customer or the server asks for it.
  * `onSignedIn` runs after either succeeds.
  */
 export function setupAuthForms(session, onSignedIn) {
   const error = $('auth-error');
+  const claim = $('signup-claim');
   const submit = (form, action) => form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const button = form.querySelector('button[type=submit]');
     if (isBusy(button)) return;
     setBusy(button, true);
-    error.textContent = '';
+    for (const each of [$('signin-form'), $('signup-form')]) clearProblems(each, error);
     try {
       await action(new FormData(form));
       form.reset();
+      if (claim) claim.open = false;
       onSignedIn();
     } catch (problem) {
-      error.textContent = problem instanceof TypeError ? errorText(problem) : problem.message;
+      showProblem(form, problem, error);
     } finally {
       setBusy(button, false);
     }
   });
   submit($('signin-form'), (data) => session.signIn(data.get('login').trim(), data.get('password')));
-  submit($('signup-form'), (data) => session.signUp(data.get('name').trim(), data.get('login').trim(), data.get('password')));
+  submit($('signup-form'), (data) => session.signUp(data.get('name').trim(), data.get('login').trim(),
+    data.get('password'), (data.get('claimCode') ?? '').replace(/\s+/g, '')));
 }
 
 // ---------------------------------------------------------------------------------------------

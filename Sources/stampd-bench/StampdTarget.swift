@@ -1,0 +1,666 @@
+// The stampd side: accounts and stores, parked owner polls, publish→deliver latency and the
+// full request → approve flow.
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+struct BenchAccount: Sendable {
+    var id: String
+    var token: String
+    var storeId: String?
+    var auth: HTTPHeaders { ["Authorization": "Bearer \(token)"] }
+}
+
+/// Creates accounts (and a store for each owner) over `conns`.
+func createAccounts(role: String, count: Int, prefix: String, conns: [Conn], tally: Tally,
+                    deadline: Double) async throws -> [BenchAccount] {
+    let made = Mutex([BenchAccount?](repeating: nil, count: count))
+    let owner = role == "owner"
+    let (ok, failed) = try await runJobs(over: conns, count: count, deadline: deadline) { index, conn, done in
+        let body = #"{"role":"\#(role)","login":"\#(prefix)-\#(index)","password":"bench-password","name":"\#(role) \#(index)"}"#
+        conn.request(.POST, "/v1/accounts", body: ByteBuffer(string: body)) { result in
+            guard case .success(let answer) = result, answer.status == 201,
+                  let token = stringValue(#""token":""#, in: answer.body),
+                  let id = stringValue(#""id":""#, in: answer.body) else {
+                tally.error("POST /v1/accounts: \(describe(result))")
+                return done(false)
+            }
+            var account = BenchAccount(id: id, token: token)
+            guard owner else {
+                made.withLock { $0[index] = account }
+                return done(true)
+            }
+            let store = #"{"name":"Cafe \#(index)","rewardItem":"Americano"}"#
+            conn.request(.POST, "/v1/stores", headers: account.auth, body: ByteBuffer(string: store)) { result in
+                guard case .success(let answer) = result, answer.status == 201,
+                      let storeId = stringValue(#""id":""#, in: answer.body) else {
+                    tally.error("POST /v1/stores: \(describe(result))")
+                    return done(false)
+                }
+                account.storeId = storeId
+                made.withLock { $0[index] = account }
+                done(true)
+            }
+        }
+    }
+    guard failed == 0, ok == count else { throw BenchError.unexpected("\(failed) of \(count) \(role) accounts failed") }
+    return made.withLock { $0.compactMap { $0 } }
+}
+
+func describe(_ result: Result<HTTPAnswer, any Error>) -> String {
+    switch result {
+    case .success(let answer): return "HTTP \(answer.status) \(answer.text.prefix(200))"
+    case .failure(let error): return "\(error)"
+    }
+}
+
+/// One account's long poll, re-issued after every answer until stopped. Loop-confined,
+/// except `sent`, which the customers' loop writes.
+final class StampdPoller: @unchecked Sendable {
+    let conn: Conn
+    let account: BenchAccount
+    let tally: Tally
+    private let auth: HTTPHeaders
+    private var cursor: String?
+    private var running = false
+    private(set) var outstanding = false
+    /// When the requests addressed to this owner were sent (publish→deliver latency).
+    let sent = Mutex<[UInt64]>([])
+    var onEvents: ((_ events: [PolledEvent], _ at: UInt64) -> Void)?
+    var timeoutAnswers = 0
+    var answersWithEvents = 0
+
+    static let timeout = 50
+
+    init(conn: Conn, account: BenchAccount, tally: Tally) {
+        self.conn = conn
+        self.account = account
+        self.tally = tally
+        self.auth = account.auth
+    }
+
+    /// From any thread.
+    func start() { conn.loop.execute { self.running = true; self.poll() } }
+
+    /// From any thread: stops and closes the connection.
+    func stop(close: Bool = true) {
+        conn.loop.execute {
+            self.running = false
+            self.onEvents = nil
+            if close { self.conn.close() }
+        }
+    }
+
+    private func poll() {
+        guard running else { return }
+        var uri = "/v1/events?timeout=\(Self.timeout)"
+        if let cursor { uri += "&after=" + cursor }
+        outstanding = true
+        conn.request(.GET, uri, headers: auth) { [self] result in
+            outstanding = false
+            guard running else { return }
+            switch result {
+            case .success(let answer) where answer.status == 200:
+                let at = nowNanos()
+                let parsed = EventsAnswer(answer.body)
+                guard let next = parsed.cursor else {
+                    tally.error("GET /v1/events: no cursor in \(answer.text.prefix(200))")
+                    running = false
+                    return
+                }
+                if parsed.reset { tally.error("GET /v1/events answered reset") }
+                cursor = next
+                if parsed.events.isEmpty {
+                    timeoutAnswers += 1
+                } else {
+                    answersWithEvents += 1
+                    onEvents?(parsed.events, at)
+                }
+                poll()
+            default:
+                tally.error("GET /v1/events: \(describe(result))")
+                running = false
+            }
+        }
+    }
+}
+
+/// Everything measured against stampd.
+final class StampdBench: @unchecked Sendable {
+    let connector: Connector
+    let pid: Int32?
+    let tally = Tally(name: "stampd")
+    let results: Results
+    let options: RunOptions
+    var control: Conn!
+    var setupConns: [Conn] = []
+    var owners: [BenchAccount] = []
+    var customers: [BenchAccount] = []
+    var flowOwners: [BenchAccount] = []
+    var flowCustomers: [BenchAccount] = []
+    var pollers: [StampdPoller] = []
+    var baseline: Memory?
+    var lastParked: Memory?
+
+    init(connector: Connector, pid: Int32?, results: Results, options: RunOptions) {
+        self.connector = connector
+        self.pid = pid
+        self.results = results
+        self.options = options
+    }
+
+    func get(_ uri: String, headers: HTTPHeaders = HTTPHeaders()) async throws -> HTTPAnswer {
+        try await wait(control.future(.GET, uri, headers: headers), seconds: 30, what: "GET \(uri)")
+    }
+
+    func parkedOnServer() async throws -> Int {
+        let answer = try await get("/metrics")
+        guard answer.status == 200, let value = prometheusValue(answer.text, name: "stampd_parked_polls") else {
+            // The gauge appears once the first poll parks.
+            return 0
+        }
+        return Int(value)
+    }
+
+    // MARK: Setup
+
+    func setUp() async throws {
+        let (controlConns, controlFailures) = await connector.connectMany(1)
+        guard let first = controlConns.first else { throw BenchError.unexpected("cannot connect to stampd: \(controlFailures)") }
+        control = first
+        let health = try await get("/healthz")
+        guard health.status == 200 else { throw BenchError.unexpected("stampd /healthz: HTTP \(health.status)") }
+
+        let (conns, failures) = await connector.connectMany(options.setupConnections)
+        guard failures.isEmpty else { throw BenchError.unexpected("setup connections failed: \(failures.prefix(3))") }
+        setupConns = conns
+        let nonce = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let ownersNeeded = options.levels.max() ?? 0
+        let started = nowNanos()
+        owners = try await createAccounts(role: "owner", count: ownersNeeded, prefix: "o\(nonce)", conns: conns,
+                                          tally: tally, deadline: 600)
+        let ownerSeconds = Double(nowNanos() - started) / 1e9
+        log(String(format: "stampd: %d owners with stores in %.1f s (%.0f accounts+stores/s)", owners.count, ownerSeconds,
+                   Double(owners.count) / ownerSeconds))
+        results.set("setup.stampd.owner_setup_per_s", Double(owners.count) / ownerSeconds)
+        customers = try await createAccounts(role: "customer", count: options.customers, prefix: "c\(nonce)", conns: conns,
+                                             tally: tally, deadline: 120)
+        if options.flowSeconds > 0 && options.flowPairs > 0 {
+            flowOwners = try await createAccounts(role: "owner", count: options.flowPairs, prefix: "fo\(nonce)",
+                                                  conns: conns, tally: tally, deadline: 120)
+            flowCustomers = try await createAccounts(role: "customer", count: options.flowPairs, prefix: "fc\(nonce)",
+                                                     conns: conns, tally: tally, deadline: 120)
+        }
+    }
+
+    // MARK: (a) parked capacity and memory
+
+    func parkLevels() async throws {
+        await sleep(seconds: 1)
+        if let pid { baseline = Memory.read(pid) }
+        guard let baseline else { throw BenchError.unexpected("cannot read /proc/\(pid ?? 0)/status") }
+        log("stampd: before parking: \(baseline)")
+        results.set("a.stampd.base_rss_kib", baseline.rss)
+        for level in options.levels.sorted() {
+            try await park(upTo: level)
+            await sleep(seconds: options.settleSeconds)
+            let parked = try await parkedOnServer()
+            let memory = Memory.read(pid!)!
+            let perPoll = Double(memory.rss - baseline.rss) * 1024 / Double(level)
+            let perPollAnon = Double(memory.anon - baseline.anon) * 1024 / Double(level)
+            log(String(format: "stampd: %d parked (server gauge %d): %@; %.0f bytes per parked poll (anon %.0f)",
+                       level, parked, memory.description, perPoll, perPollAnon))
+            results.set("a.stampd.\(level).parked", parked)
+            results.set("a.stampd.\(level).rss_kib", memory.rss)
+            results.set("a.stampd.\(level).bytes_per_poll", perPoll)
+            results.set("a.stampd.\(level).anon_bytes_per_poll", perPollAnon)
+            lastParked = memory
+        }
+    }
+
+    private func park(upTo level: Int) async throws {
+        let adding = level - pollers.count
+        guard adding > 0 else { return }
+        let started = nowNanos()
+        let (conns, failures) = await connector.connectMany(adding, concurrency: options.connectConcurrency)
+        for failure in failures.prefix(5) { tally.error("connect: \(failure)") }
+        if failures.count > 5 { tally.error("connect: \(failures.count - 5) more connection failures") }
+        var fresh: [StampdPoller] = []
+        for (offset, conn) in conns.enumerated() {
+            let poller = StampdPoller(conn: conn, account: owners[pollers.count + offset], tally: tally)
+            fresh.append(poller)
+        }
+        pollers += fresh
+        // What the connections cost before any request, then what the parked polls add.
+        var idle: Memory?
+        if let pid {
+            await sleep(seconds: options.settleSeconds)
+            idle = Memory.read(pid)
+        }
+        // Start in slices so the server's accept and first reads are not one burst of thousands.
+        for slice in stride(from: 0, to: fresh.count, by: 500) {
+            for poller in fresh[slice..<min(slice + 500, fresh.count)] { poller.start() }
+            await Task.yield()
+        }
+        let deadline = nowNanos() + 120_000_000_000
+        var parked = 0
+        while nowNanos() < deadline {
+            parked = try await parkedOnServer()
+            if parked >= pollers.count { break }
+            await sleep(seconds: 0.1)
+        }
+        let seconds = Double(nowNanos() - started) / 1e9
+        log(String(format: "stampd: parked %d of %d in %.1f s", parked, level, seconds))
+        results.set("a.stampd.\(level).park_seconds", seconds)
+        if parked < pollers.count {
+            tally.error("only \(parked) of \(pollers.count) polls parked within 120 s")
+        }
+        if let pid, let idle, let before = lastParked ?? baseline {
+            await sleep(seconds: options.settleSeconds)
+            if let now = Memory.read(pid) {
+                let connection = Double(idle.rss - before.rss) * 1024 / Double(conns.count)
+                let poll = Double(now.rss - idle.rss) * 1024 / Double(conns.count)
+                log(String(format: "stampd: the %d new connections: %.0f bytes each while idle, then %.0f more each once parked",
+                           conns.count, connection, poll))
+                results.set("a.stampd.\(level).idle_connection_bytes", connection)
+                results.set("a.stampd.\(level).poll_on_connection_bytes", poll)
+            }
+        }
+    }
+
+    /// Keeps the first `count` pollers, closes the rest.
+    func trim(to count: Int) async throws {
+        guard pollers.count > count else { return }
+        for poller in pollers[count...] { poller.stop() }
+        pollers.removeLast(pollers.count - count)
+        let deadline = nowNanos() + 30_000_000_000
+        while nowNanos() < deadline {
+            if try await parkedOnServer() <= count { break }
+            await sleep(seconds: 0.1)
+        }
+    }
+
+    // MARK: (b) publish → deliver latency
+
+    func latency() async throws {
+        let parkedCount = min(options.latencyParked, pollers.count)
+        try await trim(to: parkedCount)
+        guard parkedCount > 0 else { return }
+        let owners = Array(pollers.prefix(parkedCount))
+        let latencies = Latencies()
+        let posts = Latencies()
+        let delivered = Atomic<Int>(0)
+        for poller in owners {
+            poller.conn.loop.execute {
+                poller.onEvents = { [unowned poller] events, at in
+                    for event in events where event.kind == .created {
+                        let sent = poller.sent.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+                        guard let sent else { continue }
+                        latencies.record(at &- sent)
+                        delivered.add(1, ordering: .relaxed)
+                    }
+                }
+            }
+        }
+        let loop = connector.group.next()
+        let (conns, failures) = await connector.connectMany(customers.count, loops: [loop])
+        guard failures.isEmpty else { throw BenchError.unexpected("customer connections failed: \(failures.prefix(3))") }
+        let senders = zip(conns, customers).map { conn, customer in
+            Sender(conn: conn, auth: customer.auth)
+        }
+        let total = Int(Double(options.rate) * options.latencySeconds)
+        let tally = self.tally
+        let dispatcher = Dispatcher(loop: loop, senders: senders, rate: Double(options.rate), total: total) { index, sender, done in
+            let owner = owners[index % owners.count]
+            let uri = "/v1/stores/\(owner.account.storeId!)/requests"
+            let sent = nowNanos()
+            owner.sent.withLock { $0.append(sent) }
+            sender.conn.request(.POST, uri, headers: sender.auth, body: ByteBuffer(string: #"{"kind":"stamp","count":1}"#)) { result in
+                guard case .success(let answer) = result, answer.status == 201 else {
+                    tally.error("POST \(uri): \(describe(result))")
+                    return done(false)
+                }
+                posts.record(nowNanos() &- sent)
+                done(true)
+            }
+        }
+        log("stampd: \(total) stamp requests at \(options.rate)/s to \(parkedCount) parked owners")
+        let cpuBefore = pid.flatMap { cpuSeconds(pid: $0) }
+        let threadsBefore = pid.map { ThreadTimes.read($0) }
+        let clientCPUBefore = cpuSecondsSelf()
+        let watch = CPUWatch(pid: pid)
+        let outcome = try await dispatcher.run(deadline: options.latencySeconds * 3 + 30)
+        log("stampd: latency phase " + watch.record(results, "b.stampd"))
+        if let pid, let threadsBefore {
+            let threads = ThreadTimes.read(pid).busiest(since: threadsBefore)
+            log("stampd: server threads during the latency phase (cores): \(threads)")
+            results.set("b.stampd.threads", threads)
+        }
+        let postSummary = posts.summary()
+        log("stampd: POST /v1/stores/{id}/requests answered: \(postSummary)")
+        results.set("b.stampd.post_p50_ms", postSummary.p50)
+        results.set("b.stampd.post_p99_ms", postSummary.p99)
+        results.set("b.stampd.post_max_ms", postSummary.max)
+        let waitUntil = nowNanos() + 10_000_000_000
+        while delivered.load(ordering: .relaxed) < outcome.ok && nowNanos() < waitUntil { await sleep(seconds: 0.05) }
+        let summary = latencies.summary()
+        log("stampd: publish→deliver at \(parkedCount) parked: \(summary); sent \(outcome.ok) ok, \(outcome.failed) failed, most queued \(outcome.maxQueued)")
+        log("stampd: slowest seconds of publish→deliver: \(latencies.worstSeconds())")
+        log("stampd: slowest seconds of the POSTs: \(posts.worstSeconds())")
+        results.set("b.stampd.most_queued", outcome.maxQueued)
+        if delivered.load(ordering: .relaxed) < outcome.ok {
+            tally.error("\(outcome.ok - delivered.load(ordering: .relaxed)) created requests never reached their owner's poll")
+        }
+        results.set("b.stampd.parked", parkedCount)
+        results.set("b.stampd.sent", outcome.ok)
+        results.set("b.stampd.delivered", summary.count)
+        results.set("b.stampd.p50_ms", summary.p50)
+        results.set("b.stampd.p99_ms", summary.p99)
+        results.set("b.stampd.max_ms", summary.max)
+        results.set("b.stampd.mean_ms", summary.mean)
+        results.set("b.stampd.achieved_rate", outcome.achievedRate)
+        if let before = cpuBefore, let after = pid.flatMap({ cpuSeconds(pid: $0) }) {
+            results.set("b.stampd.server_cpu_per_request_us", (after - before) / Double(max(outcome.ok, 1)) * 1e6)
+        }
+        results.set("b.stampd.client_cpu_per_request_us", (cpuSecondsSelf() - clientCPUBefore) / Double(max(outcome.ok, 1)) * 1e6)
+        for poller in owners { poller.conn.loop.execute { poller.onEvents = nil } }
+        conns.forEach { $0.close() }
+    }
+
+    // MARK: (c) full flow
+
+    func flows() async throws {
+        guard options.flowSeconds > 0, !flowOwners.isEmpty else { return }
+        if !options.flowKeepParked { try await trim(to: 0) }
+        let loops = (0..<options.threads).map { _ in connector.group.next() }
+        let pairs = flowOwners.count
+        var placement: [any EventLoop] = []
+        for pair in 0..<pairs { placement += Array(repeating: loops[pair % loops.count], count: 4) }
+        let (conns, failures) = await connector.connectMany(pairs * 4, loops: placement)
+        guard failures.isEmpty else { throw BenchError.unexpected("flow connections failed: \(failures.prefix(3))") }
+        let state = FlowState(windowNanos: UInt64(options.flowSeconds * 1e9))
+        var flowPairs: [FlowPair] = []
+        for index in 0..<pairs {
+            let ownerPoll = StampdPoller(conn: conns[4 * index], account: flowOwners[index], tally: tally)
+            let customerPoll = StampdPoller(conn: conns[4 * index + 2], account: flowCustomers[index], tally: tally)
+            flowPairs.append(FlowPair(ownerPoll: ownerPoll, ownerAPI: conns[4 * index + 1], customerPoll: customerPoll,
+                                      customerAPI: conns[4 * index + 3], state: state, tally: tally))
+        }
+        for pair in flowPairs { pair.ownerPoll.start(); pair.customerPoll.start() }
+        let deadline = nowNanos() + 60_000_000_000
+        while try await parkedOnServer() < pollers.count + 2 * pairs && nowNanos() < deadline { await sleep(seconds: 0.1) }
+        log("stampd: \(pairs) owner/customer pairs parked; full flows for \(options.flowSeconds) s"
+            + (pollers.isEmpty ? "" : " with \(pollers.count) other owners parked"))
+        let cpuBefore = pid.flatMap { cpuSeconds(pid: $0) }
+        let threadsBefore = pid.map { ThreadTimes.read($0) }
+        let clientCPUBefore = cpuSecondsSelf()
+        let watch = CPUWatch(pid: pid)
+        state.begin()
+        for pair in flowPairs { pair.conn.loop.execute { pair.start() } }
+        await sleep(seconds: options.flowSeconds)
+        log("stampd: full-flow phase " + watch.record(results, "c.stampd"))
+        let cpuAfter = pid.flatMap { cpuSeconds(pid: $0) }
+        let clientCPU = cpuSecondsSelf() - clientCPUBefore
+        if let pid, let threadsBefore {
+            let threads = ThreadTimes.read(pid).busiest(since: threadsBefore)
+            log("stampd: server threads during the full flows (cores): \(threads)")
+            results.set("c.stampd.threads", threads)
+        }
+        // Flows in progress get a bounded time to finish; they do not count.
+        let settle = nowNanos() + 15_000_000_000
+        while state.inProgress.load(ordering: .relaxed) > 0 && nowNanos() < settle { await sleep(seconds: 0.05) }
+        if state.inProgress.load(ordering: .relaxed) > 0 {
+            tally.error("\(state.inProgress.load(ordering: .relaxed)) flows did not finish within 15 s after the window")
+        }
+        let completed = state.completed.load(ordering: .relaxed)
+        let perSecond = Double(completed) / options.flowSeconds
+        let summary = state.latencies.summary()
+        log(String(format: "stampd: %d full flows in %.0f s = %.0f flows/s; flow latency %@", completed,
+                   options.flowSeconds, perSecond, summary.description))
+        results.set("c.stampd.pairs", pairs)
+        results.set("c.stampd.flows", completed)
+        results.set("c.stampd.flows_per_s", perSecond)
+        results.set("c.stampd.flow_p50_ms", summary.p50)
+        results.set("c.stampd.flow_p99_ms", summary.p99)
+        results.set("c.stampd.flow_max_ms", summary.max)
+        results.set("c.stampd.parked_bystanders", pollers.count)
+        if let before = cpuBefore, let after = cpuAfter {
+            results.set("c.stampd.server_cpu_cores", (after - before) / options.flowSeconds)
+            results.set("c.stampd.server_cpu_per_flow_us", (after - before) / Double(max(completed, 1)) * 1e6)
+        }
+        results.set("c.stampd.client_cpu_cores", clientCPU / options.flowSeconds)
+        for pair in flowPairs { pair.stop() }
+    }
+
+    /// Approved requests and pending ones, as counted by the client (checked against the database by run.sh).
+    func finish() {
+        for poller in pollers { poller.stop() }
+        pollers.removeAll()
+        setupConns.forEach { $0.close() }
+        control?.close()
+    }
+}
+
+/// One customer connection of the latency phase. Loop-confined.
+final class Sender: @unchecked Sendable {
+    let conn: Conn
+    let auth: HTTPHeaders
+    init(conn: Conn, auth: HTTPHeaders) {
+        self.conn = conn
+        self.auth = auth
+    }
+}
+
+/// Sends `total` requests at a fixed rate (open loop, scheduled by intended start time) over
+/// idle senders, all on one event loop. Requests wait in a queue when every sender is busy.
+final class Dispatcher<S: AnyObject & Sendable>: @unchecked Sendable {
+    typealias Send = (_ index: Int, _ sender: S, _ done: @escaping (Bool) -> Void) -> Void
+    let loop: any EventLoop
+    private var idle: [S]
+    private let rate: Double
+    private let total: Int
+    private let send: Send
+    private var issued = 0
+    private var answered = 0
+    private var ok = 0
+    private var failed = 0
+    private var maxQueued = 0
+    private var start: UInt64 = 0
+    private var lastSend: UInt64 = 0
+    private var timer: RepeatedTask?
+    private let promise: EventLoopPromise<Outcome>
+
+    struct Outcome: Sendable {
+        var ok: Int
+        var failed: Int
+        var maxQueued: Int
+        var achievedRate: Double
+    }
+
+    init(loop: any EventLoop, senders: [S], rate: Double, total: Int, send: @escaping Send) {
+        self.loop = loop
+        self.idle = senders
+        self.rate = rate
+        self.total = total
+        self.send = send
+        self.promise = loop.makePromise(of: Outcome.self)
+    }
+
+    func run(deadline seconds: Double) async throws -> Outcome {
+        loop.execute {
+            self.start = nowNanos()
+            self.timer = self.loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { _ in self.tick() }
+        }
+        do {
+            return try await wait(promise.futureResult, seconds: seconds, what: "\(total) requests at \(rate)/s")
+        } catch {
+            loop.execute { self.timer?.cancel() }
+            throw error
+        }
+    }
+
+    private func tick() {
+        let due = min(total, Int(Double(nowNanos() - start) * rate / 1e9) + 1)
+        while issued < due, let sender = idle.popLast() {
+            let index = issued
+            issued += 1
+            lastSend = nowNanos()
+            send(index, sender) { [self] success in
+                if success { ok += 1 } else { failed += 1 }
+                answered += 1
+                idle.append(sender)
+                if answered == total { finish() }
+            }
+        }
+        maxQueued = max(maxQueued, due - issued)
+        if issued == total { timer?.cancel() }
+    }
+
+    private func finish() {
+        timer?.cancel()
+        let seconds = Double(lastSend - start) / 1e9
+        promise.succeed(Outcome(ok: ok, failed: failed, maxQueued: maxQueued,
+                                achievedRate: seconds > 0 ? Double(total - 1) / seconds : Double(total)))
+    }
+}
+
+/// Shared counters of the full-flow phase.
+final class FlowState: Sendable {
+    let completed = Atomic<Int>(0)
+    let inProgress = Atomic<Int>(0)
+    let latencies = Latencies()
+    private let window = Mutex<(start: UInt64, end: UInt64)>((0, 0))
+    let windowNanos: UInt64
+
+    init(windowNanos: UInt64) { self.windowNanos = windowNanos }
+
+    func begin() {
+        let now = nowNanos()
+        window.withLock { $0 = (now, now + windowNanos) }
+    }
+
+    var end: UInt64 { window.withLock { $0.end } }
+}
+
+/// One owner with a store and one customer: the customer asks for a stamp, the owner's poll
+/// hears of it and approves, both polls hear of the approval; then the next flow. All four
+/// connections are on one event loop, so the pair needs no locks.
+final class FlowPair: @unchecked Sendable {
+    let ownerPoll: StampdPoller
+    let ownerAPI: Conn
+    let customerPoll: StampdPoller
+    let customerAPI: Conn
+    let state: FlowState
+    let tally: Tally
+    var conn: Conn { ownerAPI }
+    private var running = true
+    private var active = false
+    private var started: UInt64 = 0
+    private var requestId: String?
+    private var createdAnswer = false
+    private var approvedAnswer = false
+    private var ownerHeard = false
+    private var customerHeard = false
+    private let createURI: String
+    private let createBody = ByteBuffer(string: #"{"kind":"stamp","count":1}"#)
+
+    init(ownerPoll: StampdPoller, ownerAPI: Conn, customerPoll: StampdPoller, customerAPI: Conn, state: FlowState,
+         tally: Tally) {
+        self.ownerPoll = ownerPoll
+        self.ownerAPI = ownerAPI
+        self.customerPoll = customerPoll
+        self.customerAPI = customerAPI
+        self.state = state
+        self.tally = tally
+        self.createURI = "/v1/stores/\(ownerPoll.account.storeId!)/requests"
+        ownerPoll.onEvents = { [unowned self] events, _ in self.ownerEvents(events) }
+        customerPoll.onEvents = { [unowned self] events, _ in self.customerEvents(events) }
+    }
+
+    func start() {
+        guard running else { return }
+        if nowNanos() >= state.end { running = false; return }
+        active = true
+        state.inProgress.add(1, ordering: .relaxed)
+        started = nowNanos()
+        requestId = nil
+        createdAnswer = false
+        approvedAnswer = false
+        ownerHeard = false
+        customerHeard = false
+        customerAPI.request(.POST, createURI, headers: customerPoll.account.auth, body: createBody) { [self] result in
+            guard case .success(let answer) = result, answer.status == 201 else {
+                return fail("POST \(createURI): \(describe(result))")
+            }
+            createdAnswer = true
+            check()
+        }
+    }
+
+    private func ownerEvents(_ events: [PolledEvent]) {
+        for event in events {
+            switch event.kind {
+            case .created:
+                guard active, requestId == nil, let id = event.requestId else {
+                    return fail("owner: unexpected request.created")
+                }
+                requestId = id
+                let uri = "/v1/requests/\(id)/approve"
+                ownerAPI.request(.POST, uri, headers: ownerPoll.account.auth) { [self] result in
+                    guard case .success(let answer) = result, answer.status == 200 else {
+                        return fail("POST \(uri): \(describe(result))")
+                    }
+                    approvedAnswer = true
+                    check()
+                }
+            case .approved:
+                guard active, event.requestId == requestId else { return fail("owner: unexpected request.approved") }
+                ownerHeard = true
+                check()
+            case .other:
+                fail("owner: unexpected event")
+            }
+        }
+    }
+
+    private func customerEvents(_ events: [PolledEvent]) {
+        for event in events {
+            guard event.kind == .approved, active, event.requestId == requestId else {
+                return fail("customer: unexpected event")
+            }
+            customerHeard = true
+            check()
+        }
+    }
+
+    private func check() {
+        guard active, createdAnswer, approvedAnswer, ownerHeard, customerHeard else { return }
+        active = false
+        let now = nowNanos()
+        if now <= state.end {
+            state.completed.add(1, ordering: .relaxed)
+            state.latencies.record(now &- started)
+        }
+        state.inProgress.add(-1, ordering: .relaxed)
+        start()
+    }
+
+    private func fail(_ message: String) {
+        tally.error(message)
+        if active { state.inProgress.add(-1, ordering: .relaxed) }
+        active = false
+        running = false
+    }
+
+    func stop() {
+        conn.loop.execute {
+            self.running = false
+            self.ownerPoll.stop()
+            self.customerPoll.stop()
+            self.ownerAPI.close()
+            self.customerAPI.close()
+        }
+    }
+}

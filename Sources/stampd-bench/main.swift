@@ -1,2 +1,0 @@
-// Load client for stampd and nginx + nchan: see BENCHMARKS.md.
-print("stampd-bench: not written yet")
