@@ -29,7 +29,7 @@ extension StampService {
             if let walkIn = try Self.walkInAccount(key, on: connection) {
                 guard role == .customer else { throw StampError(.conflict, "the login is taken", field: "login") }
                 do {
-                    try Self.claim(walkIn, code: claimCode, passwordHash: hash, name: name, now: now, on: connection)
+                    try Self.claim(walkIn, code: claimCode, login: login, passwordHash: hash, name: name, now: now, on: connection)
                 } catch is ClaimRefused {
                     // Returned, not thrown, so that the counted attempt commits.
                     try connection.run("UPDATE claim_codes SET attempts = attempts + 1 WHERE account_id = ?", walkIn)

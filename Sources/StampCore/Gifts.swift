@@ -46,7 +46,7 @@ extension StampService {
                     throw StampError.notFound("card")
                 }
                 guard sender.stamps >= count else {
-                    throw StampError(.conflict, "the card has \(sender.stamps) stamps, fewer than \(count)")
+                    throw StampError(.conflict, "the card has \(Self.stamps(sender.stamps)), fewer than \(count)", field: "count")
                 }
                 var receiving = try Self.loadCard(customer: receiver.0, store: storeId, on: connection)
                     ?? Self.newCard(customer: receiver.0, store: storeId, now: now, on: connection)

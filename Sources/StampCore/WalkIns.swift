@@ -79,6 +79,8 @@ extension StampService {
             } catch let error as SQLiteError where error.isUniqueViolation {
                 throw StampError(.conflict, "this phone number already has an account: find it by phone or login", field: "phone")
             }
+            // An empty card makes the walk-in one of this store's customers, found by phone ending.
+            _ = try Self.newCard(customer: id, store: storeId, now: now, on: connection)
             let claim = try Self.storeClaimCode(code, for: id, now: now, on: connection)
             return WalkInRegistration(customer: CustomerSummary(id: id, name: name, login: phone, walkIn: true), claim: claim)
         }
@@ -116,7 +118,7 @@ extension StampService {
             var card = try Self.loadCard(customer: customerId, store: storeId, on: connection)
                 ?? Self.newCard(customer: customerId, store: storeId, now: now, on: connection)
             if count < 0 && card.stamps < -count {
-                throw StampError(.conflict, "the card has only \(card.stamps) stamps to remove")
+                throw StampError(.conflict, "the card has only \(Self.stamps(card.stamps)) to remove", field: "count")
             }
             try Self.addLedger(.manualStamp, card: card, stamps: count, rewards: 0, request: nil, at: now, on: connection)
             card = try Self.convertAndSave(card, adding: count, now: now, on: connection)
@@ -127,6 +129,9 @@ extension StampService {
     }
 
     // MARK: - Pieces
+
+    /// "1 stamp", "3 stamps".
+    static func stamps(_ count: Int) -> String { count == 1 ? "1 stamp" : "\(count) stamps" }
 
     static func requireOwner(_ principal: Principal, of storeId: String, on connection: Connection) throws {
         guard let owner = try connection.queryFirst("SELECT owner_id FROM stores WHERE id = ?", storeId, row: {
@@ -146,9 +151,9 @@ extension StampService {
     }
 
     /// Turns a walk-in account into the claimer's own when the code is right.
-    static func claim(_ account: String, code: String?, passwordHash: String, name: String, now: Date,
+    static func claim(_ account: String, code: String?, login: String, passwordHash: String, name: String, now: Date,
                       on connection: Connection) throws {
-        guard let code else {
+        guard let code, !code.isEmpty else {
             throw StampError(.conflict, "this phone number has stamp cards waiting: ask the cafe for the code to claim them",
                              field: "claimCode")
         }
@@ -158,6 +163,9 @@ extension StampService {
             }), expiresAt > now.millis else {
             throw StampError(.invalid, "the claim code has expired: ask the cafe for a new one", field: "claimCode")
         }
+        guard code.count == 6, code.allSatisfy({ $0.isASCII && $0.isNumber }) else {
+            throw StampError.invalid("claimCode", "the claim code is the 6 digits the cafe shows")
+        }
         guard attempts < claimAttempts else {
             throw StampError(.rateLimited, "too many wrong claim codes: ask the cafe for a new one", retryAfter: 60)
         }
@@ -165,7 +173,8 @@ extension StampService {
             // Counted in its own statement; the write that failed still commits the count.
             throw ClaimRefused(account: account)
         }
-        try connection.run("UPDATE accounts SET password_hash = ?, name = ?, walk_in = 0 WHERE id = ?", passwordHash, name, account)
+        try connection.run("UPDATE accounts SET login = ?, password_hash = ?, name = ?, walk_in = 0 WHERE id = ?",
+                           login, passwordHash, name, account)
         try connection.run("DELETE FROM claim_codes WHERE account_id = ?", account)
     }
 

@@ -35,6 +35,8 @@ import Testing
         #expect(registered.status == 201)
         let customerId = try registered.string("customer", "id")
         let code = try registered.string("claim", "code")
+        let found = try await client.request("GET", "/v1/stores/\(store)/customers?phoneEndsWith=0101", token: owner.token)
+        #expect(found.value("customers", 0, "id") as? String == customerId)
         let stamped = try await client.request("POST", "/v1/stores/\(store)/stamps", token: owner.token,
                                                json: ["customerId": customerId, "count": 6])
         #expect(stamped.int("card", "stamps") == 1)
@@ -53,6 +55,7 @@ import Testing
         #expect(claimed.status == 201)
         #expect(try claimed.string("account", "id") == customerId)
         #expect(claimed.value("account", "name") as? String == "Dana")
+        #expect(claimed.value("account", "login") as? String == "01055550101")
         let cards = try await client.request("GET", "/v1/cards", token: try claimed.string("token"))
         #expect(cards.int("cards", 0, "stamps") == 1)
         #expect(cards.int("cards", 0, "rewards") == 1)

@@ -6,6 +6,7 @@ Waits use WebDriverWait only; screenshots go to artifacts/ (or STAMPD_ARTIFACTS)
 import contextlib
 import json
 import os
+import random
 import shutil
 import urllib.request
 import uuid
@@ -79,9 +80,12 @@ def console_on_failure(drivers):
         raise
 
 
-def console_problems(driver):
-    """Console errors, e.g. a Content-Security-Policy violation or an uncaught exception."""
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+def console_problems(driver, expected_statuses=()):
+    """Console errors, e.g. a Content-Security-Policy violation or an uncaught exception. Chromium
+    also logs every HTTP error answer: those with a status the test provoked on purpose are left out."""
+    expected = tuple(f"the server responded with a status of {status} " for status in expected_statuses)
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and not any(text in e["message"] for text in expected)]
 
 
 def wait(driver, timeout=10):
@@ -268,3 +272,114 @@ def test_one_poll_per_browser(browsers):
         assert "3 stamps" in item.text
         assert len(owner.find_elements(By.CSS_SELECTOR, '#pending-list [data-testid="request-item"]')) == 2
         assert console_problems(owner) == []
+
+
+def owner_stamps(owner, item_css, count):
+    """Stamps the customer listed at `item_css` on the owner page."""
+    field = owner.find_element(By.CSS_SELECTOR, f'{item_css} [data-testid="owner-stamp-count"]')
+    field.clear()
+    field.send_keys(str(count))
+    owner.find_element(By.CSS_SELECTOR, f'{item_css} [data-testid="owner-stamp"]').click()
+
+
+def test_walk_in_claim_and_gift(browsers):
+    """The owner registers a walk-in customer by phone and stamps them; the customer signs up with
+    that phone and the claim code, sees the stamps (and a live one more), and gives one stamp to
+    another customer, whose page shows it at once."""
+    owner = browsers("owner", 1280, 1000)
+    customer = browsers("customer", 390, 844, phone=True)
+    drivers = {"owner": owner, "customer": customer}
+    phone = f"+1 555 {random.randrange(10**6, 10**7)}"
+    with console_on_failure(drivers):
+        store_id = owner_with_store(owner, unique("Walk-in Cafe"))
+
+        # The owner registers the walk-in: the claim code shows, and the customer is listed.
+        fill(owner, "walkin-phone", phone)
+        fill(owner, "walkin-name", "Wally")
+        owner.find_element(By.ID, "walkin-submit").click()
+        code = wait(owner).until(lambda d: d.find_element(By.ID, "claim-code").text.strip()
+                                 if d.find_element(By.ID, "claim").is_displayed() else False)
+        assert code.isdigit() and len(code) == 6
+        assert phone in owner.find_element(By.ID, "claim-for").text
+        listed = visible(owner, "customer-list").find_element(By.CSS_SELECTOR, '[data-testid="customer-item"]')
+        customer_id = listed.get_attribute("data-customer-id")
+        assert listed.get_attribute("data-walk-in") == "true" and "Walk-in" in listed.text
+
+        # The same phone again is refused, with the reason under the phone field.
+        fill(owner, "walkin-phone", phone.replace(" ", "-"))
+        owner.find_element(By.ID, "walkin-submit").click()
+        wait(owner).until(EC.text_to_be_present_in_element((By.ID, "walkin-phone-error"), "already has an account"))
+        assert owner.find_element(By.ID, "walkin-phone").get_attribute("aria-invalid") == "true"
+
+        # The owner stamps them once; the list shows the card.
+        item_css = f'#customer-list [data-customer-id="{customer_id}"]'
+        owner_stamps(owner, item_css, 1)
+        attribute_is(owner, item_css, "data-stamps", "1")
+
+        # Found again by the last four digits of the phone.
+        fill(owner, "find-q", phone[-4:])
+        owner.find_element(By.ID, "find-submit").click()
+        attribute_is(owner, item_css, "data-stamps", "")  # a fresh search result: the card is not known
+        screenshot(owner, "owner-walk-in.png")
+
+        # The customer signs up with that phone and no code: the page asks for the code.
+        customer.get(BASE + "/app")
+        sign_up(customer, "Wally Walker", phone.replace(" ", ""))
+        code_field = visible(customer, "signup-claim-code")
+        wait(customer).until(EC.text_to_be_present_in_element((By.ID, "signup-claim-code-error"), "code"))
+        assert customer.switch_to.active_element == code_field
+        screenshot(customer, "customer-claim.png")
+        code_field.send_keys(code)
+        customer.find_element(By.ID, "signup-submit").click()
+        visible(customer, "customer")
+        card_css = f'#cards [data-testid="card"][data-store-id="{store_id}"]'
+        attribute_is(customer, card_css, "data-stamps", "1")
+        attribute_is(customer, "#connection", "data-state", "live")
+
+        # The owner adds another stamp: it reaches the customer's card live, with a notice.
+        owner_stamps(owner, item_css, 1)
+        card = attribute_is(customer, card_css, "data-stamps", "2", timeout=LIVE)
+        wait(customer).until(EC.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, f'{card_css} [data-testid="card-note"]'), "added 1 stamp"))
+
+        # The receiver (made through the API) signs in on the customer page, in the owner's browser.
+        receiver_login = f"{unique('gia')}@example.com"
+        call("POST", "/v1/accounts", {"role": "customer", "login": receiver_login, "password": PASSWORD, "name": "Gia"})
+        owner_tab = owner.current_window_handle
+        owner.switch_to.new_window("tab")
+        receiver = owner
+        receiver.get(BASE + "/app")
+        fill(receiver, "signin-login", receiver_login)
+        fill(receiver, "signin-password", PASSWORD)
+        receiver.find_element(By.ID, "signin-submit").click()
+        visible(receiver, "customer")
+        attribute_is(receiver, "#connection", "data-state", "live")
+
+        # The customer gives one stamp: first to themself (refused, under the field), then to Gia.
+        card.find_element(By.CSS_SELECTOR, '[data-testid="give-stamps"]').click()
+        to = wait(customer).until(EC.visibility_of(card.find_element(By.CSS_SELECTOR, '[data-testid="gift-to"]')))
+        to.send_keys(phone)
+        card.find_element(By.CSS_SELECTOR, '[data-testid="gift-submit"]').click()
+        wait(customer).until(lambda _: to.get_attribute("aria-invalid") == "true")
+        assert "someone else" in card.text
+        screenshot(customer, "customer-gift.png")
+        to.clear()
+        to.send_keys(receiver_login)
+        card.find_element(By.CSS_SELECTOR, '[data-testid="gift-submit"]').click()
+        attribute_is(customer, card_css, "data-stamps", "1")
+        wait(customer).until(EC.text_to_be_present_in_element((By.ID, "message"), "You gave Gia 1 stamp"))
+        assert not card.find_element(By.CSS_SELECTOR, '[data-testid="gift-form"]').is_displayed()
+        assert customer.execute_script(
+            "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+
+        # Gia's page shows the stamp and who gave it, live.
+        attribute_is(receiver, card_css, "data-stamps", "1", timeout=LIVE)
+        wait(receiver).until(EC.text_to_be_present_in_element((By.ID, "message"), "Wally Walker gave you 1 stamp"))
+        screenshot(receiver, "receiver.png")
+        screenshot(customer, "customer-after-gift.png")
+
+        assert console_problems(customer, expected_statuses=(409, 400)) == []  # the claim code asked for; the self-gift
+        receiver.close()
+        owner.switch_to.window(owner_tab)
+        # The owner's browser, with Gia's tab: only the 409 of the phone registered twice.
+        assert console_problems(owner, expected_statuses=(409,)) == []

@@ -1,11 +1,14 @@
-// The owner's page (GET /): sign in, pick the store, and approve or reject requests as they come.
+// The owner's page (GET /): sign in, pick the store, and approve or reject requests as they come;
+// find a customer at the counter and stamp them directly, or register a walk-in by phone.
 //
 // State: the open store and a map of its requests (pending ones, and today's decided ones for the
 // totals). It is filled from the API on load and on a feed reset, then kept current by the event
-// feed; both go through mergeRequest, so their order does not matter.
+// feed; both go through mergeRequest, so their order does not matter. The customers found (or
+// registered) are listed as found; their cards as the last stamping answered them, until the next search.
 import {
-  $, api, ApiError, Beeper, describeRequest, el, errorText, EventFeed, formatTime, isToday, mergeRequest,
-  reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, startOfToday, STATUS_TEXT, storage,
+  $, api, ApiError, Beeper, clearProblems, describeRequest, el, errorText, EventFeed, formatTime, isToday, mergeRequest,
+  plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, showProblem, startOfToday, STATUS_TEXT,
+  storage,
 } from '/assets/common.js';
 
 const session = new Session('owner', 'owner');
@@ -17,6 +20,8 @@ const state = {
   feed: null,
   noticed: [], // the requests the notice is about: it goes when none of them is pending
   noticeTimer: 0,
+  customers: [], // the customers found or registered: {id, name, login, walkIn}
+  customerCards: new Map(), // customer id → their card here, as the last stamping answered it
 };
 const storeKey = () => `stampd.owner.store.${session.account.id}`;
 const soundKey = 'stampd.owner.sound';
@@ -83,6 +88,7 @@ async function openStore(id) {
     if (store.ownerId !== session.account.id) throw new Error('That store belongs to another owner.');
     state.store = store;
     state.requests = new Map();
+    resetCustomers();
     storage.set(storeKey(), store.id);
     $('store-title').textContent = store.name;
     $('store-id').textContent = store.id;
@@ -249,6 +255,235 @@ async function decide(request, action, item) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Customers at the counter
+
+const storePath = () => `/v1/stores/${encodeURIComponent(state.store.id)}`;
+
+function resetCustomers() {
+  state.customers = [];
+  state.customerCards = new Map();
+  renderCustomers();
+  show($('customers-empty'), false);
+  show($('claim'), false);
+  for (const form of [$('find-form'), $('walkin-form')]) {
+    form.reset();
+    clearProblems(form, form.querySelector('.error'));
+  }
+}
+
+/**
+ * Finds customers. Digits (4 or more, spaces and dashes allowed) look for the end of a phone number
+ * among the store's customers; a full phone number nobody here has yet is then looked up as a
+ * login; anything else is an exact login (phone or e-mail).
+ */
+async function findCustomers(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const button = $('find-submit');
+  const text = $('find-q').value.trim();
+  if (isBusy(button) || !text) return;
+  setBusy(button, true);
+  clearProblems(form, $('find-error'));
+  const digits = text.replace(/\D/g, '');
+  const phoneLike = /^\+?[\d\s().-]+$/.test(text);
+  if (phoneLike && digits.length < 4) {
+    setBusy(button, false);
+    showProblem(form, Object.assign(new Error('Type at least the last 4 digits of the phone number.'), { field: 'q' }),
+      $('find-error'));
+    return;
+  }
+  try {
+    let customers = [];
+    if (phoneLike) ({ customers } = await call(`${storePath()}/customers?${new URLSearchParams({ phoneEndsWith: digits })}`));
+    if (!phoneLike || (customers.length === 0 && digits.length >= 6)) {
+      ({ customers } = await call(`${storePath()}/customers?${new URLSearchParams({ login: text })}`));
+    }
+    // A new search: what the page knew of their cards (and said about them) may be stale now.
+    state.customers = customers;
+    state.customerCards = new Map();
+    renderCustomers();
+    for (const item of $('customer-list').children) itemStatus(item, '');
+    const empty = $('customers-empty');
+    empty.textContent = phoneLike && digits.length < 6
+      ? `No customer with a card here has a phone ending in ${digits}. Someone new? Type their whole phone number or e-mail.`
+      : `Nobody signs in with “${text}”.${phoneLike ? ' Register them below as a walk-in.' : ''}`;
+    show(empty, customers.length === 0);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) {
+      showProblem(form, error, $('find-error'), { phoneEndsWith: 'q', login: 'q' });
+    }
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+/** Registers a walk-in customer by phone; shows their claim code and lists them, ready to stamp. */
+async function registerWalkIn(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const button = $('walkin-submit');
+  if (isBusy(button)) return;
+  const data = new FormData(form);
+  const body = { phone: data.get('phone').trim() };
+  const name = data.get('name').trim();
+  if (name) body.name = name;
+  setBusy(button, true);
+  clearProblems(form, $('walkin-error'));
+  try {
+    const { customer, claim } = await call(`${storePath()}/customers`, { method: 'POST', body });
+    form.reset();
+    state.customers = [customer];
+    renderCustomers();
+    show($('customers-empty'), false);
+    showClaim(customer, claim);
+    say(`${customer.name} is registered. Stamp them below, and give them the claim code.`);
+    $('customer-list').querySelector('input')?.focus();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return;
+    showProblem(form, error, $('walkin-error'));
+    if (error instanceof ApiError && error.status === 409 && error.field === 'phone') {
+      // The phone has an account already: list it, to stamp it straight away.
+      const found = await call(`${storePath()}/customers?${new URLSearchParams({ login: body.phone })}`).catch(() => null);
+      if (found?.customers.length) {
+        state.customers = found.customers;
+        renderCustomers();
+        show($('customers-empty'), false);
+      }
+    }
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+/** Shows a claim code, large, with what to do with it. */
+function showClaim(customer, claim) {
+  $('claim-for').textContent = `Claim code for ${customer.name} (${customer.login})`;
+  $('claim-code').textContent = claim.code;
+  $('claim-code').setAttribute('aria-label', `Claim code ${claim.code.split('').join(' ')}`);
+  $('claim-help').textContent = `Valid until ${formatTime(claim.expiresAt)}, once. They sign up at ${location.host}/app`
+    + ` with the phone number ${customer.login} and type this code: the stamps become theirs.`;
+  const box = $('claim');
+  box.dataset.customerId = customer.id;
+  show(box);
+  box.classList.remove('flash');
+  void box.offsetWidth; // restart the animation
+  box.classList.add('flash');
+}
+
+/** A new claim code for a walk-in customer (the old one stops working). */
+async function newClaimCode(customer, item, button) {
+  if (isBusy(button)) return;
+  setBusy(button, true);
+  itemStatus(item, '');
+  try {
+    const claim = await call(`${storePath()}/customers/${encodeURIComponent(customer.id)}/claim-code`, { method: 'POST' });
+    showClaim(customer, claim);
+    itemStatus(item, 'New claim code shown above.');
+  } catch (error) {
+    itemStatus(item, errorText(error), true);
+    if (error instanceof ApiError && error.status === 409) { // claimed meanwhile: they have the app now
+      customer.walkIn = false;
+      updateCustomerItem(item, customer);
+      if ($('claim').dataset.customerId === customer.id) show($('claim'), false);
+    }
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+/** Adds stamps to a customer's card here, or takes some off (a negative count, to correct a mistake). */
+async function stampCustomer(customer, item, form) {
+  const button = form.querySelector('button[type=submit]');
+  if (isBusy(button)) return;
+  clearProblems(form);
+  itemStatus(item, '');
+  const count = Number(form.elements.namedItem('count').value);
+  setBusy(button, true);
+  try {
+    const { card } = await call(`${storePath()}/stamps`, { method: 'POST', body: { customerId: customer.id, count } });
+    state.customerCards.set(customer.id, card);
+    updateCustomerItem(item, customer);
+    const what = count > 0 ? `Added ${plural(count, 'stamp')} for` : `Took ${plural(-count, 'stamp')} off the card of`;
+    itemStatus(item, `${what} ${customer.name}.`);
+    form.elements.namedItem('count').value = '1';
+    updateStampButton(form);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401) && !showProblem(form, error)) {
+      itemStatus(item, errorText(error), true);
+    }
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+/** What happened to a customer's row, in words; `bad` marks a failure (with a ⚠, not colour alone). */
+function itemStatus(item, text, bad = false) {
+  const status = item.querySelector('.item-status');
+  status.textContent = text;
+  status.classList.toggle('bad', bad);
+}
+
+/** The stamp button says what the count will do: add, or (negative) take off. */
+function updateStampButton(form) {
+  const count = Number(form.elements.namedItem('count').value);
+  const button = form.querySelector('button[type=submit]');
+  button.textContent = count < 0 ? 'Take off' : 'Add stamps';
+  button.setAttribute('aria-label', count < 0 ? `Take off stamps of ${form.dataset.name}` : `Add stamps for ${form.dataset.name}`);
+  button.classList.toggle('reject', count < 0);
+}
+
+function customerItem(customer) {
+  const countId = `stamp-count-${customer.id}`;
+  const form = el('form', { class: 'inline stamp-form', dataset: { name: customer.name }, on: {
+    submit: (event) => { event.preventDefault(); stampCustomer(latest(customer), item, form); },
+    input: () => updateStampButton(form),
+  } },
+  el('label', { for: countId }, 'Stamps'),
+  el('input', { id: countId, name: 'count', type: 'number', min: '-100', max: '100', step: '1', value: '1', required: true,
+    class: 'count-input', 'aria-describedby': 'stamp-help', dataset: { testid: 'owner-stamp-count' } }),
+  el('button', { type: 'submit', dataset: { testid: 'owner-stamp' } }, 'Add stamps'));
+  updateStampButton(form);
+  const item = el('li', { class: 'customer', dataset: { customerId: customer.id, testid: 'customer-item' } },
+    el('div', { class: 'request-text' },
+      el('strong', { class: 'customer-name' }), el('span', { class: 'when customer-login' }),
+      el('span', { class: 'card-line' })),
+    el('span', { class: 'badge' }),
+    el('div', { class: 'actions' }, form,
+      el('button', { type: 'button', class: 'quiet claim-button', dataset: { testid: 'new-claim-code' },
+        on: { click: (event) => newClaimCode(latest(customer), item, event.currentTarget) } }, 'New claim code')),
+    el('p', { class: 'item-status', role: 'status' }));
+  updateCustomerItem(item, customer);
+  return item;
+}
+
+function updateCustomerItem(item, customer) {
+  item.querySelector('.customer-name').textContent = customer.name;
+  item.querySelector('.customer-login').textContent = ` · ${customer.login}`;
+  item.querySelector('.claim-button').setAttribute('aria-label', `New claim code for ${customer.name}`);
+  const form = item.querySelector('.stamp-form');
+  form.dataset.name = customer.name;
+  updateStampButton(form);
+  const badge = item.querySelector('.badge');
+  badge.dataset.status = customer.walkIn ? 'walk-in' : 'app';
+  badge.textContent = customer.walkIn ? 'Walk-in: not claimed yet' : 'Uses the app';
+  item.dataset.walkIn = String(customer.walkIn);
+  show(item.querySelector('.claim-button'), customer.walkIn);
+  const card = state.customerCards.get(customer.id);
+  item.dataset.stamps = card ? String(card.stamps) : '';
+  item.querySelector('.card-line').textContent = card
+    ? ` · card: ${card.stamps} of ${card.stampsPerReward} stamps${card.rewards ? `, ${plural(card.rewards, 'reward')} ready` : ''}`
+    : '';
+}
+
+function renderCustomers() {
+  reconcile($('customer-list'), state.customers, (c) => c.id, customerItem, updateCustomerItem, $('customers-heading'));
+  show($('stamp-help'), state.customers.length > 0);
+}
+
+/** The latest we know of a listed customer (a new search may have brought a newer summary). */
+const latest = (customer) => state.customers.find((c) => c.id === customer.id) ?? customer;
+
+// ---------------------------------------------------------------------------------------------
 // Rendering
 
 function pendingItem(request) {
@@ -332,6 +567,12 @@ $('sound-toggle').addEventListener('click', () => {
   if (storage.get(soundKey) !== false) beeper.beep(); // a test beep, so the owner hears it works
 });
 $('notice').addEventListener('click', () => show($('notice'), false));
+$('find-form').addEventListener('submit', findCustomers);
+$('walkin-form').addEventListener('submit', registerWalkIn);
+$('claim-hide').addEventListener('click', () => {
+  show($('claim'), false);
+  $('customers-heading').focus();
+});
 showSound();
 
 if (await session.restore()) signedIn();

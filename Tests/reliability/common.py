@@ -1,0 +1,272 @@
+"""Shared pieces of the reliability checks: starting stampd, a small HTTP client, the API set-up,
+reading the SQLite file, and counting passes and failures.
+
+Standard library only. Every loop here is bounded in count and in time; traffic goes only to
+127.0.0.1.
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MIGRATIONS = os.path.join(REPO, "migrations")
+HOST = "127.0.0.1"
+
+
+def default_binary():
+    return os.environ.get("STAMPD_BIN") or os.path.join(REPO, ".build", "debug", "stampd")
+
+
+def base_arguments(description):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--binary", default=default_binary(),
+                        help="the stampd executable (default: $STAMPD_BIN or .build/debug/stampd)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, databases)")
+    return parser
+
+
+def check_binary(path, tag):
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        print(f"{tag}: no stampd binary at {path} (build it, or pass --binary)", file=sys.stderr)
+        sys.exit(2)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Tally:
+    """Counts checks; prints each failure as it happens."""
+
+    def __init__(self, tag):
+        self.tag = tag
+        self.passed = 0
+        self.failed = 0
+        self.failures = []
+
+    def check(self, ok, what, detail=""):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+            self.failures.append(f"{what}: {detail}" if detail else what)
+            print(f"  FAIL {what}" + (f": {detail}" if detail else ""), flush=True)
+        return ok
+
+    def skip(self, what, why):
+        print(f"  SKIP {what}: {why}", flush=True)
+
+    def finish(self):
+        if self.failures:
+            print(f"{self.tag} failures:")
+            for failure in self.failures:
+                print(f"  - {failure}")
+        print(f"{self.tag}: {self.passed} passed, {self.failed} failed", flush=True)
+        return 0 if self.failed == 0 else 1
+
+
+class Server:
+    """One stampd process on a database file, its log in `log_path`."""
+
+    def __init__(self, binary, database, workdir, port=None, extra=(), prefix=(), name="server"):
+        self.binary = binary
+        self.database = database
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.prefix = list(prefix)
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.proc = None
+        self.starts = 0
+
+    def command(self):
+        return self.prefix + [self.binary, "--host", HOST, "--port", str(self.port), "--database", self.database,
+                              "--migrations", MIGRATIONS, "--insecure-fast-password-hashing",
+                              "--log-level", "warning"] + self.extra
+
+    def start(self, wait=True, timeout=20.0):
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        log.write(f"--- start {self.starts}: {' '.join(self.command())}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        log.close()
+        if wait:
+            self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stampd exited with {self.proc.returncode}; log tail:\n{self.log_tail()}")
+            try:
+                status, _, _ = request(self.port, "GET", "/healthz", timeout=1.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"stampd did not become healthy in {timeout} s; log tail:\n{self.log_tail()}")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        """SIGKILL, and reap."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def stop(self, timeout=15.0):
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+    def rss_kib(self):
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            return None
+        return None
+
+    def open_fds(self):
+        try:
+            return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        except OSError:
+            return None
+
+    def log_tail(self, lines=30):
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"\n".join(f.read().splitlines()[-lines:]).decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+
+
+def request(port, method, path, body=None, headers=None, token=None, timeout=10.0, conn=None):
+    """One request; returns (status, headers as a lower-cased dict, parsed JSON or raw bytes).
+    Raises OSError / http.client exceptions when the connection fails."""
+    hdrs = dict(headers or {})
+    if token:
+        hdrs["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = body if isinstance(body, (bytes, bytearray)) else json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        raw = resp.read()
+        rh = {k.lower(): v for k, v in resp.getheaders()}
+        parsed = raw
+        if raw and "json" in rh.get("content-type", ""):
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                pass
+        return resp.status, rh, parsed
+    finally:
+        if own:
+            conn.close()
+
+
+def must(result, expected, what):
+    status, _, body = result
+    if status != expected:
+        raise RuntimeError(f"{what}: expected {expected}, got {status}: {body!r}")
+    return body
+
+
+def create_account(port, role, login, name=None, password="reliable-pass-1"):
+    body = must(request(port, "POST", "/v1/accounts",
+                        {"role": role, "login": login, "password": password, "name": name or login}),
+                201, f"create {role} {login}")
+    return body["account"]["id"], body["token"]
+
+
+def create_store(port, owner_token, name, stamps_per_reward=10):
+    body = must(request(port, "POST", "/v1/stores",
+                        {"name": name, "rewardItem": "Americano", "stampsPerReward": stamps_per_reward,
+                         "menu": [{"name": "Latte", "price": 4500}]}, token=owner_token),
+                201, f"create store {name}")
+    return body["id"]
+
+
+def open_db(path):
+    """A read-only look at the database file (the server may still run; WAL lets us read beside it)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+
+def integrity(path):
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        rows = db.execute("PRAGMA integrity_check").fetchall()
+        fk = db.execute("PRAGMA foreign_key_check").fetchall()
+    finally:
+        db.close()
+    text = "; ".join(r[0] for r in rows)
+    if fk:
+        text += f"; foreign_key_check: {fk[:5]}"
+    return text
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, int(round(p / 100.0 * (len(ordered) - 1)))))
+    return ordered[k]
+
+
+def make_workdir(prefix, keep):
+    path = tempfile.mkdtemp(prefix=f"stampd-{prefix}.")
+    return path
+
+
+def raise_fd_limit(wanted):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, max(soft, wanted))
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def problem_json(headers):
+    return headers.get("content-type", "").startswith("application/problem+json")
+
+
+def parse_listen_port(log_text):
+    m = re.findall(r":(\d+)\S* \[StampHTTP\] listening", log_text)
+    return int(m[-1]) if m else None
