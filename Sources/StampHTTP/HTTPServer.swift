@@ -85,8 +85,10 @@ public final class HTTPServer: Service, Sendable {
     /// Stops accepting, answers parked polls, lets in-flight requests finish within the grace period.
     private func drain() async {
         logger.info("shutting down", metadata: ["connections": "\(connections.count)"])
-        hub.shutdown()
+        // Told first, so the answers the hub's shutdown causes next carry `Connection: close`
+        // (both hop onto each connection's event loop, in this order).
         connections.forEach { $0.pipeline.fireUserInboundEventTriggered(ServerShuttingDown()) }
+        hub.shutdown()
         let drained = await connections.waitUntilEmpty(timeout: configuration.shutdownGracePeriod)
         if !drained {
             logger.warning("closing connections that outlived the grace period", metadata: ["connections": "\(connections.count)"])

@@ -232,6 +232,7 @@ import Testing
         #expect(Date().timeIntervalSince(started) < 5)
         #expect(answer.status == 200)
         #expect(answer.header("retry-after") == "1")
+        #expect(answer.header("connection") == "close")
         #expect(try answer.string("cursor") == "0")
         #expect(await client.waitForClose())
         try await server.stop()
