@@ -49,7 +49,7 @@ extension StampService {
             try Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
             return account
         }
-        guard let created else { throw StampError.invalid("claimCode", "the claim code is wrong") }
+        guard let created else { throw StampError(.unprocessable, "the claim code is wrong", field: "claimCode") }
         return SignedIn(account: created, token: token, expiresAt: expiresAt)
     }
 

@@ -111,7 +111,7 @@ extension StampService {
             case .stamp:
                 try Self.addLedger(.stampAdded, card: card, stamps: request.count, rewards: 0, request: request.id,
                                    at: now, on: connection)
-                card = try Self.convertAndSave(card, adding: request.count, now: now, on: connection)
+                card = try Self.convertAndSave(card, adding: request.count, request: request.id, now: now, on: connection)
             case .reward:
                 guard card.rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
                 try Self.addLedger(.rewardUsed, card: card, stamps: 0, rewards: -1, request: request.id,

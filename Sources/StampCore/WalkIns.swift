@@ -86,7 +86,8 @@ extension StampService {
         }
     }
 
-    /// A new claim code for a walk-in customer who has a card at the owner's store.
+    /// A new claim code for a walk-in customer who has a card at the owner's store (registering
+    /// one gives it a card): another store's owner cannot take a walk-in over.
     public func issueClaimCode(_ principal: Principal, storeId: String, customerId: String) async throws -> ClaimCode {
         let now = clock.now()
         let code = Self.newClaimCode()
@@ -95,8 +96,7 @@ extension StampService {
             let known = try connection.queryFirst("""
                 SELECT a.walk_in FROM accounts a
                 WHERE a.id = ? AND a.role = 'customer'
-                  AND (EXISTS (SELECT 1 FROM cards c WHERE c.customer_id = a.id AND c.store_id = ?)
-                       OR EXISTS (SELECT 1 FROM claim_codes k WHERE k.account_id = a.id))
+                  AND EXISTS (SELECT 1 FROM cards c WHERE c.customer_id = a.id AND c.store_id = ?)
                 """, customerId, storeId) { try $0.get(0, as: Bool.self) }
             guard let walkIn = known else { throw StampError.notFound("customer") }
             guard walkIn else { throw StampError(.conflict, "this customer has already claimed the account") }
@@ -161,7 +161,7 @@ extension StampService {
             "SELECT code_hash, expires_at, attempts FROM claim_codes WHERE account_id = ?", account, row: {
                 (try $0.get(0, as: [UInt8].self), try $0.get(1, as: Int64.self), try $0.get(2, as: Int.self))
             }), expiresAt > now.millis else {
-            throw StampError(.invalid, "the claim code has expired: ask the cafe for a new one", field: "claimCode")
+            throw StampError(.unprocessable, "the claim code has expired: ask the cafe for a new one", field: "claimCode")
         }
         guard code.count == 6, code.allSatisfy({ $0.isASCII && $0.isNumber }) else {
             throw StampError.invalid("claimCode", "the claim code is the 6 digits the cafe shows")
@@ -204,13 +204,14 @@ extension StampService {
 
     /// Adds `stamps` (after its ledger row is written), turns full sets into rewards with a ledger
     /// row of their own, and saves the card.
-    static func convertAndSave(_ card: Card, adding stamps: Int, now: Date, on connection: Connection) throws -> Card {
+    static func convertAndSave(_ card: Card, adding stamps: Int, request: String? = nil, now: Date,
+                               on connection: Connection) throws -> Card {
         var card = card
         let total = card.stamps + stamps
         let earned = total / card.stampsPerReward
         if earned > 0 {
             try addLedger(.rewardEarned, card: card, stamps: -earned * card.stampsPerReward, rewards: earned,
-                          request: nil, at: now, on: connection)
+                          request: request, at: now, on: connection)
         }
         card.stamps = total - earned * card.stampsPerReward
         card.rewards += earned

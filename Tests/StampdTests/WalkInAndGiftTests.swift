@@ -48,7 +48,7 @@ import Testing
         #expect(withoutCode.value("field") as? String == "claimCode")
         var wrong = body
         wrong["claimCode"] = code == "000000" ? "111111" : "000000"
-        #expect(try await client.request("POST", "/v1/accounts", json: wrong).status == 400)
+        #expect(try await client.request("POST", "/v1/accounts", json: wrong).status == 422)
         var right = body
         right["claimCode"] = code
         let claimed = try await client.request("POST", "/v1/accounts", json: right)
@@ -74,7 +74,7 @@ import Testing
         let code = try registered.string("claim", "code")
         let wrongCode = code == "123456" ? "654321" : "123456"
         var body: [String: Any] = ["role": "customer", "login": "+15550109999", "password": "my own password", "name": "E", "claimCode": wrongCode]
-        for _ in 0..<5 { #expect(try await client.request("POST", "/v1/accounts", json: body).status == 400) }
+        for _ in 0..<5 { #expect(try await client.request("POST", "/v1/accounts", json: body).status == 422) }
         body["claimCode"] = code
         #expect(try await client.request("POST", "/v1/accounts", json: body).status == 429)
         // The owner can issue a fresh code.
@@ -82,6 +82,21 @@ import Testing
         #expect(fresh.status == 201)
         body["claimCode"] = try fresh.string("code")
         #expect(try await client.request("POST", "/v1/accounts", json: body).status == 201)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func anotherStoresOwnerCannotIssueAClaimCode() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let store = try await server.createStore(owner)
+        let thief = try await server.signUp("owner")
+        let thiefStore = try await server.createStore(thief)
+        let client = try await server.connect()
+        let registered = try await client.request("POST", "/v1/stores/\(store)/customers", token: owner.token, json: ["phone": "010 5555 7777"])
+        let id = try registered.string("customer", "id")
+        let stolen = try await client.request("POST", "/v1/stores/\(thiefStore)/customers/\(id)/claim-code", token: thief.token)
+        #expect(stolen.status == 404)
         client.close()
         try await server.stop()
     }

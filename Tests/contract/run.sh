@@ -192,7 +192,7 @@ sign_up='{"role":"customer","login":"+82-10-0000-0004","password":"claimer-passw
 expect 409 POST /v1/accounts "" "$sign_up}" | check Problem field='"claimCode"'
 expect 409 POST /v1/accounts "" "${sign_up/customer/owner},\"claimCode\":\"$claim_code\"}" | check Problem field='"login"'
 for _ in 1 2 3 4 5; do
-    expect 400 POST /v1/accounts "" "$sign_up,\"claimCode\":\"$wrong_code\"}" | check Problem field='"claimCode"'
+    expect 422 POST /v1/accounts "" "$sign_up,\"claimCode\":\"$wrong_code\"}" | check Problem field='"claimCode"'
 done
 expect 429 POST /v1/accounts "" "$sign_up,\"claimCode\":\"$claim_code\"}" | check Problem
 claim=$(call POST "/v1/stores/$store_id/customers/$claim_id/claim-code" "$owner_token")
