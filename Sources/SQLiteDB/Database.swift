@@ -55,7 +55,9 @@ public final class Database: @unchecked Sendable {
             var connections: [Connection] = []
             for _ in 0..<readers {
                 let reader = try Connection(path: path, readOnly: true)
-                try reader.execute("PRAGMA query_only = 1;")
+                // Reading once opens the -wal and -shm files now, not at the first request,
+                // which might come when no file descriptor is left.
+                try reader.execute("PRAGMA query_only = 1; SELECT count(*) FROM sqlite_master;")
                 connections.append(reader)
             }
             self.idleReaders = Mutex(connections)

@@ -49,6 +49,8 @@ final class ConnectionGuard: ChannelDuplexHandler {
     private var receiving = false
     private var requestTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
+    /// A read held back while the client is not reading our answers.
+    private var readPending = false
 
     init(limits: ConnectionLimits) {
         self.limits = limits
@@ -92,6 +94,10 @@ final class ConnectionGuard: ChannelDuplexHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             if requestTimer == nil { armRequestTimer(context: context) }
+            if let problem = Self.framingProblem(head) {
+                reject(context: context, .badRequest, problem)
+                return
+            }
             if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limits.maximumBodyBytes {
                 reject(context: context, .payloadTooLarge, "the request body is larger than \(limits.maximumBodyBytes) bytes")
                 return
@@ -143,6 +149,45 @@ final class ConnectionGuard: ChannelDuplexHandler {
             break
         }
         context.write(data, promise: promise)
+    }
+
+    /// A client that does not read its answers stops being read from, so it cannot make the
+    /// server queue answers without bound.
+    func read(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && readPending {
+            readPending = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Heads whose framing or target is ambiguous, which a proxy in front might read otherwise
+    /// (RFC 9112 §3.2, §6.1): only `chunked` as a transfer coding, exactly one valid Host on HTTP/1.1.
+    static func framingProblem(_ head: HTTPRequestHead) -> String? {
+        let codings = head.headers[canonicalForm: "transfer-encoding"]
+        if !codings.isEmpty && (codings.count != 1 || codings[0].lowercased() != "chunked") {
+            return "the only transfer coding accepted is chunked"
+        }
+        let hosts = head.headers["host"]
+        if head.version.major == 1 && head.version.minor >= 1 && hosts.count != 1 {
+            return "an HTTP/1.1 request needs exactly one Host header"
+        }
+        if let host = hosts.first, !host.utf8.allSatisfy({ byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a)
+                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: ":")
+                || byte == UInt8(ascii: "[") || byte == UInt8(ascii: "]") || byte == UInt8(ascii: "_")
+        }) {
+            return "the Host header is not a valid host"
+        }
+        return nil
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -112,7 +112,7 @@ public final class HTTPServer: Service, Sendable {
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelInitializer { channel in

@@ -29,6 +29,10 @@ struct RunOptions: Sendable {
     var connectConcurrency: Int
     var settleSeconds: Double
     var threads: Int
+    var quietWait: Double
+    var quietThreshold: Double
+    var noisyThreshold: Double
+    var noisyRetries: Int
 }
 
 func parseAddress(_ text: String) throws -> (String, Int) {
@@ -58,6 +62,11 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Connections opened at once while parking.") var connectConcurrency = 256
     @Option(help: "Seconds to wait after parking before reading VmRSS.") var settleSeconds = 2.0
     @Option(help: "Client event-loop threads.") var threads = 2
+    @Option(help: "Before each timed phase, wait up to this many seconds for other processes to go quiet (0: don't).")
+    var quietWait = 0.0
+    @Option(help: "Cores other processes may use for the machine to count as quiet.") var quietThreshold = 0.15
+    @Option(help: "A timed phase during which other processes used more cores than this is run again.") var noisyThreshold = 0.25
+    @Option(help: "How many times a noisy phase is run again (the quietest attempt counts).") var noisyRetries = 0
     @Option(help: "Second octet of the client's loopback source addresses (127.N.x.y); default from the pid.")
     var sourcePrefix: Int?
     @Option(help: "Append key<TAB>value results to this file.") var results: String?
@@ -76,7 +85,8 @@ struct Run: AsyncParsableCommand {
             levels: levels.split(separator: ",").compactMap { Int($0) }, latencyParked: latencyParked, rate: rate,
             latencySeconds: latencySeconds, flowPairs: flowPairs, flowSeconds: flowSeconds, flowKeepParked: flowKeepParked,
             customers: customers, setupConnections: setupConnections, connectConcurrency: connectConcurrency,
-            settleSeconds: settleSeconds, threads: threads)
+            settleSeconds: settleSeconds, threads: threads, quietWait: quietWait, quietThreshold: quietThreshold,
+            noisyThreshold: noisyThreshold, noisyRetries: noisyRetries)
         let limit = maxSeconds
         Thread.detachNewThread {
             Thread.sleep(forTimeInterval: limit)
@@ -103,6 +113,7 @@ struct Run: AsyncParsableCommand {
                 bench.tally.error("stampd run stopped: \(error)")
             }
             bench.finish()
+            await sleep(seconds: 1)  // closing callbacks land before the count
             results.set("errors.stampd", bench.tally.errors)
             errors += bench.tally.errors
             await sleep(seconds: 1)
@@ -122,6 +133,7 @@ struct Run: AsyncParsableCommand {
                 bench.tally.error("nchan run stopped: \(error)")
             }
             bench.finish()
+            await sleep(seconds: 1)
             results.set("errors.nchan", bench.tally.errors)
             errors += bench.tally.errors
             await sleep(seconds: 1)
@@ -242,17 +254,25 @@ struct ReportTable {
                          "\(fmt(v("c.stampd.server_cpu_per_flow_us"))) µs (\(fmt(v("c.stampd.server_cpu_cores"), 2)))",
                          "–", "–", "", ""])
         }
+        func spread(_ key: String) -> String {
+            let rounds = values.filter { $0.key.hasPrefix(key + ".round") }.map(\.value).sorted()
+            guard let median = v(key) else { return "–" }
+            guard rounds.count > 1 else { return fmt(median) }
+            return "\(fmt(median)) (\(fmt(rounds.first)) – \(fmt(rounds.last)))"
+        }
         let wrk = "wrk -t\(fmt(v("d.wrk_threads"))) -c\(fmt(v("d.wrk_connections"))) -d\(fmt(v("d.wrk_seconds")))s"
         if let health = v("d.stampd.healthz_rps") {
             let nginx = v("d.nginx.healthz_rps")
-            rows.append(["GET /healthz req/s (nginx: return 200), \(wrk)", fmt(health), fmt(nginx), ratio(health, nginx),
+            rows.append(["GET /healthz req/s, median of rounds (nginx: return 200), \(wrk)", spread("d.stampd.healthz_rps"),
+                         spread("d.nginx.healthz_rps"), ratio(health, nginx),
                          "≥ 0.9 × nginx", met(nginx.map { health >= 0.9 * $0 })])
         }
-        if let cards = v("d.stampd.cards_rps") {
-            rows.append(["GET /v1/cards req/s (Bearer token), \(wrk)", fmt(cards), "–", "–", "", ""])
+        if v("d.stampd.cards_rps") != nil {
+            rows.append(["GET /v1/cards req/s (Bearer token), \(wrk)", spread("d.stampd.cards_rps"), "–", "–", "", ""])
         }
         let others = [("before the run", v("machine.other_cores_before")), ("latency phase", v("b.stampd.other_cores")),
-                      ("full flows", v("c.stampd.other_cores")), ("nchan latency", v("b.nchan.other_cores"))]
+                      ("full flows", v("c.stampd.other_cores")), ("nchan latency", v("b.nchan.other_cores")),
+                      ("just before wrk", v("d.other_cores_before"))]
             .compactMap { label, value in value.map { "\(label) \(fmt($0, 2))" } }
         if !others.isEmpty {
             rows.append(["CPU cores used by other processes (interference; the machine has 2)", others.joined(separator: ", "),

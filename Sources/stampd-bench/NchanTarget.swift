@@ -82,7 +82,12 @@ final class NchanBench: @unchecked Sendable {
     }
 
     func get(_ uri: String) async throws -> HTTPAnswer {
-        try await wait(control.future(.GET, uri), seconds: 30, what: "GET \(uri)")
+        do {
+            return try await wait(control.future(.GET, uri), seconds: 30, what: "GET \(uri)")
+        } catch BenchError.closed {
+            control = try await connector.connect().get()
+            return try await wait(control.future(.GET, uri), seconds: 30, what: "GET \(uri)")
+        }
     }
 
     func subscribersOnServer() async throws -> Int {
@@ -103,6 +108,7 @@ final class NchanBench: @unchecked Sendable {
     // MARK: (a)
 
     func parkLevels() async throws {
+        await waitForQuiet(serverPid: pid, threshold: options.quietThreshold, maxSeconds: options.quietWait, label: "nchan")
         await sleep(seconds: 1)
         if let pid { baseline = Memory.read(pid) }
         guard let baseline else { throw BenchError.unexpected("cannot read /proc/\(pid ?? 0)/status") }
@@ -181,10 +187,25 @@ final class NchanBench: @unchecked Sendable {
         }
         guard parkedCount > 0 else { return }
         let subscribers = pollers
+        let loop = connector.group.next()
+        let (conns, failures) = await connector.connectMany(options.customers, loops: [loop])
+        defer { conns.forEach { $0.close() } }
+        guard failures.isEmpty else { throw BenchError.unexpected("publisher connections failed: \(failures.prefix(3))") }
+        let senders = conns.map { Sender(conn: $0, auth: HTTPHeaders()) }
+        defer { for poller in subscribers { poller.conn.loop.execute { poller.onMessage = nil } } }
+        try await measuredPhase(label: "nchan", phase: "latency phase", prefix: "b.nchan", pid: pid, options: options,
+                                results: results) { staged in
+            try await self.latencyAttempt(subscribers: subscribers, senders: senders, loop: loop, into: staged)
+        }
+    }
+
+    private func latencyAttempt(subscribers: [NchanPoller], senders: [Sender], loop: any EventLoop,
+                                into staged: Staged) async throws -> Double {
         let latencies = Latencies()
         let posts = Latencies()
         let delivered = Atomic<Int>(0)
         for poller in subscribers {
+            poller.sent.withLock { $0.removeAll() }
             poller.conn.loop.execute {
                 poller.onMessage = { [unowned poller] at in
                     let sent = poller.sent.withLock { $0.isEmpty ? nil : $0.removeFirst() }
@@ -194,10 +215,6 @@ final class NchanBench: @unchecked Sendable {
                 }
             }
         }
-        let loop = connector.group.next()
-        let (conns, failures) = await connector.connectMany(options.customers, loops: [loop])
-        guard failures.isEmpty else { throw BenchError.unexpected("publisher connections failed: \(failures.prefix(3))") }
-        let senders = conns.map { Sender(conn: $0, auth: HTTPHeaders()) }
         let total = Int(Double(options.rate) * options.latencySeconds)
         let body = ByteBuffer(string: payload)
         let tally = self.tally
@@ -215,39 +232,40 @@ final class NchanBench: @unchecked Sendable {
                 done(true)
             }
         }
-        log("nchan: \(total) publishes at \(options.rate)/s to \(parkedCount) subscribers")
+        log("nchan: \(total) publishes at \(options.rate)/s to \(subscribers.count) subscribers")
         let cpuBefore = pid.flatMap { cpuSeconds(pid: $0) }
         let clientCPUBefore = cpuSecondsSelf()
         let watch = CPUWatch(pid: pid)
         let outcome = try await dispatcher.run(deadline: options.latencySeconds * 3 + 30)
-        log("nchan: latency phase " + watch.record(results, "b.nchan"))
-        let postSummary = posts.summary()
-        log("nchan: POST /pub/<channel> answered: \(postSummary)")
-        results.set("b.nchan.post_p50_ms", postSummary.p50)
-        results.set("b.nchan.post_p99_ms", postSummary.p99)
-        results.set("b.nchan.post_max_ms", postSummary.max)
+        let (cpuText, other) = watch.record(staged, "b.nchan")
+        log("nchan: latency phase " + cpuText)
         let waitUntil = nowNanos() + 10_000_000_000
         while delivered.load(ordering: .relaxed) < outcome.ok && nowNanos() < waitUntil { await sleep(seconds: 0.05) }
+        let postSummary = posts.summary()
         let summary = latencies.summary()
-        log("nchan: publish→deliver at \(parkedCount) subscribers: \(summary); sent \(outcome.ok) ok, \(outcome.failed) failed, most queued \(outcome.maxQueued)")
+        log("nchan: POST /pub/<channel> answered: \(postSummary)")
+        log("nchan: publish→deliver at \(subscribers.count) subscribers: \(summary); sent \(outcome.ok) ok, \(outcome.failed) failed, most queued \(outcome.maxQueued)")
         log("nchan: slowest seconds of publish→deliver: \(latencies.worstSeconds())")
-        results.set("b.nchan.most_queued", outcome.maxQueued)
         if delivered.load(ordering: .relaxed) < outcome.ok {
             tally.error("\(outcome.ok - delivered.load(ordering: .relaxed)) published messages never reached their subscriber")
         }
-        results.set("b.nchan.parked", parkedCount)
-        results.set("b.nchan.sent", outcome.ok)
-        results.set("b.nchan.delivered", summary.count)
-        results.set("b.nchan.p50_ms", summary.p50)
-        results.set("b.nchan.p99_ms", summary.p99)
-        results.set("b.nchan.max_ms", summary.max)
-        results.set("b.nchan.mean_ms", summary.mean)
-        results.set("b.nchan.achieved_rate", outcome.achievedRate)
+        staged.set("b.nchan.post_p50_ms", postSummary.p50)
+        staged.set("b.nchan.post_p99_ms", postSummary.p99)
+        staged.set("b.nchan.post_max_ms", postSummary.max)
+        staged.set("b.nchan.most_queued", outcome.maxQueued)
+        staged.set("b.nchan.parked", subscribers.count)
+        staged.set("b.nchan.sent", outcome.ok)
+        staged.set("b.nchan.delivered", summary.count)
+        staged.set("b.nchan.p50_ms", summary.p50)
+        staged.set("b.nchan.p99_ms", summary.p99)
+        staged.set("b.nchan.max_ms", summary.max)
+        staged.set("b.nchan.mean_ms", summary.mean)
+        staged.set("b.nchan.achieved_rate", outcome.achievedRate)
         if let before = cpuBefore, let after = pid.flatMap({ cpuSeconds(pid: $0) }) {
-            results.set("b.nchan.server_cpu_per_request_us", (after - before) / Double(max(outcome.ok, 1)) * 1e6)
+            staged.set("b.nchan.server_cpu_per_request_us", (after - before) / Double(max(outcome.ok, 1)) * 1e6)
         }
-        results.set("b.nchan.client_cpu_per_request_us", (cpuSecondsSelf() - clientCPUBefore) / Double(max(outcome.ok, 1)) * 1e6)
-        conns.forEach { $0.close() }
+        staged.set("b.nchan.client_cpu_per_request_us", (cpuSecondsSelf() - clientCPUBefore) / Double(max(outcome.ok, 1)) * 1e6)
+        return other
     }
 
     func finish() {

@@ -168,15 +168,45 @@ struct CPUWatch {
         return (serverCores, clientCores, max(0, machineCores - serverCores - clientCores), machineCores)
     }
 
-    func record(_ results: Results, _ prefix: String) -> String {
+    /// Records the split and returns it as text, with the cores other processes used.
+    func record(_ results: some ResultSink, _ prefix: String) -> (String, Double) {
         let cpu = finish()
         results.set(prefix + ".server_cores", cpu.server)
         results.set(prefix + ".client_cores", cpu.client)
         results.set(prefix + ".other_cores", cpu.other)
         results.set(prefix + ".machine_cores", cpu.machine)
-        return String(format: "CPU cores busy: server %.2f, client %.2f, other processes %.2f (machine %.2f of %d)",
-                      cpu.server, cpu.client, cpu.other, cpu.machine, ProcessInfo.processInfo.activeProcessorCount)
+        return (String(format: "CPU cores busy: server %.2f, client %.2f, other processes %.2f (machine %.2f of %d)",
+                       cpu.server, cpu.client, cpu.other, cpu.machine, ProcessInfo.processInfo.activeProcessorCount),
+                cpu.other)
     }
+}
+
+/// Waits (at most `maxSeconds`) until processes other than the server and this client use less
+/// than `threshold` cores, so a phase does not measure someone else's build. Returns the last reading.
+@discardableResult
+func waitForQuiet(serverPid: Int32?, threshold: Double, maxSeconds: Double, label: String) async -> Double {
+    guard maxSeconds > 0 else { return .nan }
+    let deadline = nowNanos() + UInt64(maxSeconds * 1e9)
+    var other = Double.nan
+    var waited = 0
+    var quietSeconds = 0
+    repeat {
+        let watch = CPUWatch(pid: serverPid)
+        await sleep(seconds: 1)
+        other = watch.finish().other
+        if other < threshold {
+            quietSeconds += 1
+            if quietSeconds >= 3 { break }
+            continue
+        }
+        quietSeconds = 0
+        waited += 1
+        if waited == 1 || waited % 15 == 0 {
+            log(String(format: "%@: other processes use %.2f cores; waiting for a quiet machine (up to %.0f s)", label, other, maxSeconds))
+        }
+    } while nowNanos() < deadline
+    if waited > 0 { log(String(format: "%@: waited %d s; other processes now use %.2f cores", label, waited, other)) }
+    return other
 }
 
 /// CPU seconds of every thread of a process, by thread id, with the thread's name.
@@ -305,15 +335,50 @@ func log(_ message: String) {
     FileHandle.standardError.write(Data((String(format: "[%7.1fs] ", seconds) + message + "\n").utf8))
 }
 
+/// Where figures go: the results file, or a staging area for one attempt of a phase.
+protocol ResultSink: AnyObject {
+    func set(_ key: String, _ value: String)
+}
+
+extension ResultSink {
+    func set(_ key: String, _ value: Double) { set(key, value.isFinite ? String(format: "%.6g", value) : "nan") }
+    func set(_ key: String, _ value: Int) { set(key, String(value)) }
+}
+
+/// The figures of one attempt, kept until it is chosen.
+final class Staged: ResultSink, @unchecked Sendable {
+    private(set) var items: [(String, String)] = []
+    func set(_ key: String, _ value: String) { items.append((key, value)) }
+    func commit(to results: Results) { for (key, value) in items { results.set(key, value) } }
+}
+
+/// Runs a timed phase after waiting for a quiet machine; when other processes still used more than
+/// `options.noisyThreshold` cores during it, runs it again (at most `options.noisyRetries` times) and
+/// keeps the figures of the attempt with the least interference.
+func measuredPhase(label: String, phase: String, prefix: String, pid: Int32?, options: RunOptions, results: Results,
+                   _ attempt: (Staged) async throws -> Double) async throws {
+    var best: (other: Double, staged: Staged)?
+    var attempts = 0
+    for number in 1...(1 + max(0, options.noisyRetries)) {
+        await waitForQuiet(serverPid: pid, threshold: options.quietThreshold, maxSeconds: options.quietWait, label: label)
+        let staged = Staged()
+        let other = try await attempt(staged)
+        attempts = number
+        if best == nil || other < best!.other || best!.other.isNaN { best = (other, staged) }
+        guard other > options.noisyThreshold, number <= options.noisyRetries else { break }
+        log(String(format: "%@: other processes used %.2f cores during the %@: measuring it again", label, other, phase))
+    }
+    best?.staged.commit(to: results)
+    results.set(prefix + ".attempts", attempts)
+}
+
 /// Key/value lines that `stampd-bench report` turns into the table.
-final class Results: Sendable {
+final class Results: ResultSink, Sendable {
     private let lines = Mutex<[(String, String)]>([])
     let path: String?
 
     init(path: String?) { self.path = path }
 
-    func set(_ key: String, _ value: Double) { set(key, value.isFinite ? String(format: "%.6g", value) : "nan") }
-    func set(_ key: String, _ value: Int) { set(key, String(value)) }
     func set(_ key: String, _ value: String) {
         lines.withLock { $0.append((key, value)) }
         guard let path else {

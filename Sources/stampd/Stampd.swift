@@ -96,6 +96,18 @@ struct Stampd: AsyncParsableCommand {
         server.limits.idleTimeout = .seconds(Int64(try setting(idleTimeout, "IDLE_TIMEOUT", 60)))
         server.limits.requestTimeout = .seconds(Int64(try setting(requestTimeout, "REQUEST_TIMEOUT", 10)))
         server.maximumConnections = try setting(maxConnections, "MAX_CONNECTIONS", server.maximumConnections)
+        // Connections past the descriptor limit would fail at accept; keep room for the
+        // database files, the listening socket and the logs.
+        var limit = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < UInt64(Int32.max) {
+            let room = Int(limit.rlim_cur) - 64
+            if server.maximumConnections > room {
+                logger.warning("lowering the connection cap to fit the file-descriptor limit", metadata: [
+                    "connections.requested": "\(server.maximumConnections)", "connections.cap": "\(max(room, 1))",
+                    "fd.limit": "\(limit.rlim_cur)"])
+                server.maximumConnections = max(room, 1)
+            }
+        }
         server.shutdownGracePeriod = .seconds(Int64(try setting(shutdownGrace, "SHUTDOWN_GRACE", 10)))
 
         let responder = Application.responder(service: service, metricsText: { registry.emitToString() },

@@ -125,7 +125,12 @@ import Testing
         let server = try await TestServer.start()
         for garbage in ["NOT HTTP AT ALL\r\n\r\n", "GET /healthz HTTP/1.1\r\nBad Header Without Colon\r\n\r\n",
                         "GET /healthz HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-                        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+                        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                        "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                        "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+                        "GET /healthz HTTP/1.1\r\n\r\n",
+                        "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                        "GET /healthz HTTP/1.1\r\nHost: a b@c\r\n\r\n"] {
             let client = try await server.connect()
             try await client.send(garbage)
             let response = try await client.readResponse()
