@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of stampd: unit and live-socket (swift test), the OpenAPI document check,
-# the contract fuzzing (schemathesis), the browser end-to-end test (headless Chromium), and the
-# benchmark smoke run. On a fresh machine it first installs what is missing: Debian packages
+# the contract fuzzing (schemathesis), the browser end-to-end test (headless Chromium), the
+# reliability checks (crash durability, malformed HTTP, slow clients, storage faults; see
+# RELIABILITY.md) in CI sizes, and the benchmark smoke run. On a fresh machine it first installs what is missing: Debian packages
 # (apt-get, as root) and a Python venv in .venv from Tests/requirements.txt.
 #
 #   scripts/test.sh            everything
-#   SKIP=browser,bench scripts/test.sh   leave stages out (build, swift, openapi, contract, browser, bench)
+#   SKIP=browser,bench scripts/test.sh   leave stages out (build, swift, openapi, contract, browser, reliability, bench)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
@@ -61,6 +62,7 @@ stage openapi .venv/bin/openapi-spec-validator openapi.yaml
 binary="$(swift build --show-bin-path)/stampd"
 stage contract bash Tests/contract/run.sh "$binary"
 stage browser bash Tests/browser/run.sh "$binary"
+stage reliability bash Tests/reliability/run.sh "$binary" --quick
 if [[ -x scripts/bench/run.sh ]]; then
   stage bench bash scripts/bench/run.sh --smoke
 fi

@@ -1,6 +1,7 @@
 // The limits of one connection: body size (413), header size (431), malformed HTTP (400),
 // slow requests (408), idle keep-alive, and closing at shutdown. It also gathers each request
 // into one head, at most one body part and an end, so endpoints only ever see whole requests.
+import Foundation
 import NIOCore
 import NIOHTTP1
 
@@ -172,8 +173,8 @@ final class ConnectionGuard: ChannelDuplexHandler {
     /// Heads whose framing or target is ambiguous, which a proxy in front might read otherwise
     /// (RFC 9112 §3.2, §6.1): only `chunked` as a transfer coding, exactly one valid Host on HTTP/1.1.
     static func framingProblem(_ head: HTTPRequestHead) -> String? {
-        let codings = head.headers[canonicalForm: "transfer-encoding"]
-        if !codings.isEmpty && (codings.count != 1 || codings[0].lowercased() != "chunked") {
+        let codings = head.headers["transfer-encoding"]
+        if !codings.isEmpty && (codings.count != 1 || codings[0].trimmingCharacters(in: .whitespaces).lowercased() != "chunked") {
             return "the only transfer coding accepted is chunked"
         }
         let hosts = head.headers["host"]

@@ -47,6 +47,8 @@ final class HTTPHandler: ChannelInboundHandler {
     private var parked: Parked?
     private var serverClosing = false
     private var context: ChannelHandlerContext?
+    /// A request held back until the client reads what it was already sent.
+    private var waitingForWritable: (HTTPRequestHead, ByteBuffer)?
 
     init(responder: Responder, hub: EventHub) {
         self.responder = responder
@@ -66,9 +68,23 @@ final class HTTPHandler: ChannelInboundHandler {
         case .end:
             guard let head else { return }
             self.head = nil
-            dispatch(head: head, body: body ?? ByteBuffer(), context: context)
+            // A client that does not read its answers gets no more of them: the next answer is
+            // made only once the ones queued for it drain below NIO's high-water mark.
+            if context.channel.isWritable {
+                dispatch(head: head, body: body ?? ByteBuffer(), context: context)
+            } else {
+                waitingForWritable = (head, body ?? ByteBuffer())
+            }
             body = nil
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let (head, body) = waitingForWritable {
+            waitingForWritable = nil
+            dispatch(head: head, body: body, context: context)
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The reliability checks of issue 7: crash durability, the malformed HTTP corpus, slow and greedy
+# clients, storage faults. See RELIABILITY.md.
+#
+#   Tests/reliability/run.sh [path/to/stampd] [--quick | --local]
+#
+#   (default)  CI sizes: crash 3 rounds, slowloris 2000 slow connections
+#   --quick    the same CI sizes (kept as a name for scripts)
+#   --local    crash 30 rounds, slowloris 8000 slow connections (several minutes)
+#
+# The binary defaults to $STAMPD_BIN, else .build/debug/stampd. Storage faults need root for the
+# tmpfs and read-only mounts (skipped with a message otherwise). Environment: PYTHON (default
+# .venv/bin/python, else python3), KEEP=1 keeps every temporary folder, CRASH_ROUNDS and
+# SLOW_CONNECTIONS override the sizes. Exits non-zero when any check fails; the last line is
+# `reliability: N passed, M failed`.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+binary=${STAMPD_BIN:-$repo/.build/debug/stampd}
+mode=ci
+for arg in "$@"; do
+    case $arg in
+        --quick) mode=ci ;;
+        --local) mode=local ;;
+        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) binary=$arg ;;
+    esac
+done
+if [[ -z ${PYTHON:-} ]]; then
+    if [[ -x $repo/.venv/bin/python ]]; then PYTHON=$repo/.venv/bin/python; else PYTHON=python3; fi
+fi
+[[ -x $binary ]] || { echo "reliability: no stampd binary at $binary (build it, or pass its path)" >&2; exit 2; }
+
+if [[ $mode == local ]]; then
+    rounds=${CRASH_ROUNDS:-30}
+    slow_args=(--local)
+    [[ -n ${SLOW_CONNECTIONS:-} ]] && slow_args+=(--slow "$SLOW_CONNECTIONS")
+else
+    rounds=${CRASH_ROUNDS:-3}
+    slow_args=(--slow "${SLOW_CONNECTIONS:-2000}")
+fi
+keep=()
+[[ ${KEEP:-0} == 1 ]] && keep=(--keep)
+
+total_passed=0
+total_failed=0
+failed_suites=()
+started=$SECONDS
+
+suite() {
+    local name=$1
+    shift
+    printf '\n== %s\n' "$name"
+    local out
+    out=$(mktemp)
+    local began=$SECONDS
+    "$PYTHON" "$here/$name.py" --binary "$binary" "${keep[@]}" "$@" 2>&1 | tee "$out"
+    local code=${PIPESTATUS[0]}
+    local last
+    last=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed$" "$out" | tail -n 1)
+    rm -f "$out"
+    if [[ -z $last ]]; then
+        echo "-- $name did not report (exit $code)"
+        total_failed=$((total_failed + 1))
+        failed_suites+=("$name")
+        return
+    fi
+    local p f
+    p=$(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$last")
+    f=$(sed -E 's/.*, ([0-9]+) failed/\1/' <<<"$last")
+    total_passed=$((total_passed + p))
+    total_failed=$((total_failed + f))
+    if ((f > 0 || code != 0)); then
+        failed_suites+=("$name")
+        ((f == 0)) && total_failed=$((total_failed + 1))
+    fi
+    echo "-- $name: $p passed, $f failed in $((SECONDS - began)) s"
+}
+
+suite crash --rounds "$rounds"
+suite malformed
+suite slowloris "${slow_args[@]}"
+suite storage
+
+printf '\n== summary (%d s)\n' "$((SECONDS - started))"
+((${#failed_suites[@]})) && echo "failing: ${failed_suites[*]}"
+echo "reliability: $total_passed passed, $total_failed failed"
+((total_failed == 0))
