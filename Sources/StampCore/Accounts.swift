@@ -78,28 +78,38 @@ extension StampService {
         return SignedIn(account: account, token: token, expiresAt: expiresAt)
     }
 
-    /// The account behind a bearer token that is neither expired nor revoked.
+    /// The account behind a bearer token that is neither expired nor revoked. Valid sessions are
+    /// remembered, so most requests authenticate without a database read.
     public func authenticate(token: String) async throws -> Principal {
         let digest = BearerToken.digest(token)
         let now = clock.now().millis
-        let account = try await read { connection in
+        let (remembered, revocations) = sessions.principal(for: digest, now: now)
+        if let remembered { return remembered }
+        let found = try await read { connection in
             try connection.queryFirst("""
-                SELECT a.id, a.role, a.login, a.name, a.created_at
+                SELECT a.id, a.role, a.login, a.name, a.created_at, s.expires_at
                 FROM sessions s JOIN accounts a ON a.id = s.account_id
                 WHERE s.token_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?
-                """, digest, now) { try Self.account($0) }
+                """, digest, now) { (try Self.account($0), try $0.get(5, as: Int64.self)) }
         }
-        guard let account else { throw StampError(.unauthenticated, "the token is unknown, expired or revoked") }
-        return Principal(account: account)
+        guard let (account, expiresAt) = found else {
+            throw StampError(.unauthenticated, "the token is unknown, expired or revoked")
+        }
+        let principal = Principal(account: account)
+        sessions.remember(digest, principal, expiresAt: expiresAt, readSince: revocations)
+        return principal
     }
 
     /// Revokes the token; later requests with it are 401.
     public func revokeSession(token: String) async throws {
         let digest = BearerToken.digest(token)
         let now = clock.now().millis
+        // Forgotten before and after the write; a read that overlaps it is not remembered.
+        sessions.forget(digest)
         try await write { connection, _ in
             try connection.run("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL", now, digest)
         }
+        sessions.forget(digest)
     }
 
     static func insertSession(token: String, account: String, now: Date, expiresAt: Date, on connection: Connection) throws {
@@ -140,6 +150,54 @@ extension StampService {
         }
         return Account(id: try row.get(0), role: role, login: try row.get(2), name: try row.get(3),
                        createdAt: Date(millis: try row.get(4)))
+    }
+}
+
+/// Valid sessions by token digest, so that authentication rarely reads the database. Only this
+/// process revokes sessions, and it forgets them here when it does.
+final class SessionCache: Sendable {
+    private struct Entry {
+        let principal: Principal
+        let expiresAt: Int64
+    }
+
+    private struct State {
+        var entries: [[UInt8]: Entry] = [:]
+        /// Counts revocations: a read that began before one may have seen its session valid.
+        var revocations: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+    private let capacity: Int
+
+    init(capacity: Int = 100_000) { self.capacity = capacity }
+
+    /// The remembered principal, or nil and the revocation count to hand back to `remember`.
+    func principal(for digest: [UInt8], now: Int64) -> (Principal?, UInt64) {
+        state.withLock { state in
+            guard let entry = state.entries[digest] else { return (nil, state.revocations) }
+            guard entry.expiresAt > now else {
+                state.entries[digest] = nil
+                return (nil, state.revocations)
+            }
+            return (entry.principal, state.revocations)
+        }
+    }
+
+    /// Remembers a session read from the database, unless a revocation happened since the read began.
+    func remember(_ digest: [UInt8], _ principal: Principal, expiresAt: Int64, readSince revocations: UInt64) {
+        state.withLock { state in
+            guard state.revocations == revocations else { return }
+            if state.entries.count >= capacity { state.entries.removeAll(keepingCapacity: true) }
+            state.entries[digest] = Entry(principal: principal, expiresAt: expiresAt)
+        }
+    }
+
+    func forget(_ digest: [UInt8]) {
+        state.withLock { state in
+            state.revocations &+= 1
+            state.entries[digest] = nil
+        }
     }
 }
 

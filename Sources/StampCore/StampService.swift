@@ -22,6 +22,7 @@ public final class StampService: Sendable {
     public let clock: any StampClock
     public let settings: StampSettings
     let throttle: LoginThrottle
+    let sessions = SessionCache()
     let logger: Logger
 
     public init(database: Database, hub: EventHub, hasher: PasswordHasher,

@@ -12,14 +12,15 @@ public enum Application {
         let api = API(service: service)
         api.register(on: &router)
         EventsEndpoint(api: api).register(on: &router)
-        router.add(.GET, "/healthz") { _ in .response(.json(["status": "ok"])) }
+        let alive = Response.json(["status": "ok"])
+        router.addImmediate(.GET, "/healthz") { _ in alive }
         router.add(.GET, "/readyz") { _ in
             if await service.isReady() { return .response(.json(["status": "ready"])) }
             return .response(.problem(HTTPError(.serviceUnavailable, detail: "the database does not answer",
                                                 headers: [("Retry-After", "1")])))
         }
-        router.add(.GET, "/metrics") { _ in
-            .response(.text(metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8"))
+        router.addImmediate(.GET, "/metrics") { _ in
+            .text(metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")
         }
         WebPages.register(on: &router)
         return Responder(router: router, logger: logger)

@@ -48,8 +48,14 @@ final class ConnectionGuard: ChannelDuplexHandler {
     private var closing = false
     /// Bytes of a request that has not ended yet have arrived: it is in flight.
     private var receiving = false
-    private var requestTimer: Scheduled<Void>?
-    private var idleTimer: Scheduled<Void>?
+    /// When the request being read must be complete (408 after), and when an idle connection closes.
+    private var requestDeadline: NIODeadline?
+    private var idleDeadline: NIODeadline?
+    /// One scheduled check at a time, for the earliest deadline. Deadlines move on every request,
+    /// but the check is never cancelled: it fires, looks, and schedules the next one. Cancelling a
+    /// NIO task scans the event loop's task heap, where every parked poll keeps its timeout.
+    private var check: Scheduled<Void>?
+    private var checkDeadline: NIODeadline?
     /// A read held back while the client is not reading our answers.
     private var readPending = false
 
@@ -67,19 +73,20 @@ final class ConnectionGuard: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        requestTimer?.cancel()
-        idleTimer?.cancel()
+        check?.cancel()
+        check = nil
+        requestDeadline = nil
+        idleDeadline = nil
         context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case is BytesArrived:
-            idleTimer?.cancel()
-            idleTimer = nil
+            idleDeadline = nil
             if unanswered == 0 && !discarding {
                 receiving = true
-                if requestTimer == nil { armRequestTimer(context: context) }
+                if requestDeadline == nil { armRequestTimer(context: context) }
             }
         case is ServerShuttingDown:
             closing = true
@@ -94,7 +101,7 @@ final class ConnectionGuard: ChannelDuplexHandler {
         guard !discarding else { return }
         switch unwrapInboundIn(data) {
         case .head(let head):
-            if requestTimer == nil { armRequestTimer(context: context) }
+            if requestDeadline == nil { armRequestTimer(context: context) }
             if let problem = Self.framingProblem(head) {
                 reject(context: context, .badRequest, problem)
                 return
@@ -118,8 +125,7 @@ final class ConnectionGuard: ChannelDuplexHandler {
             if body == nil { body = part } else { body!.writeBuffer(&part) }
         case .end:
             guard let head else { return }
-            requestTimer?.cancel()
-            requestTimer = nil
+            requestDeadline = nil
             self.head = nil
             receiving = false
             unanswered += 1
@@ -204,7 +210,7 @@ final class ConnectionGuard: ChannelDuplexHandler {
     /// Answers with an error and closes, unless another answer is under way (then only closes).
     private func reject(context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ detail: String) {
         discarding = true
-        requestTimer?.cancel()
+        requestDeadline = nil
         guard !responding && unanswered == 0 else {
             context.close(promise: nil)
             return
@@ -219,16 +225,38 @@ final class ConnectionGuard: ChannelDuplexHandler {
     }
 
     private func armRequestTimer(context: ChannelHandlerContext) {
-        requestTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.requestTimeout) { [self] in
-            self.requestTimer = nil
-            self.reject(context: context, .requestTimeout, "the request was not complete within the time allowed")
-        }
+        requestDeadline = .now() + limits.requestTimeout
+        scheduleCheck(context: context)
     }
 
     private func armIdleTimer(context: ChannelHandlerContext) {
-        idleTimer?.cancel()
-        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.idleTimeout) {
+        idleDeadline = .now() + limits.idleTimeout
+        scheduleCheck(context: context)
+    }
+
+    private func scheduleCheck(context: ChannelHandlerContext) {
+        guard let next = [requestDeadline, idleDeadline].compactMap({ $0 }).min() else { return }
+        if let checkDeadline, checkDeadline <= next { return }  // an earlier check will reschedule
+        checkDeadline = next
+        check = context.eventLoop.assumeIsolated().scheduleTask(deadline: next) { [self] in
+            self.deadlineReached(next, context: context)
+        }
+    }
+
+    private func deadlineReached(_ deadline: NIODeadline, context: ChannelHandlerContext) {
+        if checkDeadline == deadline {
+            checkDeadline = nil
+            check = nil
+        }
+        let now = NIODeadline.now()
+        if let requestDeadline, requestDeadline <= now {
+            self.requestDeadline = nil
+            reject(context: context, .requestTimeout, "the request was not complete within the time allowed")
+        } else if let idleDeadline, idleDeadline <= now {
+            self.idleDeadline = nil
             context.close(promise: nil)
+        } else {
+            scheduleCheck(context: context)
         }
     }
 }

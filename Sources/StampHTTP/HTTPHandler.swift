@@ -6,6 +6,7 @@ import Metrics
 import NIOCore
 import NIOHTTP1
 import StampCore
+import Synchronization
 
 /// A long poll to park: the endpoint has read nothing new after `cursor`.
 public struct LongPoll: Sendable {
@@ -114,16 +115,22 @@ final class HTTPHandler: ChannelInboundHandler {
         logger[metadataKey: "request.id"] = "\(requestID)"
         let request = Request(method: head.method, uri: head.uri, pathSegments: target.segments, query: target.query,
                               headers: head.headers, body: body, id: requestID, logger: logger)
-        let (route, endpoint) = responder.route(request)
+        let (route, handling) = responder.route(request)
         inFlight?.route = route
-        let loop = context.eventLoop
-        let promise = loop.makePromise(of: Reply.self)
-        promise.completeWithTask { await endpoint() }
-        promise.futureResult.assumeIsolated().whenSuccess { [self] reply in
-            switch reply {
-            case .response(let response): self.write(response, context: context)
-            case .poll(let poll): self.park(poll, context: context)
-            }
+        switch handling {
+        case .now(let reply):
+            answer(reply, context: context)
+        case .later(let work):
+            let promise = context.eventLoop.makePromise(of: Reply.self)
+            promise.completeWithTask { await work() }
+            promise.futureResult.assumeIsolated().whenSuccess { [self] reply in self.answer(reply, context: context) }
+        }
+    }
+
+    private func answer(_ reply: Reply, context: ChannelHandlerContext) {
+        switch reply {
+        case .response(let response): write(response, context: context)
+        case .poll(let poll): park(poll, context: context)
         }
     }
 
@@ -212,11 +219,17 @@ final class HTTPHandler: ChannelInboundHandler {
            given.utf8.allSatisfy({ $0 < 128 && (isalnum(Int32($0)) != 0 || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".")) }) {
             return given
         }
-        var generator = SystemRandomNumberGenerator()
-        let value = generator.next() as UInt64
-        let hex = String(value, radix: 16)
-        return String(repeating: "0", count: 16 - hex.count) + hex
+        // A random prefix per process and a counter: unique, and no system call per request.
+        let value = requestCounter.add(1, ordering: .relaxed).newValue
+        return requestIDPrefix + String(value, radix: 16)
     }
+
+    private static let requestCounter = Atomic<UInt64>(0)
+    private static let requestIDPrefix: String = {
+        var generator = SystemRandomNumberGenerator()
+        let hex = String(generator.next() as UInt32, radix: 16)
+        return String(repeating: "0", count: 8 - hex.count) + hex + "-"
+    }()
 }
 
 enum PollMetrics {

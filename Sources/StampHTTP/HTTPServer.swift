@@ -115,8 +115,9 @@ public final class HTTPServer: Service, Sendable {
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelOption(.maxMessagesPerRead, value: 4)
-            // Small reads bound how far a pipelining client can run ahead of its answers.
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 16 * 1024))
+            // Small reads bound how far a pipelining client can run ahead of its answers; a small
+            // first buffer keeps an idle or parked connection cheap (it grows when reads fill it).
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 16 * 1024))
             .childChannelInitializer { channel in
                 guard connections.add(channel, maximum: maximumConnections) else {
                     return channel.eventLoop.makeCompletedFuture {

@@ -15,25 +15,35 @@ public final class Responder: Sendable {
         self.logger = logger
     }
 
-    /// The route template (the metrics label) and the work that answers the request.
-    func route(_ request: Request) -> (String, @Sendable () async -> Reply) {
+    enum Handling {
+        /// Answered already, on the event loop.
+        case now(Reply)
+        /// Work for a task: it awaits the database or the password hasher.
+        case later(@Sendable () async -> Reply)
+    }
+
+    /// The route template (the metrics label) and how the request is answered.
+    func route(_ request: Request) -> (String, Handling) {
         switch router.match(request.method, request.pathSegments) {
         case .notFound:
-            return ("unmatched", { .response(.problem(HTTPError(.notFound, detail: "no resource at this path"))) })
+            return ("unmatched", .now(.response(.problem(HTTPError(.notFound, detail: "no resource at this path")))))
         case .methodNotAllowed(let allowed):
             let allow = allowed.map(\.rawValue).joined(separator: ", ")
-            return ("unmatched", {
-                .response(.problem(HTTPError(.methodNotAllowed, detail: "this resource allows \(allow)",
-                                             headers: [("Allow", allow)])))
-            })
+            return ("unmatched", .now(.response(.problem(HTTPError(
+                .methodNotAllowed, detail: "this resource allows \(allow)", headers: [("Allow", allow)])))))
         case .found(let route, let parameters):
             var request = request
             request.parameters = parameters
             let routed = request
             let logger = request.logger
-            return (route.template, {
+            let endpoint: Endpoint
+            switch route.work {
+            case .immediate(let answer): return (route.template, .now(.response(answer(routed))))
+            case .async(let work): endpoint = work
+            }
+            return (route.template, .later {
                 do {
-                    return try await route.endpoint(routed)
+                    return try await endpoint(routed)
                 } catch let error as HTTPError {
                     return .response(.problem(error))
                 } catch let error as StampError {

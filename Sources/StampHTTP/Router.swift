@@ -2,6 +2,8 @@
 import NIOHTTP1
 
 public typealias Endpoint = @Sendable (Request) async throws -> Reply
+/// An endpoint that answers from memory: run on the event loop, with no task and no thread hop.
+public typealias ImmediateEndpoint = @Sendable (Request) -> Response
 
 public struct Router: Sendable {
     struct Route: Sendable {
@@ -9,7 +11,12 @@ public struct Router: Sendable {
         /// The template as written: the metrics label, never a raw path.
         let template: String
         let segments: [Segment]
-        let endpoint: Endpoint
+        let work: Work
+    }
+
+    enum Work: Sendable {
+        case async(Endpoint)
+        case immediate(ImmediateEndpoint)
     }
 
     enum Segment: Sendable, Equatable {
@@ -28,11 +35,19 @@ public struct Router: Sendable {
     public init() {}
 
     public mutating func add(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping Endpoint) {
+        add(method, template, .async(endpoint))
+    }
+
+    public mutating func addImmediate(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping ImmediateEndpoint) {
+        add(method, template, .immediate(endpoint))
+    }
+
+    private mutating func add(_ method: HTTPMethod, _ template: String, _ work: Work) {
         let segments = template.split(separator: "/").map { part -> Segment in
             if part.hasPrefix("{") && part.hasSuffix("}") { return .parameter(String(part.dropFirst().dropLast())) }
             return .literal(String(part))
         }
-        routes.append(Route(method: method, template: template, segments: segments, endpoint: endpoint))
+        routes.append(Route(method: method, template: template, segments: segments, work: work))
     }
 
     func match(_ method: HTTPMethod, _ path: [String]) -> Match {

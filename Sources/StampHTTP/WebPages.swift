@@ -16,9 +16,9 @@ enum WebPages {
     }()
 
     static func register(on router: inout Router) {
-        router.add(.GET, "/") { _ in .response(page("owner.html")) }
-        router.add(.GET, "/app") { _ in .response(page("app.html")) }
-        router.add(.GET, "/assets/{name}") { request in .response(page(request.parameter("name"))) }
+        router.addImmediate(.GET, "/") { _ in page("owner.html") }
+        router.addImmediate(.GET, "/app") { _ in page("app.html") }
+        router.addImmediate(.GET, "/assets/{name}") { request in page(request.parameter("name")) }
     }
 
     /// `STAMPD_WEB_DIR` serves the pages from a folder, read on every request, to edit them live.

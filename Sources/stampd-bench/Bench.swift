@@ -267,6 +267,11 @@ struct ReportTable {
                          spread("d.nginx.healthz_rps"), ratio(health, nginx),
                          "≥ 0.9 × nginx", met(nginx.map { health >= 0.9 * $0 })])
         }
+        if v("d.stampd.healthz_server_us") != nil {
+            rows.append(["Server CPU per /healthz request (median of rounds)", fmt(v("d.stampd.healthz_server_us"), 1, " µs"),
+                         fmt(v("d.nginx.healthz_server_us"), 1, " µs"),
+                         ratio(v("d.stampd.healthz_server_us"), v("d.nginx.healthz_server_us")), "", ""])
+        }
         if v("d.stampd.cards_rps") != nil {
             rows.append(["GET /v1/cards req/s (Bearer token), \(wrk)", spread("d.stampd.cards_rps"), "–", "–", "", ""])
         }
