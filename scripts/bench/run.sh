@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Runs every benchmark of BENCHMARKS.md against a fresh stampd and nginx + nchan, prints the table.
+#
+#   scripts/bench/run.sh            full run (about 6 minutes after the release build)
+#   scripts/bench/run.sh --smoke    tiny sizes, for CI: fails on any error, asserts no timing
+#   scripts/bench/run.sh [--smoke] -- --flow-pairs 128 ...   extra flags for `stampd-bench run`
+#   BENCH_BIN=DIR scripts/bench/run.sh --smoke   use stampd and stampd-bench from DIR, no build
+#
+# Results and logs are kept in .build-bench/bench-results/<time>/ (results.tsv, table.md, logs).
+set -euo pipefail
+
+MODE=full
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --smoke) MODE=smoke; shift ;;
+        --) shift; EXTRA=("$@"); break ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+SCRATCH="$ROOT/.build-bench"
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT="$SCRATCH/bench-results/$STAMP-$MODE"
+# The database lives on a real disk (not tmpfs) so that synchronous=FULL pays for real fsyncs.
+WORK=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/stampd-bench.XXXXXX")
+mkdir -p "$OUT"
+
+PIDS=()
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    cp -f "$WORK"/*.log "$WORK"/nginx/error.log "$OUT"/ 2>/dev/null || true
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+say() { printf '\n== %s\n' "$*"; }
+
+# --- Tools -----------------------------------------------------------------------------------
+missing=()
+command -v nginx >/dev/null || missing+=(nginx-light)
+[[ -f $NCHAN_MODULE ]] || missing+=(libnginx-mod-nchan)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+if [[ ${#missing[@]} -gt 0 ]]; then
+    say "installing ${missing[*]}"
+    if ! { apt-get install -y --no-install-recommends "${missing[@]}" >"$WORK/apt.log" 2>&1 \
+           || { apt-get update >>"$WORK/apt.log" 2>&1 && apt-get install -y --no-install-recommends "${missing[@]}" >>"$WORK/apt.log" 2>&1; }; }; then
+        tail -5 "$WORK/apt.log" >&2
+        if [[ $MODE == full ]]; then echo "run.sh: cannot install ${missing[*]}" >&2; exit 1; fi
+        echo "run.sh: smoke continues without what could not be installed" >&2
+    fi
+fi
+HAVE_NCHAN=0; command -v nginx >/dev/null && [[ -f $NCHAN_MODULE ]] && HAVE_NCHAN=1
+HAVE_WRK=0; command -v wrk >/dev/null && command -v curl >/dev/null && HAVE_WRK=1
+
+# --- Build -----------------------------------------------------------------------------------
+if [[ -n ${BENCH_BIN:-} ]]; then
+    # Binaries built elsewhere (CI's smoke run uses the debug build it already has).
+    BIN=$BENCH_BIN
+    say "using the binaries in $BIN"
+else
+    say "building release into $SCRATCH"
+    (cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --product stampd 2>&1 | tail -1 \
+                && swift build -c release --scratch-path "$SCRATCH" --product stampd-bench 2>&1 | tail -1)
+    BIN=$(cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --show-bin-path)
+fi
+STAMPD="$BIN/stampd"
+BENCH="$BIN/stampd-bench"
+[[ -x $STAMPD && -x $BENCH ]] || { echo "run.sh: build products missing in $BIN" >&2; exit 1; }
+
+# A port nobody listens on (bash's /dev/tcp: a refused connection means free).
+free_port() {
+    local port
+    for _ in $(seq 1 200); do
+        port=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
+    done
+    return 1
+}
+
+wait_for() { # wait_for SECONDS COMMAND...
+    local limit=$1; shift
+    for _ in $(seq 1 $((limit * 10))); do "$@" && return 0; sleep 0.1; done
+    return 1
+}
+
+# --- How busy the machine is before we start (client and servers share its cores) --------------
+cpu_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+read -r busy0 total0 < <(cpu_busy); sleep 3; read -r busy1 total1 < <(cpu_busy)
+OTHER_BEFORE=$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) -v n="$(nproc)" 'BEGIN {printf "%.2f", (t > 0 ? b / t * n : 0)}')
+say "other processes use $OTHER_BEFORE of $(nproc) cores before the run"
+if awk -v o="$OTHER_BEFORE" 'BEGIN {exit !(o > 0.25)}'; then
+    echo "run.sh: warning: the machine is not idle; figures will be lower than the servers can do (see the CPU row)" >&2
+fi
+
+# --- stampd on a fresh database ---------------------------------------------------------------
+STAMPD_PORT=$(free_port)
+say "starting stampd on 127.0.0.1:$STAMPD_PORT (database $WORK/stampd.sqlite)"
+"$STAMPD" --port "$STAMPD_PORT" --database "$WORK/stampd.sqlite" --migrations "$ROOT/migrations" \
+    --insecure-fast-password-hashing --max-connections 19500 --max-polls 19500 \
+    >"$WORK/stampd.log" 2>&1 &
+STAMPD_PID=$!
+PIDS+=("$STAMPD_PID")
+wait_for 30 grep -q "listening" "$WORK/stampd.log" || { cat "$WORK/stampd.log" >&2; echo "run.sh: stampd did not start" >&2; exit 1; }
+
+# --- nginx + nchan ----------------------------------------------------------------------------
+NCHAN_ARGS=()
+NGINX_PORT=""
+if [[ $HAVE_NCHAN == 1 ]]; then
+    NGINX_PORT=$(free_port)
+    mkdir -p "$WORK/nginx/tmp"
+    sed -e "s|@PREFIX@|$WORK/nginx|g" -e "s|@PORT@|$NGINX_PORT|g" -e "s|@MODULE@|$NCHAN_MODULE|g" \
+        "$ROOT/scripts/bench/nginx.conf.template" >"$WORK/nginx/nginx.conf"
+    say "starting nginx + nchan on 127.0.0.1:$NGINX_PORT (one worker)"
+    nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+    wait_for 10 curl -sf "http://127.0.0.1:$NGINX_PORT/healthz" -o /dev/null \
+        || { cat "$WORK/nginx.log" "$WORK/nginx/error.log" >&2 || true; echo "run.sh: nginx did not start" >&2; exit 1; }
+    NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
+    NCHAN_ARGS=(--nchan "127.0.0.1:$NGINX_PORT" --nchan-pid "$NGINX_WORKER")
+else
+    echo "run.sh: nginx + nchan not available: the smoke run measures stampd only" >&2
+fi
+
+# --- The client -------------------------------------------------------------------------------
+RESULTS="$OUT/results.tsv"
+printf 'machine.other_cores_before\t%s\n' "$OTHER_BEFORE" >"$RESULTS"
+if [[ $MODE == smoke ]]; then
+    SIZES=(--levels 20,50 --latency-parked 50 --rate 100 --latency-seconds 2 --flow-pairs 8 --flow-seconds 2
+           --customers 4 --setup-connections 8 --settle-seconds 0.5 --max-seconds 120)
+    WRK_ARGS=(-t1 -c8 -d2s)
+    printf 'd.wrk_threads\t1\nd.wrk_connections\t8\nd.wrk_seconds\t2\n' >>"$RESULTS"
+else
+    SIZES=(--levels 1000,5000,10000,18000 --latency-parked 10000 --rate 1000 --latency-seconds 20
+           --flow-pairs 128 --flow-seconds 30 --customers 32 --quiet-wait 180 --noisy-retries 2 --max-seconds 3000)
+    WRK_ARGS=(-t2 -c64 -d10s)
+    printf 'd.wrk_threads\t2\nd.wrk_connections\t64\nd.wrk_seconds\t10\n' >>"$RESULTS"
+fi
+say "stampd-bench run ${SIZES[*]} ${EXTRA[*]:-}"
+STATUS=0
+"$BENCH" run --stampd "127.0.0.1:$STAMPD_PORT" --stampd-pid "$STAMPD_PID" "${NCHAN_ARGS[@]}" \
+    --results "$RESULTS" "${SIZES[@]}" "${EXTRA[@]}" > >(tee "$OUT/bench.log") 2>&1 &
+BENCH_PID=$!
+PIDS+=("$BENCH_PID")
+wait "$BENCH_PID" || STATUS=$?
+[[ $STATUS == 0 ]] || echo "run.sh: stampd-bench exited with $STATUS" >&2
+
+# --- wrk: /healthz against nginx's return 200, and an authenticated read ------------------------
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+run_wrk() { # run_wrk KEY PID URL [wrk args...]: appends "KEY.round<N> req/s" and the server's CPU per request
+    local key=$1 pid=$2 url=$3; shift 3
+    local out rps bad ticks0 ticks1 requests
+    ticks0=$(cpu_ticks "$pid")
+    out=$(wrk "${WRK_ARGS[@]}" "$@" "$url" 2>&1) || { echo "$out" >&2; STATUS=1; return; }
+    ticks1=$(cpu_ticks "$pid")
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    awk -v t=$((ticks1 - ticks0)) -v hz="$(getconf CLK_TCK)" -v n="${requests:-0}" -v k="${key%_rps}" -v r="$ROUND" \
+        'BEGIN {if (n > 0) printf "%s_server_us.round%s\t%.1f\n", k, r, t / hz / n * 1e6}' >>"$RESULTS"
+    echo "$out" | sed "s|^|  [$key round $ROUND] |" >>"$OUT/wrk.log"
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+    bad=$(echo "$out" | awk '/Non-2xx or 3xx responses:/ {n += $NF} /Socket errors:/ {for (i = 4; i <= NF; i += 2) {gsub(",", "", $i); n += $i}} END {print n + 0}')
+    printf '  %-22s round %s: %10s req/s, %s errors\n' "$key" "$ROUND" "${rps:-0}" "$bad"
+    printf '%s.round%s\t%s\n' "$key" "$ROUND" "${rps:-0}" >>"$RESULTS"
+    WRK_ERRORS=$((WRK_ERRORS + bad))
+}
+median_of() { # median_of KEY: the median of KEY.round* in $RESULTS, written as KEY
+    local value
+    value=$(awk -F'\t' -v k="$1" 'index($1, k ".round") == 1 {print $2}' "$RESULTS" | sort -g \
+            | awk '{a[NR] = $1} END {if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}')
+    [[ -n $value ]] && printf '%s\t%s\n' "$1" "$value" >>"$RESULTS"
+}
+WRK_ERRORS=0
+if [[ $HAVE_WRK == 1 ]]; then
+    API="http://127.0.0.1:$STAMPD_PORT"
+    post() { curl -sf -X POST "$API$1" -H 'Content-Type: application/json' "${@:3}" -d "$2"; }
+    field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }
+    OWNER_TOKEN=$(post /v1/accounts '{"role":"owner","login":"wrk-owner","password":"bench-password","name":"Owner"}' | field token)
+    STORE=$(post /v1/stores '{"name":"Wrk Cafe","rewardItem":"Americano"}' -H "Authorization: Bearer $OWNER_TOKEN" | field id)
+    TOKEN=$(post /v1/accounts '{"role":"customer","login":"wrk-customer","password":"bench-password","name":"Customer"}' | field token)
+    REQUEST=$(post "/v1/stores/$STORE/requests" '{"kind":"stamp","count":1}' -H "Authorization: Bearer $TOKEN" | sed -n 's/.*"id":"\(req_[^"]*\)".*/\1/p')
+    post "/v1/requests/$REQUEST/approve" '' -H "Authorization: Bearer $OWNER_TOKEN" >/dev/null
+    [[ -n $TOKEN ]] || { echo "run.sh: could not create the wrk customer" >&2; STATUS=1; }
+    if [[ $MODE == full ]]; then # the servers are idle now: wait (a bounded time) for everything else to be too
+        for _ in $(seq 1 60); do
+            read -r b0 t0 < <(cpu_busy); sleep 2; read -r b1 t1 < <(cpu_busy)
+            busy=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) -v n="$(nproc)" 'BEGIN {printf "%.2f", (t > 0 ? b / t * n : 0)}')
+            awk -v o="$busy" 'BEGIN {exit !(o < 0.15)}' && break
+            echo "run.sh: other processes use $busy cores; waiting for a quiet machine before wrk" >&2
+        done
+        printf 'd.other_cores_before\t%s\n' "$busy" >>"$RESULTS"
+    fi
+    ROUNDS=1; [[ $MODE == full ]] && ROUNDS=3
+    say "wrk ${WRK_ARGS[*]}, $ROUNDS round(s) alternating stampd and nginx; the median counts"
+    for ROUND in $(seq 1 "$ROUNDS"); do
+        run_wrk d.stampd.healthz_rps "$STAMPD_PID" "$API/healthz"
+        [[ -n $NGINX_PORT ]] && run_wrk d.nginx.healthz_rps "$NGINX_WORKER" "http://127.0.0.1:$NGINX_PORT/healthz"
+        run_wrk d.stampd.cards_rps "$STAMPD_PID" "$API/v1/cards" -H "Authorization: Bearer $TOKEN"
+    done
+    for key in d.stampd.healthz_rps d.nginx.healthz_rps d.stampd.cards_rps \
+               d.stampd.healthz_server_us d.nginx.healthz_server_us d.stampd.cards_server_us; do median_of "$key"; done
+    printf 'errors.wrk\t%s\n' "$WRK_ERRORS" >>"$RESULTS"
+    [[ $WRK_ERRORS == 0 ]] || { echo "run.sh: wrk saw $WRK_ERRORS errors" >&2; STATUS=1; }
+fi
+
+# --- Durability cross-check: what the client counted is in the database ------------------------
+if command -v sqlite3 >/dev/null; then
+    approved=$(sqlite3 "file:$WORK/stampd.sqlite?mode=ro" "SELECT count(*) FROM requests WHERE status = 'approved'" 2>/dev/null || echo "?")
+    events=$(sqlite3 "file:$WORK/stampd.sqlite?mode=ro" "SELECT count(*) FROM events" 2>/dev/null || echo "?")
+    flows=$(awk -F'\t' '$1 == "c.stampd.flows" {print $2}' "$RESULTS")
+    say "database: $approved approved requests, $events events (client counted ${flows:-no} flows inside the window)"
+    printf 'db.approved\t%s\ndb.events\t%s\n' "$approved" "$events" >>"$RESULTS"
+    if [[ -n $flows && ( $approved == "?" || $approved -lt $flows ) ]]; then
+        echo "run.sh: the database holds fewer approved requests than the flows the client counted" >&2
+        STATUS=1
+    fi
+fi
+
+# --- Machine and table -------------------------------------------------------------------------
+{
+    echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem:/ {print $2}') GiB," \
+         "kernel $(uname -r), $(swift --version 2>/dev/null | head -1), ulimit -n $(ulimit -n)"
+    echo "stampd: commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')," \
+         "$(git -C "$ROOT" status --porcelain -- Sources migrations Package.swift 2>/dev/null | grep -vc 'stampd-bench' || true) files changed since (outside stampd-bench)"
+    echo "nginx: $(nginx -v 2>&1 | sed 's/.*\///'), nchan: $(curl -s "http://127.0.0.1:${NGINX_PORT:-1}/nchan_status" 2>/dev/null | awk -F': ' '/nchan version/ {print $2}')"
+} | tee "$OUT/machine.txt"
+say "results ($MODE) — $OUT"
+REPORT_ARGS=(--results "$RESULTS")
+[[ $MODE == smoke ]] && REPORT_ARGS+=(--smoke)
+"$BENCH" report "${REPORT_ARGS[@]}" | tee "$OUT/table.md"
+
+exit "$STATUS"
