@@ -43,6 +43,11 @@ public final class EventHub: Sendable {
         /// cursor would miss an event that committed between the poll's read and its park.
         var latest: [String: Int64] = [:]
         var shuttingDown = false
+        /// Set once `seed` has told the hub what the log holds: then `hasNothingAfter` can answer.
+        var seeded = false
+        /// The newest event id ever issued, and the highest pruned by retention.
+        var issuedThrough: Int64 = 0
+        var prunedThrough: Int64 = 0
         /// Callers of `waitUntilParked`, with the count each waits for.
         var countWatchers: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
         var shutdownWatchers: [CheckedContinuation<Void, Never>] = []
@@ -86,6 +91,32 @@ public final class EventHub: Sendable {
         return outcome
     }
 
+    /// Tells the hub what the committed log holds at start (newest id per account, newest id
+    /// issued, highest id pruned), so a poll can park without reading when nothing is newer.
+    public func seed(newest: [String: Int64], issuedThrough: Int64, prunedThrough: Int64) {
+        state.withLock { state in
+            for (account, id) in newest where id > state.latest[account, default: 0] { state.latest[account] = id }
+            state.issuedThrough = max(state.issuedThrough, issuedThrough)
+            state.prunedThrough = max(state.prunedThrough, prunedThrough)
+            state.seeded = true
+        }
+    }
+
+    public func markPruned(through id: Int64) {
+        state.withLock { $0.prunedThrough = max($0.prunedThrough, id) }
+    }
+
+    /// True when the log certainly holds no event for `account` after `cursor`, and the cursor is
+    /// neither pruned nor beyond the log: the poll may park without reading. An event that commits
+    /// meanwhile is published after its commit, which wakes the parked poll, or makes `park` say
+    /// `.ready` if it came first.
+    public func hasNothingAfter(_ cursor: Int64, for account: String) -> Bool {
+        state.withLock { state in
+            state.seeded && cursor >= state.prunedThrough && cursor <= state.issuedThrough
+                && state.latest[account, default: 0] <= cursor
+        }
+    }
+
     /// Removes the waiter and resumes it with `reason`. False when it was already resumed.
     @discardableResult
     public func cancel(_ id: WaiterID, reason: WakeReason) -> Bool {
@@ -104,6 +135,7 @@ public final class EventHub: Sendable {
         state.withLock { state in
             for (account, id) in newest {
                 if id > state.latest[account, default: 0] { state.latest[account] = id }
+                if id > state.issuedThrough { state.issuedThrough = id }
                 guard let ids = state.byAccount.removeValue(forKey: account) else { continue }
                 for id in ids {
                     if let waiter = state.waiters.removeValue(forKey: id) { woken.append(waiter) }

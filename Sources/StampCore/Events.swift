@@ -43,20 +43,40 @@ extension StampService {
         }
     }
 
+    /// Tells the event hub what the log holds, so polls with an up-to-date cursor park without a read.
+    /// Call once at start, before serving.
+    public func prepareEventHub() async throws {
+        let (newest, issued, pruned) = try await read { connection in
+            let newest = try connection.query("SELECT account_id, max(id) FROM events GROUP BY account_id") {
+                (try $0.get(0, as: String.self), try $0.get(1, as: Int64.self))
+            }
+            let issued = try connection.queryFirst("SELECT seq FROM sqlite_sequence WHERE name = 'events'") {
+                try $0.get(0, as: Int64.self)
+            } ?? 0
+            let pruned = try connection.queryFirst("SELECT pruned_through FROM event_retention") {
+                try $0.get(0, as: Int64.self)
+            } ?? 0
+            return (newest, issued, pruned)
+        }
+        hub.seed(newest: Dictionary(newest, uniquingKeysWith: max), issuedThrough: issued, prunedThrough: pruned)
+    }
+
     /// Deletes events older than the retention window and moves the reset mark past them.
     @discardableResult
     public func pruneEvents(batch: Int = 10_000) async throws -> Int {
         let now = clock.now()
         let cutoff = now.addingTimeInterval(-settings.eventRetention).millis
         let keysCutoff = now.addingTimeInterval(-settings.idempotencyWindow).millis
-        return try await write { connection, _ in
+        let removed: (count: Int, through: Int64) = try await write { connection, _ in
             guard let last = try connection.queryFirst("""
                 SELECT max(id) FROM (SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)
-                """, cutoff, batch, row: { try $0.optional(0, as: Int64.self) }) ?? nil else { return 0 }
+                """, cutoff, batch, row: { try $0.optional(0, as: Int64.self) }) ?? nil else { return (0, 0) }
             let removed = try connection.run("DELETE FROM events WHERE id <= ?", last)
             try connection.run("UPDATE event_retention SET pruned_through = max(pruned_through, ?)", last)
             try connection.run("DELETE FROM idempotency_keys WHERE created_at < ?", keysCutoff)
-            return removed
+            return (removed, last)
         }
+        hub.markPruned(through: removed.through)
+        return removed.count
     }
 }

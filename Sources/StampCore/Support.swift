@@ -62,8 +62,12 @@ public enum StampJSON {
         return decoder
     }
 
+    /// One configured encoder, shared: encoding does not mutate it, and making one per event
+    /// showed up inside the write transaction.
+    private static let sharedEncoder = encoder()
+
     public static func encode<T: Encodable>(_ value: T) throws -> String {
-        String(decoding: try encoder().encode(value), as: UTF8.self)
+        String(decoding: try sharedEncoder.encode(value), as: UTF8.self)
     }
 
     /// `2026-11-29T23:05:01.123Z`

@@ -35,7 +35,13 @@ struct EventsEndpoint: Sendable {
 
         let service = self.service
         let account = principal.id
-        let batch = try await service.events(for: account, after: cursor, limit: limit)
+        // The common re-poll: the hub knows nothing newer exists, so park without a read.
+        let batch: EventBatch
+        if let cursor, service.hub.hasNothingAfter(cursor, for: account) {
+            batch = EventBatch(events: [], cursor: cursor, reset: false)
+        } else {
+            batch = try await service.events(for: account, after: cursor, limit: limit)
+        }
         if !batch.events.isEmpty || batch.reset {
             if batch.reset { PollMetrics.resets.increment() }
             return .response(Self.answer(batch, extraHeaders))

@@ -87,6 +87,7 @@ struct Stampd: AsyncParsableCommand {
         settings.eventRetention = TimeInterval(try setting(eventRetentionDays, "EVENT_RETENTION_DAYS", 7)) * 86_400
         let service = StampService(database: db, hub: hub, hasher: hasher, settings: settings,
                                    logger: Logger(label: "stampd.core"))
+        try await service.prepareEventHub()
 
         var server = ServerConfiguration()
         server.host = try setting(host, "HOST", "127.0.0.1")

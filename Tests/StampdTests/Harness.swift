@@ -39,6 +39,7 @@ final class TestServer: Sendable {
         let hub = EventHub(maximumPerAccount: maximumPollsPerAccount)
         let service = StampService(database: database, hub: hub, hasher: PasswordHasher(cost: .insecureFast),
                                    clock: clock, settings: settings)
+        try await service.prepareEventHub()
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         let responder = Application.responder(service: service, metricsText: { "" }, logger: logger)
