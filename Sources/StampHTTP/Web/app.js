@@ -5,7 +5,7 @@
 // and the customer's recent requests. There is no "my requests" endpoint, so the recent ones are kept in
 // localStorage and refreshed one by one on load; the events move them from pending to decided.
 import {
-  $, api, ApiError, clearProblems, describeRequest, el, errorText, EventFeed, formatDateTime, formatTime, mergeRequest,
+  $, api, ApiError, authenticatedCall, say, clearProblems, describeRequest, el, errorText, EventFeed, formatDateTime, formatTime, mergeRequest,
   plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, showProblem, STATUS_TEXT, storage, uuid,
 } from '/assets/common.js';
 
@@ -20,16 +20,8 @@ const LEDGER_TEXT = {
 };
 
 /** Every authenticated call goes through here: a refused token signs the page out. */
-async function call(path, options = {}) {
-  try {
-    return await api(path, { ...options, token: session.token });
-  } catch (error) {
-    if (error instanceof ApiError && error.status === 401) sessionEnded();
-    throw error;
-  }
-}
+const call = authenticatedCall(session, () => sessionEnded());
 
-function say(text) { $('message').textContent = text; }
 
 // ---------------------------------------------------------------------------------------------
 // Signing in and out

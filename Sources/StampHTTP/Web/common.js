@@ -233,6 +233,21 @@ export function showProblem(form, error, fallback, aliases = {}) {
 // The session: a token and its account, kept in localStorage per page ("owner" or "app"),
 // so an owner and a customer can be signed in side by side in one browser.
 
+/** An API caller with the session's token; a refused token (401) calls `onRefused`, which signs the page out. */
+export function authenticatedCall(session, onRefused) {
+  return async function call(path, options = {}) {
+    try {
+      return await api(path, { ...options, token: session.token });
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) onRefused();
+      throw error;
+    }
+  };
+}
+
+/** Says something in the page's status line (read out by screen readers). */
+export function say(text) { $('message').textContent = text; }
+
 export class Session {
   constructor(page, role) {
     this.role = role;

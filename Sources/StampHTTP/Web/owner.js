@@ -6,7 +6,7 @@
 // feed; both go through mergeRequest, so their order does not matter. The customers found (or
 // registered) are listed as found; their cards as the last stamping answered them, until the next search.
 import {
-  $, api, ApiError, Beeper, clearProblems, describeRequest, el, errorText, EventFeed, formatTime, isToday, mergeRequest,
+  $, api, ApiError, authenticatedCall, say, Beeper, clearProblems, describeRequest, el, errorText, EventFeed, formatTime, isToday, mergeRequest,
   plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, showProblem, startOfToday, STATUS_TEXT,
   storage,
 } from '/assets/common.js';
@@ -27,17 +27,8 @@ const storeKey = () => `stampd.owner.store.${session.account.id}`;
 const soundKey = 'stampd.owner.sound';
 
 /** Every authenticated call goes through here: a refused token signs the page out. */
-async function call(path, options = {}) {
-  try {
-    return await api(path, { ...options, token: session.token });
-  } catch (error) {
-    if (error instanceof ApiError && error.status === 401) sessionEnded();
-    throw error;
-  }
-}
+const call = authenticatedCall(session, () => sessionEnded());
 
-/** Says something in the page's status line (read out by screen readers). */
-function say(text) { $('message').textContent = text; }
 
 // ---------------------------------------------------------------------------------------------
 // Signing in and out
