@@ -100,6 +100,11 @@ extension StampService {
         return principal
     }
 
+    /// The account behind a token this process has already checked, without a read; nil otherwise.
+    public func rememberedPrincipal(token: String) -> Principal? {
+        sessions.principal(for: BearerToken.digest(token), now: clock.now().millis).0
+    }
+
     /// Revokes the token; later requests with it are 401.
     public func revokeSession(token: String) async throws {
         let digest = BearerToken.digest(token)

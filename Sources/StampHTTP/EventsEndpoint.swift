@@ -13,15 +13,22 @@ struct EventsEndpoint: Sendable {
     static let defaultLimit = 100
 
     func register(on router: inout Router) {
-        router.add(.GET, "/v1/events") { try await poll($0) }
+        router.add(.GET, "/v1/events", fast: { fastPoll($0) }) { try await poll($0) }
     }
 
-    private func poll(_ request: Request) async throws -> Reply {
-        let principal = try await api.principal(request)
+    /// What a poll asks for, from its query and headers.
+    struct Asked {
+        var cursor: Int64?
+        var limit: Int
+        var seconds: Int
+        var headers: [(String, String)]
+    }
+
+    static func asked(_ request: Request) throws -> Asked {
         let cursor = try Self.cursor(request)
         let limit = try queryInt(request, "limit") ?? Self.defaultLimit
         guard (1...1000).contains(limit) else { throw HTTPError.invalid("limit", "limit must be between 1 and 1000") }
-        var extraHeaders: [(String, String)] = []
+        var headers: [(String, String)] = []
         var seconds = Self.defaultTimeout
         if let text = request.query["timeout"] {
             // Any number is a valid wait, clamped while still a Double (1e400 parses as infinity).
@@ -29,26 +36,46 @@ struct EventsEndpoint: Sendable {
             seconds = Int(min(max(timeout.rounded(), Double(Self.timeoutRange.lowerBound)), Double(Self.timeoutRange.upperBound)))
         } else if let wait = Self.preferredWait(request.headers) {
             seconds = wait
-            extraHeaders.append(("Preference-Applied", "wait=\(min(max(wait, Self.timeoutRange.lowerBound), Self.timeoutRange.upperBound))"))
+            headers.append(("Preference-Applied", "wait=\(min(max(wait, Self.timeoutRange.lowerBound), Self.timeoutRange.upperBound))"))
         }
         seconds = min(max(seconds, Self.timeoutRange.lowerBound), Self.timeoutRange.upperBound)
+        return Asked(cursor: cursor, limit: limit, seconds: seconds, headers: headers)
+    }
 
-        let service = self.service
+    /// The usual re-poll, on the event loop with no task: a session already checked, and a cursor
+    /// the hub knows is current. Anything else (or any error) goes the async way.
+    private func fastPoll(_ request: Request) -> Reply? {
+        guard let token = try? api.bearerToken(request), let principal = service.rememberedPrincipal(token: token),
+              let asked = try? Self.asked(request), let cursor = asked.cursor,
+              service.hub.hasNothingAfter(cursor, for: principal.id) else { return nil }
+        return .poll(longPoll(account: principal.id, asked: asked, parkedCursor: cursor))
+    }
+
+    private func poll(_ request: Request) async throws -> Reply {
+        let principal = try await api.principal(request)
+        let asked = try Self.asked(request)
         let account = principal.id
         // The common re-poll: the hub knows nothing newer exists, so park without a read.
         let batch: EventBatch
-        if let cursor, service.hub.hasNothingAfter(cursor, for: account) {
+        if let cursor = asked.cursor, service.hub.hasNothingAfter(cursor, for: account) {
             batch = EventBatch(events: [], cursor: cursor, reset: false)
         } else {
-            batch = try await service.events(for: account, after: cursor, limit: limit)
+            batch = try await service.events(for: account, after: asked.cursor, limit: asked.limit)
         }
         if !batch.events.isEmpty || batch.reset {
             if batch.reset { PollMetrics.resets.increment() }
-            return .response(Self.answer(batch, extraHeaders))
+            return .response(Self.answer(batch, asked.headers))
         }
-        let parkedCursor = batch.cursor
-        let headers = extraHeaders
-        return .poll(LongPoll(
+        return .poll(longPoll(account: account, asked: asked, parkedCursor: batch.cursor))
+    }
+
+    private func longPoll(account: String, asked: Asked, parkedCursor: Int64) -> LongPoll {
+        let service = self.service
+        let headers = asked.headers
+        let limit = asked.limit
+        let cursor = asked.cursor
+        let seconds = asked.seconds
+        return LongPoll(
             account: account, cursor: parkedCursor, timeout: .seconds(Int64(seconds)),
             read: {
                 do {
@@ -78,7 +105,7 @@ struct EventsEndpoint: Sendable {
                     return .problem(HTTPError(.tooManyRequests, detail: "too many polls are open on this server",
                                               headers: [("Retry-After", "5")]))
                 }
-            }))
+            })
     }
 
     /// `after`, or `Last-Event-ID` in its place; absent means every retained event.

@@ -40,6 +40,9 @@ public final class Responder: Sendable {
             switch route.work {
             case .immediate(let answer): return (route.template, .now(.response(answer(routed))))
             case .async(let work): endpoint = work
+            case .fastPath(let fast, let work):
+                if let reply = fast(routed) { return (route.template, .now(reply)) }
+                endpoint = work
             }
             return (route.template, .later {
                 do {

@@ -17,6 +17,8 @@ public struct Router: Sendable {
     enum Work: Sendable {
         case async(Endpoint)
         case immediate(ImmediateEndpoint)
+        /// Tried on the event loop first; nil sends the request to the async endpoint.
+        case fastPath(@Sendable (Request) -> Reply?, Endpoint)
     }
 
     enum Segment: Sendable, Equatable {
@@ -36,6 +38,12 @@ public struct Router: Sendable {
 
     public mutating func add(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping Endpoint) {
         add(method, template, .async(endpoint))
+    }
+
+    /// `fast` answers on the event loop when it can (nil when it cannot); `endpoint` does the rest.
+    public mutating func add(_ method: HTTPMethod, _ template: String, fast: @escaping @Sendable (Request) -> Reply?,
+                             _ endpoint: @escaping Endpoint) {
+        add(method, template, .fastPath(fast, endpoint))
     }
 
     public mutating func addImmediate(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping ImmediateEndpoint) {
