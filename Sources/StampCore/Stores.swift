@@ -77,7 +77,11 @@ extension StampService {
 
     public func updateStore(_ principal: Principal, id: String, _ patch: StorePatch) async throws -> Store {
         let now = clock.now()
-        // Validate before taking the writer.
+        // Validate before taking the writer. The coordinates change together, whatever the store
+        // holds now, so the rule does not depend on state the caller cannot see.
+        if (patch.latitude == nil) != (patch.longitude == nil) {
+            throw StampError.invalid(patch.latitude == nil ? "latitude" : "longitude", "latitude and longitude change together")
+        }
         let name = try patch.name.map { try Validate.text($0, field: "name", max: 100) }
         let perReward = try patch.stampsPerReward.map { try Validate.range($0, field: "stampsPerReward", 1...100) }
         let rewardItem = try patch.rewardItem.map { try Validate.text($0, field: "rewardItem", max: 100) }

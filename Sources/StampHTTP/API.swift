@@ -145,10 +145,6 @@ struct API: Sendable {
         for field in ["name", "rewardItem", "stampsPerReward", "requestTtlSeconds", "menu"] where input.isNull(field) {
             throw HTTPError.invalid(field, "\(field) cannot be null")
         }
-        if input.has("latitude") != input.has("longitude") {
-            let missing = input.has("latitude") ? "longitude" : "latitude"
-            throw HTTPError.invalid(missing, "latitude and longitude change together")
-        }
         patch.name = try input.string("name")
         patch.rewardItem = try input.string("rewardItem")
         patch.stampsPerReward = try input.int("stampsPerReward")

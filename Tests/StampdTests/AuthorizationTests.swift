@@ -135,6 +135,7 @@ import Testing
         expectInvalid(try await client.request("POST", stores, token: owner.token, json: ["name": "A", "rewardItem": "B", "latitude": 10]), field: "longitude")
         expectInvalid(try await client.request("POST", stores, token: owner.token, json: ["name": "A", "rewardItem": "B", "menu": [["name": "Tea", "price": -1]]]), field: "menu[0].price")
         expectInvalid(try await client.request("PATCH", "/v1/stores/\(store)", token: owner.token, json: ["name": NSNull()]), field: "name")
+        expectInvalid(try await client.request("PATCH", "/v1/stores/\(store)", token: owner.token, json: ["latitude": 37.5]), field: "longitude")
         expectInvalid(try await client.request("GET", "/v1/stores?limit=0", token: customer.token), field: "limit")
         expectInvalid(try await client.request("GET", "/v1/stores?lat=10", token: customer.token), field: "lon")
         expectInvalid(try await client.request("GET", "/v1/stores/\(store)/requests?status=maybe", token: owner.token), field: "status")
