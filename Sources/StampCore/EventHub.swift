@@ -182,8 +182,6 @@ public final class EventHub: Sendable {
         ready.forEach { $0.resume() }
     }
 
-    public var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
-
     /// Returns once `shutdown()` has run: the server has begun to drain its connections.
     public func waitUntilShutDown() async {
         await withCheckedContinuation { continuation in
