@@ -61,7 +61,9 @@ final class NchanPoller: @unchecked Sendable {
     }
 }
 
-final class NchanBench: @unchecked Sendable {
+final class NchanBench: ParkingTarget, @unchecked Sendable {
+    let name = "nchan"
+    let parkedNoun = "subscribers"
     let connector: Connector
     let pid: Int32?
     let tally = Tally(name: "nchan")
@@ -90,6 +92,8 @@ final class NchanBench: @unchecked Sendable {
         }
     }
 
+    func parkedOnServer() async throws -> Int { try await subscribersOnServer() }
+
     func subscribersOnServer() async throws -> Int {
         let answer = try await get("/nchan_status")
         guard answer.status == 200, let value = stubStatusValue(answer.text, name: "subscribers") else {
@@ -105,33 +109,9 @@ final class NchanBench: @unchecked Sendable {
         _ = try await subscribersOnServer()
     }
 
-    // MARK: (a)
+    // MARK: (a) parked capacity and memory: parkLevels() is shared, in ParkingTarget
 
-    func parkLevels() async throws {
-        await waitForQuiet(serverPid: pid, threshold: options.quietThreshold, maxSeconds: options.quietWait, label: "nchan")
-        await sleep(seconds: 1)
-        if let pid { baseline = Memory.read(pid) }
-        guard let baseline else { throw BenchError.unexpected("cannot read /proc/\(pid ?? 0)/status") }
-        log("nchan: before subscribing: \(baseline)")
-        results.set("a.nchan.base_rss_kib", baseline.rss)
-        for level in options.levels.sorted() {
-            try await park(upTo: level)
-            await sleep(seconds: options.settleSeconds)
-            let parked = try await subscribersOnServer()
-            let memory = Memory.read(pid!)!
-            let perPoll = Double(memory.rss - baseline.rss) * 1024 / Double(level)
-            let perPollAnon = Double(memory.anon - baseline.anon) * 1024 / Double(level)
-            log(String(format: "nchan: %d subscribers (server says %d): %@; %.0f bytes per parked poll (anon %.0f)",
-                       level, parked, memory.description, perPoll, perPollAnon))
-            results.set("a.nchan.\(level).parked", parked)
-            results.set("a.nchan.\(level).rss_kib", memory.rss)
-            results.set("a.nchan.\(level).bytes_per_poll", perPoll)
-            results.set("a.nchan.\(level).anon_bytes_per_poll", perPollAnon)
-            lastParked = memory
-        }
-    }
-
-    private func park(upTo level: Int) async throws {
+    func park(upTo level: Int) async throws {
         let adding = level - pollers.count
         guard adding > 0 else { return }
         let started = nowNanos()

@@ -131,7 +131,9 @@ final class StampdPoller: @unchecked Sendable {
 }
 
 /// Everything measured against stampd.
-final class StampdBench: @unchecked Sendable {
+final class StampdBench: ParkingTarget, @unchecked Sendable {
+    let name = "stampd"
+    let parkedNoun = "parked"
     let connector: Connector
     let pid: Int32?
     let tally = Tally(name: "stampd")
@@ -204,33 +206,9 @@ final class StampdBench: @unchecked Sendable {
         }
     }
 
-    // MARK: (a) parked capacity and memory
+    // MARK: (a) parked capacity and memory: parkLevels() is shared, in ParkingTarget
 
-    func parkLevels() async throws {
-        await waitForQuiet(serverPid: pid, threshold: options.quietThreshold, maxSeconds: options.quietWait, label: "stampd")
-        await sleep(seconds: 1)
-        if let pid { baseline = Memory.read(pid) }
-        guard let baseline else { throw BenchError.unexpected("cannot read /proc/\(pid ?? 0)/status") }
-        log("stampd: before parking: \(baseline)")
-        results.set("a.stampd.base_rss_kib", baseline.rss)
-        for level in options.levels.sorted() {
-            try await park(upTo: level)
-            await sleep(seconds: options.settleSeconds)
-            let parked = try await parkedOnServer()
-            let memory = Memory.read(pid!)!
-            let perPoll = Double(memory.rss - baseline.rss) * 1024 / Double(level)
-            let perPollAnon = Double(memory.anon - baseline.anon) * 1024 / Double(level)
-            log(String(format: "stampd: %d parked (server gauge %d): %@; %.0f bytes per parked poll (anon %.0f)",
-                       level, parked, memory.description, perPoll, perPollAnon))
-            results.set("a.stampd.\(level).parked", parked)
-            results.set("a.stampd.\(level).rss_kib", memory.rss)
-            results.set("a.stampd.\(level).bytes_per_poll", perPoll)
-            results.set("a.stampd.\(level).anon_bytes_per_poll", perPollAnon)
-            lastParked = memory
-        }
-    }
-
-    private func park(upTo level: Int) async throws {
+    func park(upTo level: Int) async throws {
         let adding = level - pollers.count
         guard adding > 0 else { return }
         let started = nowNanos()

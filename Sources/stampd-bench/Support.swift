@@ -399,3 +399,46 @@ final class Results: ResultSink, Sendable {
 func sleep(seconds: Double) async {
     try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
 }
+
+/// A server whose parked polls phase (a) counts and weighs: stampd or nchan.
+protocol ParkingTarget: AnyObject {
+    /// The key and log prefix: `a.<name>.*`.
+    var name: String { get }
+    var parkedNoun: String { get }
+    var pid: Int32? { get }
+    var results: Results { get }
+    var options: RunOptions { get }
+    var baseline: Memory? { get set }
+    var lastParked: Memory? { get set }
+    /// Opens connections and parks polls until `level` are parked.
+    func park(upTo level: Int) async throws
+    /// How many polls the server itself says are parked.
+    func parkedOnServer() async throws -> Int
+}
+
+extension ParkingTarget {
+    /// Phase (a): parks in steps and records the server's VmRSS per parked poll at each step.
+    func parkLevels() async throws {
+        await waitForQuiet(serverPid: pid, threshold: options.quietThreshold, maxSeconds: options.quietWait, label: name)
+        await sleep(seconds: 1)
+        if let pid { baseline = Memory.read(pid) }
+        guard let baseline else { throw BenchError.unexpected("cannot read /proc/\(pid ?? 0)/status") }
+        log("\(name): before parking: \(baseline)")
+        results.set("a.\(name).base_rss_kib", baseline.rss)
+        for level in options.levels.sorted() {
+            try await park(upTo: level)
+            await sleep(seconds: options.settleSeconds)
+            let parked = try await parkedOnServer()
+            let memory = Memory.read(pid!)!
+            let perPoll = Double(memory.rss - baseline.rss) * 1024 / Double(level)
+            let perPollAnon = Double(memory.anon - baseline.anon) * 1024 / Double(level)
+            log(String(format: "%@: %d %@ (server says %d): %@; %.0f bytes per parked poll (anon %.0f)",
+                       name, level, parkedNoun, parked, memory.description, perPoll, perPollAnon))
+            results.set("a.\(name).\(level).parked", parked)
+            results.set("a.\(name).\(level).rss_kib", memory.rss)
+            results.set("a.\(name).\(level).bytes_per_poll", perPoll)
+            results.set("a.\(name).\(level).anon_bytes_per_poll", perPollAnon)
+            lastParked = memory
+        }
+    }
+}
