@@ -105,7 +105,15 @@ public final class Database: @unchecked Sendable {
                 state.draining = true
                 return true
             }
-            if startDrain { writerThread.submit { self.drain() } }
+            if startDrain, !writerThread.submit({ self.drain() }) {
+                // Closed: fail what waits instead of leaving it suspended for ever.
+                let waiting = queue.withLock { state -> [WriteJob] in
+                    defer { state.jobs.removeAll() }
+                    state.draining = false
+                    return state.jobs
+                }
+                waiting.forEach { $0.fail(BlockingPoolError.shutDown) }
+            }
         }
     }
 

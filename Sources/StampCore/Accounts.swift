@@ -10,72 +10,105 @@ public struct SignedIn: Codable, Sendable {
 }
 
 extension StampService {
-    /// Signs up. A customer whose phone a store registered as a walk-in claims that account and
-    /// its cards with the one-time code the store shows (`claimCode`).
+    /// Signs up. A customer who signs up with a phone number and the claim code a store gave them
+    /// (`claimCode`) gets the card that store holds for the number, in the same transaction.
     public func createAccount(role: Role, login: String, password: String, name: String,
-                              claimCode: String? = nil) async throws -> SignedIn {
-        let login = try Validate.text(login, field: "login", min: 3, max: 100)
+                              claimCode: String? = nil, clientAddress: String = "local") async throws -> SignedIn {
+        let login = try Login.validate(login)
         let name = try Validate.text(name, field: "name", max: 100)
-        guard (8...200).contains(password.unicodeScalars.count) else {
-            throw StampError.invalid("password", "password must have 8 to 200 characters")
+        try Validate.newPassword(password)
+        let key = Login.key(login)
+        let legacyKey = Login.legacyKey(login)
+        let code = try claimCode.flatMap { $0.isEmpty ? nil : try Self.claimCodeDigits($0, field: "claimCode") }
+        if code != nil {
+            guard role == .customer, key.hasPrefix("tel:") else {
+                throw StampError.invalid("claimCode", "a claim code is for a customer signing up with the phone number it was given for")
+            }
         }
-        let hash = try await hasher.hash(password)
         let now = clock.now()
+        try signIns.countSignUp(address: clientAddress, now: now)
+        let hash = try await checkingPassword(from: clientAddress, loginKey: nil, now: now) { _ in
+            (try await hasher.hash(password), SignInGuard.Outcome.notChecked)
+        }
         let account = Account(id: Identifier.make("acc"), role: role, login: login, name: name, createdAt: now)
         let token = BearerToken.generate()
         let expiresAt = now.addingTimeInterval(settings.tokenLifetime)
-        let key = Self.loginKey(login)
-        let created = try await write { connection, _ -> Account? in
-            if let walkIn = try Self.walkInAccount(key, on: connection) {
-                guard role == .customer else { throw StampError(.conflict, "the login is taken", field: "login") }
-                do {
-                    try Self.claim(walkIn, code: claimCode, login: login, passwordHash: hash, name: name, now: now, on: connection)
-                } catch is ClaimRefused {
-                    // Returned, not thrown, so that the counted attempt commits.
-                    try connection.run("UPDATE claim_codes SET attempts = attempts + 1 WHERE account_id = ?", walkIn)
-                    return nil
+        let limits = settings.limits
+        let outcome = try await write { connection, outbox -> Result<Account, StampError> in
+            if try connection.queryFirst("SELECT 1 FROM accounts WHERE login_key IN (?, ?)", key, legacyKey,
+                                         row: { try $0.get(0, as: Int.self) }) != nil {
+                throw StampError(.conflict, "the login is taken", field: "login")
+            }
+            var claimedStore: String?
+            if let code {
+                switch try Self.matchClaimCode(code, phoneKey: key, field: "claimCode", limits: limits, now: now, on: connection) {
+                case .failure(let refusal): return .failure(refusal)
+                case .success(let store): claimedStore = store
                 }
-                try Self.insertSession(token: token, account: walkIn, now: now, expiresAt: expiresAt, on: connection)
-                return try Self.loadAccount(walkIn, on: connection)
             }
             do {
                 try connection.run("""
                     INSERT INTO accounts (id, role, login, login_key, name, password_hash, created_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?)
-                    """, account.id, role.rawValue, login, Self.loginKey(login), name, hash, now.millis)
+                    """, account.id, role.rawValue, login, key, name, hash, now.millis)
             } catch let error as SQLiteError where error.isUniqueViolation {
                 throw StampError(.conflict, "the login is taken", field: "login")
             }
             try Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
-            return account
+            if let claimedStore {
+                _ = try Self.moveHeldCard(store: claimedStore, phoneKey: key, into: account.id, now: now,
+                                          on: connection, outbox: &outbox)
+            }
+            return .success(account)
         }
-        guard let created else { throw StampError(.unprocessable, "the claim code is wrong", field: "claimCode") }
-        return SignedIn(account: created, token: token, expiresAt: expiresAt)
+        return SignedIn(account: try outcome.get(), token: token, expiresAt: expiresAt)
     }
 
-    public func createSession(login: String, password: String) async throws -> SignedIn {
-        let key = Self.loginKey(login)
+    public func createSession(login: String, password: String, clientAddress: String = "local") async throws -> SignedIn {
+        // Checked before anything is hashed or used as a key; no account has a longer one.
+        guard login.unicodeScalars.count <= 100 else { throw StampError.invalid("login", "login must have at most 100 characters") }
+        guard password.unicodeScalars.count <= 200 else {
+            throw StampError.invalid("password", "password must have at most 200 characters")
+        }
+        let key = Login.key(login)
+        let legacyKey = Login.legacyKey(login)
         let now = clock.now()
-        if let wait = throttle.secondsLocked(key, now: now) {
-            throw StampError(.rateLimited, "too many failed sign-ins for this login; try again later", retryAfter: wait)
+        let account = try await checkingPassword(from: clientAddress, loginKey: key, now: now) { _ -> (Account?, SignInGuard.Outcome) in
+            let found = try await read { connection in
+                try connection.queryFirst("""
+                    SELECT id, role, login, name, created_at, password_hash FROM accounts
+                    WHERE login_key IN (?, ?) AND walk_in = 0 ORDER BY login_key = ? DESC LIMIT 1
+                    """, key, legacyKey, key) { row in (try Self.account(row), try row.get(5, as: String.self)) }
+            }
+            guard let (account, hash) = found else {
+                // The same time as a real check, so the answer's timing does not tell the login is unknown.
+                try await hasher.verifyDecoy(password)
+                return (nil, .wrongPassword)
+            }
+            return try await hasher.verify(password, against: hash) ? (account, .rightPassword) : (nil, .wrongPassword)
         }
-        let found = try await read { connection in
-            try connection.queryFirst("""
-                SELECT id, role, login, name, created_at, password_hash FROM accounts WHERE login_key = ?
-                """, key) { row in (try Self.account(row), try row.get(5, as: String.self)) }
-        }
-        guard let (account, hash) = found, try await hasher.verify(password, against: hash) else {
-            if found == nil { try await hasher.verifyDecoy(password) }
-            throttle.recordFailure(key, now: now)
-            throw StampError(.unauthenticated, "the login or the password is wrong")
-        }
-        throttle.recordSuccess(key)
+        guard let account else { throw StampError(.unauthenticated, "the login or the password is wrong") }
         let token = BearerToken.generate()
         let expiresAt = now.addingTimeInterval(settings.tokenLifetime)
         try await write { connection, _ in
             try Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
         }
         return SignedIn(account: account, token: token, expiresAt: expiresAt)
+    }
+
+    /// Runs a password check reserved with the sign-in guard first (so concurrent tries count
+    /// before any hashing), and reports its verdict back.
+    private func checkingPassword<T: Sendable>(from address: String, loginKey: String?, now: Date,
+                                               _ check: @Sendable (Date) async throws -> (T, SignInGuard.Outcome)) async throws -> T {
+        let reservation = try signIns.reserve(address: address, loginKey: loginKey, now: now)
+        do {
+            let (value, outcome) = try await check(now)
+            signIns.finish(reservation, outcome, now: clock.now())
+            return value
+        } catch {
+            signIns.finish(reservation, .notChecked, now: clock.now())
+            throw error
+        }
     }
 
     /// The account behind a bearer token that is neither expired nor revoked. Valid sessions are
@@ -95,7 +128,7 @@ extension StampService {
         guard let (account, expiresAt) = found else {
             throw StampError(.unauthenticated, "the token is unknown, expired or revoked")
         }
-        let principal = Principal(account: account)
+        let principal = Principal(account: account, session: digest)
         sessions.remember(digest, principal, expiresAt: expiresAt, readSince: revocations)
         return principal
     }
@@ -105,39 +138,106 @@ extension StampService {
         sessions.principal(for: BearerToken.digest(token), now: clock.now().millis).0
     }
 
-    /// Revokes the token; later requests with it are 401.
+    /// Revokes the token; later requests with it are 401, and its parked polls answer 401 now.
     public func revokeSession(token: String) async throws {
         let digest = BearerToken.digest(token)
         let now = clock.now().millis
         // Forgotten before and after the write; a read that overlaps it is not remembered.
         sessions.forget(digest)
-        try await write { connection, _ in
+        let account = try await write { connection, _ -> String? in
+            let account = try connection.queryFirst("SELECT account_id FROM sessions WHERE token_hash = ?", digest) {
+                try $0.get(0, as: String.self)
+            }
             try connection.run("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL", now, digest)
+            return account
         }
         sessions.forget(digest)
+        if let account { hub.revoke(account: account, sessions: [digest]) }
+    }
+
+    /// Signs the caller out everywhere: every session of the account ends, with its parked polls.
+    public func revokeAllSessions(_ principal: Principal) async throws {
+        try await revokeSessions(of: principal.id, except: nil)
+    }
+
+    /// Changes the password (the current one proves it is the owner); every other session ends.
+    public func changePassword(_ principal: Principal, current: String, new password: String,
+                               clientAddress: String = "local") async throws {
+        guard current.unicodeScalars.count <= 200 else {
+            throw StampError.invalid("currentPassword", "currentPassword must have at most 200 characters")
+        }
+        try Validate.newPassword(password, field: "newPassword")
+        let now = clock.now()
+        let stored = try await read { connection in
+            try connection.queryFirst("SELECT password_hash FROM accounts WHERE id = ?", principal.id) { try $0.get(0, as: String.self) }
+        }
+        let hash = try await checkingPassword(from: clientAddress, loginKey: Login.key(principal.account.login), now: now) {
+            _ -> (String?, SignInGuard.Outcome) in
+            guard let stored, try await hasher.verify(current, against: stored) else { return (nil, .wrongPassword) }
+            return (try await hasher.hash(password), .rightPassword)
+        }
+        guard let hash else { throw StampError(.forbidden, "the current password is wrong", field: "currentPassword") }
+        try await write { connection, _ in
+            try connection.run("UPDATE accounts SET password_hash = ? WHERE id = ?", hash, principal.id)
+        }
+        try await revokeSessions(of: principal.id, except: principal.session)
+    }
+
+    /// Deletes the caller's account, with their password. Personal fields are erased and every
+    /// session ends; a customer's cards, ledger and requests stay, under "Deleted customer", so
+    /// the stores' totals stay true. An owner who still has stores is refused.
+    public func deleteAccount(_ principal: Principal, password: String, clientAddress: String = "local") async throws {
+        guard password.unicodeScalars.count <= 200 else { throw StampError.invalid("password", "password must have at most 200 characters") }
+        let now = clock.now()
+        let stored = try await read { connection in
+            try connection.queryFirst("SELECT password_hash FROM accounts WHERE id = ?", principal.id) { try $0.get(0, as: String.self) }
+        }
+        let right = try await checkingPassword(from: clientAddress, loginKey: Login.key(principal.account.login), now: now) {
+            _ -> (Bool, SignInGuard.Outcome) in
+            guard let stored, try await hasher.verify(password, against: stored) else { return (false, .wrongPassword) }
+            return (true, .rightPassword)
+        }
+        guard right else { throw StampError(.forbidden, "the password is wrong", field: "password") }
+        try await write { connection, _ in
+            if try connection.queryFirst("SELECT 1 FROM stores WHERE owner_id = ?", principal.id, row: { try $0.get(0, as: Int.self) }) != nil {
+                throw StampError(.conflict, "close your stores before deleting the account")
+            }
+            let erased = "deleted:" + principal.id
+            try connection.run("""
+                UPDATE accounts SET login = ?, login_key = ?, name = 'Deleted customer', password_hash = '!' WHERE id = ?
+                """, erased, erased, principal.id)
+            try connection.run("UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL", now.millis, principal.id)
+            try connection.run("DELETE FROM member_codes WHERE account_id = ?", principal.id)
+            try connection.run("DELETE FROM idempotency_keys WHERE account_id = ?", principal.id)
+            try connection.run("DELETE FROM events WHERE account_id = ?", principal.id)
+            // Requests still waiting are withdrawn: nobody is there to be stamped.
+            try connection.run("""
+                UPDATE requests SET status = 'cancelled', decided_at = ? WHERE customer_id = ? AND status = 'pending'
+                """, now.millis, principal.id)
+        }
+        sessions.forget(account: principal.id)
+        hub.revoke(account: principal.id, sessions: nil)
+    }
+
+    private func revokeSessions(of account: String, except kept: [UInt8]?) async throws {
+        let now = clock.now().millis
+        sessions.forget(account: account)
+        let revoked = try await write { connection, _ -> [[UInt8]] in
+            let digests = try connection.query("SELECT token_hash FROM sessions WHERE account_id = ? AND revoked_at IS NULL",
+                                               account) { try $0.get(0, as: [UInt8].self) }.filter { $0 != kept }
+            for digest in digests {
+                try connection.run("UPDATE sessions SET revoked_at = ? WHERE token_hash = ?", now, digest)
+            }
+            return digests
+        }
+        sessions.forget(account: account)
+        hub.revoke(account: account, sessions: Set(revoked))
     }
 
     static func insertSession(token: String, account: String, now: Date, expiresAt: Date, on connection: Connection) throws {
         try connection.run("""
             INSERT INTO sessions (token_hash, account_id, created_at, expires_at) VALUES (?, ?, ?, ?)
             """, BearerToken.digest(token), account, now.millis, expiresAt.millis)
-    }
-
-    /// Logins are unique regardless of case and surrounding spaces; a phone number is unique
-    /// by its digits, however it is written (`+82 10-5555-0101` is `+821055550101`).
-    static func loginKey(_ login: String) -> String {
-        let trimmed = login.trimmingCharacters(in: .whitespacesAndNewlines)
-        if let digits = phoneDigits(trimmed) { return "tel:" + digits }
-        return trimmed.lowercased()
-    }
-
-    /// The digits of a phone number (a leading `+` kept), or nil when the text is not one.
-    static func phoneDigits(_ text: String) -> String? {
-        let allowed = Set("0123456789 -().+")
-        guard text.allSatisfy({ allowed.contains($0) }) else { return nil }
-        let digits = text.filter(\.isNumber)
-        guard (6...20).contains(digits.count) else { return nil }
-        return (text.hasPrefix("+") ? "+" : "") + digits
     }
 
     static func loadAccount(_ id: String, on connection: Connection) throws -> Account {
@@ -204,52 +304,12 @@ final class SessionCache: Sendable {
             state.entries[digest] = nil
         }
     }
-}
 
-/// Counts failed sign-ins per login; after `limit` within `window`, the login waits out the window.
-final class LoginThrottle: Sendable {
-    private struct Entry {
-        var failures: Int
-        var windowStart: Date
-    }
-
-    private let entries = Mutex<[String: Entry]>([:])
-    private let limit: Int
-    private let window: TimeInterval
-
-    init(limit: Int, window: TimeInterval) {
-        self.limit = limit
-        self.window = window
-    }
-
-    /// Seconds until the login may try again, or nil when it may try now.
-    func secondsLocked(_ key: String, now: Date) -> Int? {
-        entries.withLock { entries in
-            guard let entry = entries[key], entry.failures >= limit else { return nil }
-            let remaining = entry.windowStart.addingTimeInterval(window).timeIntervalSince(now)
-            if remaining <= 0 {
-                entries[key] = nil
-                return nil
-            }
-            return Int(remaining.rounded(.up))
+    /// Forgets every remembered session of `account` (rare: sign-out everywhere, a new password).
+    func forget(account: String) {
+        state.withLock { state in
+            state.revocations &+= 1
+            state.entries = state.entries.filter { $0.value.principal.id != account }
         }
-    }
-
-    func recordFailure(_ key: String, now: Date) {
-        entries.withLock { entries in
-            if entries.count > 100_000 {
-                entries = entries.filter { now.timeIntervalSince($0.value.windowStart) < window }
-            }
-            if var entry = entries[key], now.timeIntervalSince(entry.windowStart) < window {
-                entry.failures += 1
-                entries[key] = entry
-            } else {
-                entries[key] = Entry(failures: 1, windowStart: now)
-            }
-        }
-    }
-
-    func recordSuccess(_ key: String) {
-        _ = entries.withLock { $0.removeValue(forKey: key) }
     }
 }

@@ -20,19 +20,38 @@ public struct PasswordCost: Sendable, Equatable {
 
 public final class PasswordHasher: Sendable {
     public let cost: PasswordCost
+    /// The most hashes that wait for a thread; past it a hash is refused at once (503), so a
+    /// flood cannot make an honest sign-in wait behind it for long.
+    public let maximumWaiting: Int
     private let threads: BlockingPool
 
-    /// `threads` bounds how many hashes run at once; the rest wait in line, so a burst of
-    /// logins cannot take the event loops or the cooperative pool.
-    public init(cost: PasswordCost = .standard, threads: Int = 2) {
+    /// `threads` bounds how many hashes run at once; up to `maximumWaiting` more wait in line,
+    /// so a burst of logins cannot take the event loops or the cooperative pool.
+    public init(cost: PasswordCost = .standard, threads: Int = 2, maximumWaiting: Int = 16) {
         self.cost = cost
+        self.maximumWaiting = maximumWaiting
         self.threads = BlockingPool(name: "password-hash", threads: threads)
+    }
+
+    /// Hashes waiting for a thread now.
+    public var waiting: Int { threads.waiting }
+
+    /// Runs one hash on the pool; a full line or a stopped pool is `unavailable` with `Retry-After`.
+    /// A caller cancelled while waiting (its client hung up) is never hashed for.
+    private func onPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        do {
+            return try await threads.run(limit: maximumWaiting, body)
+        } catch BlockingPoolError.full {
+            throw StampError(.unavailable, "too many sign-ins are being checked right now; try again shortly", retryAfter: 1)
+        } catch BlockingPoolError.shutDown {
+            throw StampError(.unavailable, "the server is shutting down", retryAfter: 1)
+        }
     }
 
     /// `scrypt$logN$r$p$salt$hash`, salt and hash in base64.
     public func hash(_ password: String) async throws -> String {
         let cost = self.cost
-        return try await threads.run {
+        return try await onPool {
             var salt = [UInt8](repeating: 0, count: 16)
             var generator = SystemRandomNumberGenerator()
             for i in salt.indices { salt[i] = generator.next() }
@@ -46,10 +65,15 @@ public final class PasswordHasher: Sendable {
         let parts = stored.split(separator: "$").map(String.init)
         guard parts.count == 6, parts[0] == "scrypt",
               let logN = Int(parts[1]), let r = Int(parts[2]), let p = Int(parts[3]),
-              let salt = Data(base64Encoded: parts[4]), let expected = Data(base64Encoded: parts[5])
-        else { return false }
+              let salt = Data(base64Encoded: parts[4]), let expected = Data(base64Encoded: parts[5]),
+              (1...20).contains(logN), (1...32).contains(r), (1...16).contains(p)
+        else {
+            // No password opens it (a held card's row); spend the time a real check takes anyway.
+            try await verifyDecoy(password)
+            return false
+        }
         let cost = PasswordCost(logN: logN, r: r, p: p)
-        return try await threads.run {
+        return try await onPool {
             let key = try Self.derive(password, salt: Array(salt), cost: cost)
             return constantTimeEqual(key, Array(expected))
         }
@@ -58,7 +82,7 @@ public final class PasswordHasher: Sendable {
     /// A hash of a random password, to spend the same time on an unknown login as on a known one.
     public func verifyDecoy(_ password: String) async throws {
         let cost = self.cost
-        _ = try await threads.run { try Self.derive(password, salt: [UInt8](repeating: 7, count: 16), cost: cost) }
+        _ = try await onPool { try Self.derive(password, salt: [UInt8](repeating: 7, count: 16), cost: cost) }
     }
 
     public func shutdown() { threads.shutdown() }

@@ -10,6 +10,8 @@ public enum WakeReason: Sendable, Equatable {
     case timeout
     case disconnected
     case shutdown
+    /// The session the poll signed in with was revoked (sign-out, new password, deleted account).
+    case revoked
 }
 
 public enum ParkOutcome: Sendable, Equatable {
@@ -32,6 +34,7 @@ public final class EventHub: Sendable {
 
     private struct Waiter {
         let account: String
+        let session: [UInt8]
         let wake: @Sendable (WakeReason) -> Void
     }
 
@@ -75,7 +78,8 @@ public final class EventHub: Sendable {
 
     /// Parks a poll of `account` that has seen events up to `cursor`. `wake` runs exactly once,
     /// outside the hub's lock, unless the outcome is not `.parked` (then it never runs).
-    public func park(account: String, after cursor: Int64, wake: @escaping @Sendable (WakeReason) -> Void) -> ParkOutcome {
+    public func park(account: String, session: [UInt8] = [], after cursor: Int64,
+                     wake: @escaping @Sendable (WakeReason) -> Void) -> ParkOutcome {
         let outcome = state.withLock { state -> ParkOutcome in
             if state.shuttingDown { return .shuttingDown }
             if let latest = state.latest[account], latest > cursor { return .ready }
@@ -83,7 +87,7 @@ public final class EventHub: Sendable {
             if state.byAccount[account, default: []].count >= maximumPerAccount { return .tooManyForAccount }
             state.nextID &+= 1
             let id = state.nextID
-            state.waiters[id] = Waiter(account: account, wake: wake)
+            state.waiters[id] = Waiter(account: account, session: session, wake: wake)
             state.byAccount[account, default: []].append(id)
             return .parked(WaiterID(value: id))
         }
@@ -147,6 +151,23 @@ public final class EventHub: Sendable {
         parkedChanged()
         delivered.increment(by: Int64(woken.count))
         for waiter in woken { waiter.wake(.event(publishedAt: now)) }
+    }
+
+    /// Resumes the parked polls of `account` made with one of `sessions` (every one when nil)
+    /// with `.revoked`, after the revocation committed.
+    public func revoke(account: String, sessions: Set<[UInt8]>?) {
+        let woken = state.withLock { state -> [Waiter] in
+            guard let ids = state.byAccount[account] else { return [] }
+            var woken: [Waiter] = []
+            for id in ids {
+                guard let waiter = state.waiters[id], sessions?.contains(waiter.session) ?? true else { continue }
+                if let removed = Self.remove(id, from: &state) { woken.append(removed) }
+            }
+            return woken
+        }
+        guard !woken.isEmpty else { return }
+        parkedChanged()
+        for waiter in woken { waiter.wake(.revoked) }
     }
 
     /// Refuses new parks and resumes every parked poll with `.shutdown`.

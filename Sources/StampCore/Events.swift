@@ -39,7 +39,9 @@ extension StampService {
                 """, account, cursor ?? 0, limit) { row in
                 Event(id: try row.get(0), type: try row.get(1), at: Date(millis: try row.get(2)), data: try row.get(3))
             }
-            return EventBatch(events: events, cursor: events.last?.id ?? cursor ?? 0, reset: false)
+            // A first poll (no cursor) with nothing yet continues from the newest id issued, not
+            // from 0: a later read from 0 would be older than any pruning and answer a reset.
+            return EventBatch(events: events, cursor: events.last?.id ?? cursor ?? issuedThrough, reset: false)
         }
     }
 

@@ -13,41 +13,40 @@ public struct Gift: Codable, Sendable, Equatable {
 }
 
 extension StampService {
-    /// Gifts a sender may make per hour.
-    static let giftsPerHour = 10
-
+    /// Gives stamps of the caller's card at a store to another customer, found by login. The
+    /// checks that do not depend on the receiver come first, and a login that matches nobody
+    /// counts against the hourly gift allowance: probing logins costs what gifting does.
     public func giveStamps(_ principal: Principal, storeId: String, toLogin: String, count: Int,
                            idempotency: IdempotencyKey? = nil) async throws -> Gift {
         guard principal.role == .customer else { throw StampError(.forbidden, "only customers give stamps") }
         let toLogin = try Validate.text(toLogin, field: "to", min: 3, max: 100)
         let count = try Validate.range(count, field: "count", 1...100)
-        let key = Self.loginKey(toLogin)
+        let key = Login.key(toLogin)
         let now = clock.now()
-        let hourAgo = now.addingTimeInterval(-3600).millis
         let senderName = principal.account.name
         let window = settings.idempotencyWindow
-        return try await write { connection, outbox in
-            try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
-                guard let receiver = try connection.queryFirst("""
-                    SELECT id, name FROM accounts WHERE login_key = ? AND role = 'customer'
-                    """, key, row: { (try $0.get(0, as: String.self), try $0.get(1, as: String.self)) }) else {
-                    throw StampError(.notFound, "no customer has that login", field: "to")
-                }
-                guard receiver.0 != principal.id else { throw StampError.invalid("to", "a gift goes to someone else") }
-                let recent = try connection.queryFirst("SELECT count(*), min(at) FROM gifts WHERE from_id = ? AND at > ?",
-                                                       principal.id, hourAgo) {
-                    (try $0.get(0, as: Int.self), try $0.optional(1, as: Int64.self))
-                }
-                if let (sent, oldest) = recent, sent >= Self.giftsPerHour {
-                    let wait = max(1, Int(((oldest ?? now.millis) + 3_600_000 - now.millis) / 1000))
-                    throw StampError(.rateLimited, "at most \(Self.giftsPerHour) gifts an hour", retryAfter: wait)
-                }
-                guard var sender = try Self.loadCard(customer: principal.id, store: storeId, on: connection) else {
-                    throw StampError.notFound("card")
-                }
-                guard sender.stamps >= count else {
-                    throw StampError(.conflict, "the card has \(Self.stamps(sender.stamps)), fewer than \(count)", field: "count")
-                }
+        let limit = settings.limits.giftsPerHour
+        let outcome = try await write { connection, outbox -> Result<Gift, StampError> in
+            let scope = "gift:" + principal.id
+            if let wait = try Self.secondsUntilAllowed(scope, limit: limit, window: Self.hour, now: now, on: connection) {
+                throw StampError(.rateLimited, "at most \(limit) gifts an hour", retryAfter: wait)
+            }
+            guard var sender = try Self.loadCard(customer: principal.id, store: storeId, on: connection) else {
+                throw StampError.notFound("card")
+            }
+            guard sender.stamps >= count else {
+                throw StampError(.conflict, "the card has \(Self.stamps(sender.stamps)), fewer than \(count)", field: "count")
+            }
+            guard let receiver = try connection.queryFirst("""
+                SELECT id, name FROM accounts WHERE login_key = ? AND role = 'customer' AND walk_in = 0
+                """, key, row: { (try $0.get(0, as: String.self), try $0.get(1, as: String.self)) }) else {
+                // Returned, not thrown, so that the counted attempt commits.
+                try Self.recordAction(scope, now: now, on: connection)
+                return .failure(StampError(.notFound, "no customer has that login", field: "to"))
+            }
+            guard receiver.0 != principal.id else { throw StampError.invalid("to", "a gift goes to someone else") }
+            return .success(try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                try Self.recordAction(scope, now: now, on: connection)
                 var receiving = try Self.loadCard(customer: receiver.0, store: storeId, on: connection)
                     ?? Self.newCard(customer: receiver.0, store: storeId, now: now, on: connection)
                 try Self.addLedger(.giftSent, card: sender, stamps: -count, rewards: 0, request: nil, at: now, on: connection)
@@ -64,7 +63,8 @@ extension StampService {
                                 data: CardChange(card: receiving, reason: "giftReceived", stamps: count, counterpart: senderName),
                                 at: now, on: connection)
                 return gift
-            }
+            })
         }
+        return try outcome.get()
     }
 }

@@ -111,6 +111,8 @@ public struct Event: Sendable, Equatable {
 /// Who is calling: the account behind a valid token.
 public struct Principal: Sendable, Equatable {
     public var account: Account
+    /// The SHA-256 of the bearer token it signed in with: its polls end when that session does.
+    public var session: [UInt8]
     public var id: String { account.id }
     public var role: Role { account.role }
 }

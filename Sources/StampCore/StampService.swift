@@ -1,5 +1,6 @@
 // The use cases of stampd: each one reads, or writes in one transaction together with the
 // events it causes, then wakes the polls of those events' recipients.
+import Blocking
 import Foundation
 import Logging
 import SQLiteDB
@@ -9,9 +10,19 @@ public struct StampSettings: Sendable {
     public var defaultRequestTTL: Int = 600
     public var idempotencyWindow: TimeInterval = 24 * 3600
     public var eventRetention: TimeInterval = 7 * 24 * 3600
-    /// Failed logins allowed per login within `loginFailureWindow` before 429.
+    /// Wrong passwords allowed per (client address, login) within `loginFailureWindow` before
+    /// that pair waits (429); each further lock doubles, up to `loginLockCeiling`.
     public var loginFailureLimit: Int = 5
     public var loginFailureWindow: TimeInterval = 15 * 60
+    public var loginLockCeiling: TimeInterval = 6 * 3600
+    /// Password checks (sign-ins, sign-ups, password changes) one client address may start per
+    /// minute, and may have waiting or running at once.
+    public var passwordChecksPerAddressPerMinute: Int = 30
+    public var passwordChecksInFlightPerAddress: Int = 4
+    /// Accounts one client address may create per hour.
+    public var signUpsPerAddressPerHour: Int = 20
+    /// What one party may repeat.
+    public var limits = PartyLimits()
     public init() {}
 }
 
@@ -21,7 +32,7 @@ public final class StampService: Sendable {
     public let hasher: PasswordHasher
     public let clock: any StampClock
     public let settings: StampSettings
-    let throttle: LoginThrottle
+    let signIns: SignInGuard
     let sessions = SessionCache()
     let logger: Logger
 
@@ -33,7 +44,7 @@ public final class StampService: Sendable {
         self.hasher = hasher
         self.clock = clock
         self.settings = settings
-        self.throttle = LoginThrottle(limit: settings.loginFailureLimit, window: settings.loginFailureWindow)
+        self.signIns = SignInGuard(settings: settings)
         self.logger = logger
     }
 
@@ -43,6 +54,8 @@ public final class StampService: Sendable {
             return try await database.read(body)
         } catch let error as SQLiteError where error.isStorageUnavailable {
             throw StampError(.unavailable, "the database is unavailable", retryAfter: 1)
+        } catch BlockingPoolError.shutDown {
+            throw StampError(.unavailable, "the server is shutting down", retryAfter: 1)
         }
     }
 
@@ -59,6 +72,8 @@ public final class StampService: Sendable {
         } catch let error as SQLiteError where error.isStorageUnavailable {
             logger.warning("write refused by storage", metadata: ["error": "\(error)"])
             throw StampError(.unavailable, "the database cannot take writes right now", retryAfter: 1)
+        } catch BlockingPoolError.shutDown {
+            throw StampError(.unavailable, "the server is shutting down", retryAfter: 1)
         }
         hub.publish(outbox.newest)
         return value

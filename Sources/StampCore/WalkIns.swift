@@ -1,5 +1,6 @@
-// Walk-in customers: found by a store's owner, registered with only a phone number, stamped
-// directly, and later claimed by the person who owns the phone with a one-time code.
+// A store's customers: found only among the people who have a card there, added by the member
+// code a person's own phone shows, or held for a phone number (a walk-in with no app yet) until
+// the person claims the card with the code the store gave them at the counter.
 import Crypto
 import Foundation
 import SQLiteDB
@@ -8,17 +9,24 @@ public struct CustomerSummary: Codable, Sendable, Equatable {
     public var id: String
     public var name: String
     public var login: String
-    /// Registered by a store and not claimed yet.
+    /// A card the store holds for a phone number, not claimed yet.
     public var walkIn: Bool
 }
 
-public struct WalkInRegistration: Codable, Sendable, Equatable {
+/// A customer a store added: by member code (no claim), or as a walk-in with a claim code.
+public struct CustomerAdded: Codable, Sendable, Equatable {
     public var customer: CustomerSummary
-    public var claim: ClaimCode
+    public var claim: ClaimCode?
 }
 
-/// A one-time code the owner's page shows, for the customer to claim a walk-in account.
+/// A one-time code the owner's page shows, for the person with that phone to claim the held card.
 public struct ClaimCode: Codable, Sendable, Equatable {
+    public var code: String
+    public var expiresAt: Date
+}
+
+/// A short-lived code a customer's phone shows, for a store to add them as its customer.
+public struct MemberCode: Codable, Sendable, Equatable {
     public var code: String
     public var expiresAt: Date
 }
@@ -28,102 +36,210 @@ public struct OwnerStamping: Codable, Sendable, Equatable {
     public init(card: Card) { self.card = card }
 }
 
+public struct Claimed: Codable, Sendable, Equatable {
+    /// The claimer's card at the store that held it, with the held stamps and rewards added.
+    public var card: Card
+}
+
 extension StampService {
     static let claimCodeLifetime: TimeInterval = 30 * 60
-    static let claimAttempts = 5
+    static let memberCodeLifetime: TimeInterval = 10 * 60
+    static let day: TimeInterval = 86_400
+    static let hour: TimeInterval = 3_600
 
-    /// Customers of the owner's store whose phone ends with `phoneSuffix` (at least 4 digits),
-    /// or the customer whose login is exactly `login`: never a directory of every user.
+    /// Customers with a card at the owner's store: by the end of their phone number (at least 4
+    /// digits), by their exact login, or by a part of their name. Never anyone else.
     public func findCustomers(_ principal: Principal, storeId: String, phoneSuffix: String?,
-                              login: String?) async throws -> [CustomerSummary] {
+                              login: String?, name: String? = nil) async throws -> [CustomerSummary] {
         if let phoneSuffix {
             guard phoneSuffix.count >= 4, phoneSuffix.count <= 20, phoneSuffix.allSatisfy(\.isASCII), phoneSuffix.allSatisfy(\.isNumber) else {
                 throw StampError.invalid("phoneEndsWith", "phoneEndsWith must be 4 to 20 digits")
             }
-        } else if login == nil {
-            throw StampError.invalid("phoneEndsWith", "give phoneEndsWith or login")
+        } else if login == nil && name == nil {
+            throw StampError.invalid("phoneEndsWith", "give phoneEndsWith, login or name")
         }
-        let loginKey = try login.map { Self.loginKey(try Validate.text($0, field: "login", min: 3, max: 100)) }
+        let loginKey = try login.map { Login.key(try Validate.text($0, field: "login", min: 3, max: 100)) }
+        let namePart = try name.map { try Validate.text($0, field: "name", min: 2, max: 100) }
         return try await read { connection in
             try Self.requireOwner(principal, of: storeId, on: connection)
+            let select = """
+                SELECT a.id, a.name, a.login, a.walk_in FROM cards c JOIN accounts a ON a.id = c.customer_id
+                WHERE c.store_id = ?
+                """
             if let phoneSuffix {
-                return try connection.query("""
-                    SELECT a.id, a.name, a.login, a.walk_in FROM cards c JOIN accounts a ON a.id = c.customer_id
-                    WHERE c.store_id = ? AND a.login_key LIKE 'tel:%' AND substr(a.login_key, -?) = ?
+                return try connection.query(select + """
+                     AND (a.login_key LIKE 'tel:%' OR a.walk_in = 1) AND substr(a.login_key, -?) = ?
                     ORDER BY a.name LIMIT 20
                     """, storeId, phoneSuffix.count, phoneSuffix) { try Self.customerRow($0) }
             }
-            return try connection.query("""
-                SELECT id, name, login, walk_in FROM accounts WHERE login_key = ? AND role = 'customer'
-                """, loginKey!) { try Self.customerRow($0) }
+            if let loginKey {
+                return try connection.query(select + " AND (a.login_key = ? OR a.login_key = ?)",
+                                            storeId, loginKey, Self.heldKey(store: storeId, phoneKey: loginKey)) {
+                    try Self.customerRow($0)
+                }
+            }
+            return try connection.query(select + " AND a.name LIKE ? ESCAPE '\\' ORDER BY a.name LIMIT 20",
+                                        storeId, "%" + Self.escapeLike(namePart!) + "%") { try Self.customerRow($0) }
         }
     }
 
-    /// Registers a customer who has no app yet by phone number; answers a claim code for them.
-    public func registerWalkIn(_ principal: Principal, storeId: String, phone: String, name: String?) async throws -> WalkInRegistration {
+    /// Holds a card for a phone number (a walk-in with no app yet); answers the claim code for
+    /// them. The number stays free: its owner signs up with it whenever they like.
+    public func registerWalkIn(_ principal: Principal, storeId: String, phone: String, name: String?) async throws -> CustomerAdded {
         let phone = try Validate.text(phone, field: "phone", min: 6, max: 30)
-        guard let digits = Self.phoneDigits(phone) else {
+        guard let digits = Login.phoneDigits(phone) else {
             throw StampError.invalid("phone", "phone must be a phone number: digits, spaces, +, -, ( and )")
         }
         let name = try Validate.optionalText(name, field: "name", max: 100) ?? "Guest \(digits.suffix(4))"
         let now = clock.now()
         let id = Identifier.make("acc")
-        let code = Self.newClaimCode()
+        let code = Self.newDigits(6)
+        let limits = settings.limits
         return try await write { connection, _ in
             try Self.requireOwner(principal, of: storeId, on: connection)
-            do {
-                try connection.run("""
-                    INSERT INTO accounts (id, role, login, login_key, name, password_hash, created_at, walk_in)
-                    VALUES (?, 'customer', ?, ?, ?, '!', ?, 1)
-                    """, id, phone, "tel:" + digits, name, now.millis)
-            } catch let error as SQLiteError where error.isUniqueViolation {
-                throw StampError(.conflict, "this phone number already has an account: find it by phone or login", field: "phone")
+            let phoneKey = "tel:" + digits
+            let heldKey = Self.heldKey(store: storeId, phoneKey: phoneKey)
+            if try connection.queryFirst("SELECT 1 FROM accounts WHERE login_key = ?", heldKey, row: { try $0.get(0, as: Int.self) }) != nil {
+                throw StampError(.conflict, "this store already holds a card for this phone number: find it by phone", field: "phone")
             }
-            // An empty card makes the walk-in one of this store's customers, found by phone ending.
+            try Self.countAction("walk-in:" + storeId, limit: limits.walkInsPerStorePerDay, window: Self.day,
+                                 what: "\(limits.walkInsPerStorePerDay) walk-ins a day per store", now: now, on: connection)
+            try connection.run("""
+                INSERT INTO accounts (id, role, login, login_key, name, password_hash, created_at, walk_in)
+                VALUES (?, 'customer', ?, ?, ?, '!', ?, 1)
+                """, id, phone, heldKey, name, now.millis)
             _ = try Self.newCard(customer: id, store: storeId, now: now, on: connection)
-            let claim = try Self.storeClaimCode(code, for: id, now: now, on: connection)
-            return WalkInRegistration(customer: CustomerSummary(id: id, name: name, login: phone, walkIn: true), claim: claim)
+            let claim = try Self.storeClaimCode(code, store: storeId, phoneKey: phoneKey, now: now, on: connection)
+            return CustomerAdded(customer: CustomerSummary(id: id, name: name, login: phone, walkIn: true), claim: claim)
         }
     }
 
-    /// A new claim code for a walk-in customer who has a card at the owner's store (registering
-    /// one gives it a card): another store's owner cannot take a walk-in over.
+    /// Adds the person whose phone shows `memberCode` as a customer of the store (an empty card),
+    /// so that the store can stamp them. The code proves they are at the counter and agree.
+    public func addMember(_ principal: Principal, storeId: String, memberCode: String) async throws -> CustomerAdded {
+        let code = try Self.memberCodeDigits(memberCode)
+        let now = clock.now()
+        let limits = settings.limits
+        let outcome = try await write { connection, _ -> Result<CustomerAdded, StampError> in
+            try Self.requireOwner(principal, of: storeId, on: connection)
+            let missScope = "member-miss:" + storeId
+            if let wait = try Self.secondsUntilAllowed(missScope, limit: limits.memberCodeMissesPerStorePerHour,
+                                                       window: Self.hour, now: now, on: connection) {
+                throw StampError(.rateLimited, "too many unknown member codes; try again in \(wait) s", retryAfter: wait)
+            }
+            guard let customer = try connection.queryFirst("""
+                SELECT a.id, a.name, a.login, a.walk_in FROM member_codes m JOIN accounts a ON a.id = m.account_id
+                WHERE m.code_hash = ? AND m.expires_at > ?
+                """, Self.memberDigest(code), now.millis, row: { try Self.customerRow($0) }) else {
+                // Returned, not thrown, so that the counted miss commits.
+                try Self.recordAction(missScope, now: now, on: connection)
+                return .failure(StampError(.unprocessable, "this member code is unknown or has expired: ask for a fresh one",
+                                           field: "memberCode"))
+            }
+            if try Self.loadCard(customer: customer.id, store: storeId, on: connection) == nil {
+                _ = try Self.newCard(customer: customer.id, store: storeId, now: now, on: connection)
+            }
+            return .success(CustomerAdded(customer: customer, claim: nil))
+        }
+        return try outcome.get()
+    }
+
+    /// A new member code for the calling customer (the previous one stops working).
+    public func newMemberCode(_ principal: Principal) async throws -> MemberCode {
+        guard principal.role == .customer else { throw StampError(.forbidden, "only customers have member codes") }
+        let now = clock.now()
+        let expiresAt = now.addingTimeInterval(Self.memberCodeLifetime)
+        let limits = settings.limits
+        return try await write { connection, _ in
+            try Self.countAction("member-code:" + principal.id, limit: limits.memberCodesPerAccountPerHour, window: Self.hour,
+                                 what: "\(limits.memberCodesPerAccountPerHour) member codes an hour", now: now, on: connection)
+            try connection.run("DELETE FROM member_codes WHERE account_id = ?", principal.id)
+            // Codes are random; a collision with a live one (rare) draws again.
+            for _ in 0..<8 {
+                let code = Self.newDigits(8)
+                do {
+                    try connection.run("INSERT INTO member_codes (code_hash, account_id, expires_at) VALUES (?, ?, ?)",
+                                       Self.memberDigest(code), principal.id, expiresAt.millis)
+                    return MemberCode(code: code, expiresAt: expiresAt)
+                } catch let error as SQLiteError where error.isUniqueViolation {
+                    continue
+                }
+            }
+            throw StampError(.unavailable, "no member code could be drawn; try again", retryAfter: 1)
+        }
+    }
+
+    /// A new claim code for a card the store holds (the previous one stops working).
     public func issueClaimCode(_ principal: Principal, storeId: String, customerId: String) async throws -> ClaimCode {
         let now = clock.now()
-        let code = Self.newClaimCode()
+        let code = Self.newDigits(6)
+        let limits = settings.limits
         return try await write { connection, _ in
             try Self.requireOwner(principal, of: storeId, on: connection)
-            let known = try connection.queryFirst("""
-                SELECT a.walk_in FROM accounts a
-                WHERE a.id = ? AND a.role = 'customer'
-                  AND EXISTS (SELECT 1 FROM cards c WHERE c.customer_id = a.id AND c.store_id = ?)
-                """, customerId, storeId) { try $0.get(0, as: Bool.self) }
-            guard let walkIn = known else { throw StampError.notFound("customer") }
-            guard walkIn else { throw StampError(.conflict, "this customer has already claimed the account") }
-            return try Self.storeClaimCode(code, for: customerId, now: now, on: connection)
+            guard let (key, walkIn) = try connection.queryFirst("""
+                SELECT a.login_key, a.walk_in FROM accounts a JOIN cards c ON c.customer_id = a.id AND c.store_id = ?
+                WHERE a.id = ?
+                """, storeId, customerId, row: { (try $0.get(0, as: String.self), try $0.get(1, as: Bool.self)) }) else {
+                throw StampError.notFound("customer")
+            }
+            let prefix = Self.heldKey(store: storeId, phoneKey: "")
+            guard walkIn, key.hasPrefix(prefix) else {
+                throw StampError(.conflict, "this customer has their own account: there is nothing to claim")
+            }
+            try Self.countAction("claim-code:" + storeId, limit: limits.claimCodesPerStorePerHour, window: Self.hour,
+                                 what: "\(limits.claimCodesPerStorePerHour) claim codes an hour per store", now: now, on: connection)
+            return try Self.storeClaimCode(code, store: storeId, phoneKey: String(key.dropFirst(prefix.count)), now: now,
+                                           on: connection)
         }
     }
 
-    /// The owner adds (or, for a correction, removes) stamps on a customer's card directly.
+    /// The signed-in customer claims the card a store holds for their phone number.
+    public func claimHeldCard(_ principal: Principal, code: String) async throws -> Claimed {
+        guard principal.role == .customer else { throw StampError(.forbidden, "only customers claim cards") }
+        let phoneKey = Login.key(principal.account.login)
+        guard phoneKey.hasPrefix("tel:") else {
+            throw StampError(.conflict, "a held card is claimed by the phone number it is held for: sign in with that number",
+                             field: "code")
+        }
+        let code = try Self.claimCodeDigits(code, field: "code")
+        let now = clock.now()
+        let limits = settings.limits
+        let outcome = try await write { connection, outbox -> Result<Claimed, StampError> in
+            switch try Self.matchClaimCode(code, phoneKey: phoneKey, field: "code", limits: limits, now: now, on: connection) {
+            case .failure(let refusal): return .failure(refusal)
+            case .success(let store):
+                let card = try Self.moveHeldCard(store: store, phoneKey: phoneKey, into: principal.id, now: now,
+                                                 on: connection, outbox: &outbox)
+                return .success(Claimed(card: card))
+            }
+        }
+        return try outcome.get()
+    }
+
+    /// The owner adds (or, for a correction, removes) stamps on the card of one of the store's customers.
     public func stampDirectly(_ principal: Principal, storeId: String, customerId: String, count: Int) async throws -> Card {
         guard count != 0 else { throw StampError.invalid("count", "count must not be 0") }
         let count = try Validate.range(count, field: "count", -100...100)
         let now = clock.now()
+        let limits = settings.limits
         return try await write { connection, outbox in
             try Self.requireOwner(principal, of: storeId, on: connection)
-            guard try connection.queryFirst("SELECT 1 FROM accounts WHERE id = ? AND role = 'customer'", customerId,
-                                            row: { try $0.get(0, as: Int.self) }) != nil else {
-                throw StampError.notFound("customer")
+            guard var card = try Self.loadCard(customer: customerId, store: storeId, on: connection) else {
+                throw StampError(.notFound, "this person has no card here: add them with the member code their phone shows",
+                                 field: "customerId")
             }
-            var card = try Self.loadCard(customer: customerId, store: storeId, on: connection)
-                ?? Self.newCard(customer: customerId, store: storeId, now: now, on: connection)
             if count < 0 && card.stamps < -count {
                 throw StampError(.conflict, "the card has only \(Self.stamps(card.stamps)) to remove", field: "count")
             }
+            try Self.countAction("stamp:" + storeId, limit: limits.directStampsPerStorePerHour, window: Self.hour,
+                                 what: "\(limits.directStampsPerStorePerHour) direct stamp changes an hour per store",
+                                 now: now, on: connection)
             try Self.addLedger(.manualStamp, card: card, stamps: count, rewards: 0, request: nil, at: now, on: connection)
             card = try Self.convertAndSave(card, adding: count, now: now, on: connection)
-            try outbox.emit("card.updated", to: [customerId],
-                            data: CardChange(card: card, reason: "ownerStamped", stamps: count), at: now, on: connection)
+            if try !Self.isHeld(customerId, on: connection) {
+                try outbox.emit("card.updated", to: [customerId],
+                                data: CardChange(card: card, reason: "ownerStamped", stamps: count), at: now, on: connection)
+            }
             return card
         }
     }
@@ -144,62 +260,103 @@ extension StampService {
         CustomerSummary(id: try row.get(0), name: try row.get(1), login: try row.get(2), walkIn: try row.get(3))
     }
 
-    static func walkInAccount(_ loginKey: String, on connection: Connection) throws -> String? {
-        try connection.queryFirst("SELECT id FROM accounts WHERE login_key = ? AND walk_in = 1", loginKey) {
-            try $0.get(0, as: String.self)
-        }
+    /// The key of the holder row of a card `store` holds for a phone: no login can ever have it
+    /// (logins have no `:`), so holding a card never reserves the number.
+    static func heldKey(store: String, phoneKey: String) -> String { "held:\(store):\(phoneKey)" }
+
+    static func isHeld(_ account: String, on connection: Connection) throws -> Bool {
+        try connection.queryFirst("SELECT walk_in FROM accounts WHERE id = ?", account, row: { try $0.get(0, as: Bool.self) }) ?? false
     }
 
-    /// Turns a walk-in account into the claimer's own when the code is right.
-    static func claim(_ account: String, code: String?, login: String, passwordHash: String, name: String, now: Date,
-                      on connection: Connection) throws {
-        guard let code, !code.isEmpty else {
-            throw StampError(.conflict, "this phone number has stamp cards waiting: ask the cafe for the code to claim them",
-                             field: "claimCode")
+    /// The store whose live claim code for `phoneKey` is `code`. A wrong code counts against every
+    /// live code of the phone and against the phone's daily allowance; it is returned, not thrown,
+    /// so that the counts commit with the write.
+    static func matchClaimCode(_ code: String, phoneKey: String, field: String, limits: PartyLimits, now: Date,
+                               on connection: Connection) throws -> Result<String, StampError> {
+        let missScope = "claim-miss:" + phoneKey
+        if let wait = try secondsUntilAllowed(missScope, limit: limits.claimFailuresPerPhonePerDay, window: day,
+                                              now: now, on: connection) {
+            throw StampError(.rateLimited, "too many wrong claim codes for this phone number today", retryAfter: wait)
         }
-        guard let (stored, expiresAt, attempts) = try connection.queryFirst(
-            "SELECT code_hash, expires_at, attempts FROM claim_codes WHERE account_id = ?", account, row: {
-                (try $0.get(0, as: [UInt8].self), try $0.get(1, as: Int64.self), try $0.get(2, as: Int.self))
-            }), expiresAt > now.millis else {
-            throw StampError(.unprocessable, "the claim code has expired: ask the cafe for a new one", field: "claimCode")
+        let live = try connection.query("""
+            SELECT store_id, code_hash FROM claim_codes WHERE phone_key = ? AND expires_at > ? AND attempts < ?
+            """, phoneKey, now.millis, limits.claimAttemptsPerCode) {
+            (try $0.get(0, as: String.self), try $0.get(1, as: [UInt8].self))
         }
-        guard code.count == 6, code.allSatisfy({ $0.isASCII && $0.isNumber }) else {
-            throw StampError.invalid("claimCode", "the claim code is the 6 digits the cafe shows")
+        for (store, stored) in live where constantTimeEqual(claimDigest(code, store: store, phoneKey: phoneKey), stored) {
+            try connection.run("DELETE FROM claim_codes WHERE store_id = ? AND phone_key = ?", store, phoneKey)
+            return .success(store)
         }
-        guard attempts < claimAttempts else {
-            throw StampError(.rateLimited, "too many wrong claim codes: ask the cafe for a new one", retryAfter: 60)
-        }
-        guard constantTimeEqual(claimDigest(code, account: account), stored) else {
-            // Counted in its own statement; the write that failed still commits the count.
-            throw ClaimRefused(account: account)
-        }
-        try connection.run("UPDATE accounts SET login = ?, password_hash = ?, name = ?, walk_in = 0 WHERE id = ?",
-                           login, passwordHash, name, account)
-        try connection.run("DELETE FROM claim_codes WHERE account_id = ?", account)
+        try connection.run("UPDATE claim_codes SET attempts = attempts + 1 WHERE phone_key = ? AND expires_at > ?",
+                           phoneKey, now.millis)
+        try recordAction(missScope, now: now, on: connection)
+        return .failure(StampError(.unprocessable, "the claim code is wrong or has expired: ask the cafe for a new one",
+                                   field: field))
     }
 
-    struct ClaimRefused: Error {
-        let account: String
+    /// Moves the card `store` holds for `phoneKey` into `account`'s card there: its ledger rows
+    /// move with it, so the card still equals its ledger; then the holder row goes.
+    static func moveHeldCard(store: String, phoneKey: String, into account: String, now: Date, on connection: Connection,
+                             outbox: inout Outbox) throws -> Card {
+        guard let holder = try connection.queryFirst("SELECT id FROM accounts WHERE login_key = ? AND walk_in = 1",
+                                                     heldKey(store: store, phoneKey: phoneKey), row: { try $0.get(0, as: String.self) }),
+              let held = try loadCard(customer: holder, store: store, on: connection) else {
+            throw StampError(.conflict, "the store no longer holds a card for this number")
+        }
+        var card = try loadCard(customer: account, store: store, on: connection)
+            ?? newCard(customer: account, store: store, now: now, on: connection)
+        try connection.run("UPDATE ledger SET customer_id = ? WHERE customer_id = ? AND store_id = ?", account, holder, store)
+        card.rewards += held.rewards
+        card = try convertAndSave(card, adding: held.stamps, now: now, on: connection)
+        try connection.run("DELETE FROM cards WHERE customer_id = ? AND store_id = ?", holder, store)
+        try connection.run("DELETE FROM events WHERE account_id = ?", holder)
+        // A holder from before held cards existed may still hold another store's card: it stays.
+        if try connection.queryFirst("SELECT 1 FROM cards WHERE customer_id = ?", holder, row: { try $0.get(0, as: Int.self) }) == nil {
+            try connection.run("DELETE FROM accounts WHERE id = ?", holder)
+        }
+        try outbox.emit("card.updated", to: [account],
+                        data: CardChange(card: card, reason: "claimed", stamps: held.stamps), at: now, on: connection)
+        return card
     }
 
-    static func storeClaimCode(_ code: String, for account: String, now: Date, on connection: Connection) throws -> ClaimCode {
+    static func storeClaimCode(_ code: String, store: String, phoneKey: String, now: Date, on connection: Connection) throws -> ClaimCode {
         let expiresAt = now.addingTimeInterval(claimCodeLifetime)
         try connection.run("""
-            INSERT INTO claim_codes (account_id, code_hash, expires_at, attempts) VALUES (?, ?, ?, 0)
-            ON CONFLICT (account_id) DO UPDATE SET code_hash = excluded.code_hash, expires_at = excluded.expires_at, attempts = 0
-            """, account, claimDigest(code, account: account), expiresAt.millis)
+            INSERT INTO claim_codes (store_id, phone_key, code_hash, expires_at, attempts) VALUES (?, ?, ?, ?, 0)
+            ON CONFLICT (store_id, phone_key) DO UPDATE SET code_hash = excluded.code_hash, expires_at = excluded.expires_at,
+                attempts = 0
+            """, store, phoneKey, claimDigest(code, store: store, phoneKey: phoneKey), expiresAt.millis)
         return ClaimCode(code: code, expiresAt: expiresAt)
     }
 
-    static func newClaimCode() -> String {
-        var generator = SystemRandomNumberGenerator()
-        let value = generator.next(upperBound: UInt32(1_000_000))
-        let digits = String(value)
-        return String(repeating: "0", count: 6 - digits.count) + digits
+    static func claimCodeDigits(_ code: String, field: String) throws -> String {
+        let digits = code.filter { $0 != " " && $0 != "-" }
+        guard digits.count == 6, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {
+            throw StampError.invalid(field, "the claim code is the 6 digits the cafe shows")
+        }
+        return digits
     }
 
-    static func claimDigest(_ code: String, account: String) -> [UInt8] {
-        Array(SHA256.hash(data: Array((account + ":" + code.trimmingCharacters(in: .whitespaces)).utf8)))
+    static func memberCodeDigits(_ code: String) throws -> String {
+        let digits = code.filter { $0 != " " && $0 != "-" }
+        guard digits.count == 8, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {
+            throw StampError.invalid("memberCode", "the member code is the 8 digits the customer's phone shows")
+        }
+        return digits
+    }
+
+    /// `count` random decimal digits.
+    static func newDigits(_ count: Int) -> String {
+        var generator = SystemRandomNumberGenerator()
+        return String((0..<count).map { _ in Character(String(generator.next(upperBound: UInt8(10)))) })
+    }
+
+    static func claimDigest(_ code: String, store: String, phoneKey: String) -> [UInt8] {
+        Array(SHA256.hash(data: Array("claim:\(store):\(phoneKey):\(code)".utf8)))
+    }
+
+    static func memberDigest(_ code: String) -> [UInt8] {
+        Array(SHA256.hash(data: Array("member:\(code)".utf8)))
     }
 
     /// Adds `stamps` (after its ledger row is written), turns full sets into rewards with a ledger

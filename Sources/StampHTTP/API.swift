@@ -49,15 +49,25 @@ struct API: Sendable {
         router.add(.GET, "/v1/stores/{storeId}/customers") { request in
             let principal = try await principal(request)
             let found = try await service.findCustomers(principal, storeId: request.parameter("storeId"),
-                                                        phoneSuffix: request.query["phoneEndsWith"], login: request.query["login"])
+                                                        phoneSuffix: request.query["phoneEndsWith"], login: request.query["login"],
+                                                        name: request.query["name"])
             return .response(.json(CustomerList(customers: found)))
         }
         router.add(.POST, "/v1/stores/{storeId}/customers") { request in
             let principal = try await principal(request)
-            let input = try JSONInput(request, allowed: ["phone", "name"])
-            let registered = try await service.registerWalkIn(principal, storeId: request.parameter("storeId"),
-                                                              phone: try input.requiredString("phone"), name: try input.string("name"))
-            return .response(.json(registered, status: .created))
+            let input = try JSONInput(request, allowed: ["phone", "name", "memberCode"])
+            let storeId = request.parameter("storeId")
+            let added: CustomerAdded
+            if let memberCode = try input.string("memberCode") {
+                for field in ["phone", "name"] where input.has(field) {
+                    throw HTTPError.invalid(field, "give memberCode alone, or phone (and name) for a walk-in")
+                }
+                added = try await service.addMember(principal, storeId: storeId, memberCode: memberCode)
+            } else {
+                added = try await service.registerWalkIn(principal, storeId: storeId, phone: try input.requiredString("phone"),
+                                                         name: try input.string("name"))
+            }
+            return .response(.json(added, status: .created))
         }
         router.add(.POST, "/v1/stores/{storeId}/customers/{customerId}/claim-code") { request in
             let principal = try await principal(request)
@@ -73,6 +83,35 @@ struct API: Sendable {
             let card = try await service.stampDirectly(principal, storeId: request.parameter("storeId"),
                                                        customerId: try input.requiredString("customerId"), count: count)
             return .response(.json(OwnerStamping(card: card)))
+        }
+        router.add(.POST, "/v1/me/member-code") { request in
+            let principal = try await principal(request)
+            _ = try JSONInput(request, allowed: [])
+            return .response(.json(try await service.newMemberCode(principal), status: .created))
+        }
+        router.add(.POST, "/v1/me/claims") { request in
+            let principal = try await principal(request)
+            let input = try JSONInput(request, allowed: ["code"])
+            return .response(.json(try await service.claimHeldCard(principal, code: try input.requiredString("code"))))
+        }
+        router.add(.POST, "/v1/me/password") { request in
+            let principal = try await principal(request)
+            let input = try JSONInput(request, allowed: ["currentPassword", "newPassword"])
+            try await service.changePassword(principal, current: try input.requiredString("currentPassword"),
+                                             new: try input.requiredString("newPassword"), clientAddress: request.clientAddress)
+            return .response(Response(status: .noContent, headers: ["Cache-Control": "no-store"]))
+        }
+        router.add(.DELETE, "/v1/me") { request in
+            let principal = try await principal(request)
+            let input = try JSONInput(request, allowed: ["password"])
+            try await service.deleteAccount(principal, password: try input.requiredString("password"),
+                                            clientAddress: request.clientAddress)
+            return .response(Response(status: .noContent, headers: ["Cache-Control": "no-store"]))
+        }
+        router.add(.DELETE, "/v1/sessions") { request in
+            let principal = try await principal(request)
+            try await service.revokeAllSessions(principal)
+            return .response(Response(status: .noContent, headers: ["Cache-Control": "no-store"]))
         }
         router.add(.POST, "/v1/cards/{storeId}/gifts") { request in
             let principal = try await principal(request)
@@ -99,14 +138,16 @@ struct API: Sendable {
         }
         let signedIn = try await service.createAccount(
             role: role, login: try input.requiredString("login"), password: try input.requiredString("password"),
-            name: try input.requiredString("name"), claimCode: try input.string("claimCode"))
+            name: try input.requiredString("name"), claimCode: try input.string("claimCode"),
+            clientAddress: request.clientAddress)
         return .response(.json(signedIn, status: .created))
     }
 
     private func createSession(_ request: Request) async throws -> Reply {
         let input = try JSONInput(request, allowed: ["login", "password"])
         let signedIn = try await service.createSession(login: try input.requiredString("login"),
-                                                       password: try input.requiredString("password"))
+                                                       password: try input.requiredString("password"),
+                                                       clientAddress: request.clientAddress)
         return .response(.json(signedIn, status: .created))
     }
 

@@ -48,7 +48,7 @@ struct EventsEndpoint: Sendable {
         guard let token = try? api.bearerToken(request), let principal = service.rememberedPrincipal(token: token),
               let asked = try? Self.asked(request), let cursor = asked.cursor,
               service.hub.hasNothingAfter(cursor, for: principal.id) else { return nil }
-        return .poll(longPoll(account: principal.id, asked: asked, parkedCursor: cursor))
+        return .poll(longPoll(principal, asked: asked, parkedCursor: cursor))
     }
 
     private func poll(_ request: Request) async throws -> Reply {
@@ -66,17 +66,18 @@ struct EventsEndpoint: Sendable {
             if batch.reset { PollMetrics.resets.increment() }
             return .response(Self.answer(batch, asked.headers))
         }
-        return .poll(longPoll(account: account, asked: asked, parkedCursor: batch.cursor))
+        return .poll(longPoll(principal, asked: asked, parkedCursor: batch.cursor))
     }
 
-    private func longPoll(account: String, asked: Asked, parkedCursor: Int64) -> LongPoll {
+    private func longPoll(_ principal: Principal, asked: Asked, parkedCursor: Int64) -> LongPoll {
         let service = self.service
+        let account = principal.id
         let headers = asked.headers
         let limit = asked.limit
         let cursor = asked.cursor
         let seconds = asked.seconds
         return LongPoll(
-            account: account, cursor: parkedCursor, timeout: .seconds(Int64(seconds)),
+            account: account, session: principal.session, cursor: parkedCursor, timeout: .seconds(Int64(seconds)),
             read: {
                 do {
                     let batch = try await service.events(for: account, after: cursor ?? parkedCursor, limit: limit)

@@ -11,6 +11,8 @@ import Synchronization
 /// A long poll to park: the endpoint has read nothing new after `cursor`.
 public struct LongPoll: Sendable {
     public var account: String
+    /// The session's token digest: revoking it answers the poll with 401 at once.
+    public var session: [UInt8]
     public var cursor: Int64
     public var timeout: TimeAmount
     /// Reads again once woken: an answer, or nil when there is still nothing after the cursor.
@@ -46,6 +48,8 @@ final class HTTPHandler: ChannelInboundHandler {
     private var body: ByteBuffer?
     private var inFlight: InFlight?
     private var parked: Parked?
+    /// The task answering the current request, if it needs one.
+    private var work: Task<Void, Never>?
     private var serverClosing = false
     private var context: ChannelHandlerContext?
     /// A request held back until the client reads what it was already sent.
@@ -94,6 +98,10 @@ final class HTTPHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // Work for a client that left is cancelled: a password hash still waiting is never run.
+        // (A write already queued still commits; only what has not started is skipped.)
+        work?.cancel()
+        work = nil
         // A client that leaves frees its parked poll now, not at its timeout.
         if let parked {
             self.parked = nil
@@ -114,7 +122,8 @@ final class HTTPHandler: ChannelInboundHandler {
         var logger = responder.logger
         logger[metadataKey: "request.id"] = "\(requestID)"
         let request = Request(method: head.method, uri: head.uri, pathSegments: target.segments, query: target.query,
-                              headers: head.headers, body: body, id: requestID, logger: logger)
+                              headers: head.headers, body: body, id: requestID,
+                              clientAddress: clientAddress(context), logger: logger)
         let (route, handling) = responder.route(request)
         inFlight?.route = route
         switch handling {
@@ -122,8 +131,11 @@ final class HTTPHandler: ChannelInboundHandler {
             answer(reply, context: context)
         case .later(let work):
             let promise = context.eventLoop.makePromise(of: Reply.self)
-            promise.completeWithTask { await work() }
-            promise.futureResult.assumeIsolated().whenSuccess { [self] reply in self.answer(reply, context: context) }
+            self.work = promise.completeWithTask { await work() }
+            promise.futureResult.assumeIsolated().whenSuccess { [self] reply in
+                self.work = nil
+                self.answer(reply, context: context)
+            }
         }
     }
 
@@ -134,13 +146,22 @@ final class HTTPHandler: ChannelInboundHandler {
         }
     }
 
+    private var peer: String?
+
+    private func clientAddress(_ context: ChannelHandlerContext) -> String {
+        if let peer { return peer }
+        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        peer = address
+        return address
+    }
+
     // MARK: - Long polls
 
     private func park(_ poll: LongPoll, context: ChannelHandlerContext) {
         guard context.channel.isActive else { return }
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
-        let outcome = hub.park(account: poll.account, after: poll.cursor) { reason in
+        let outcome = hub.park(account: poll.account, session: poll.session, after: poll.cursor) { reason in
             loop.execute { bound.value.woken(reason) }
         }
         switch outcome {
@@ -169,6 +190,9 @@ final class HTTPHandler: ChannelInboundHandler {
             write(parked.poll.empty(false), context: context)
         case .shutdown:
             write(parked.poll.empty(true), context: context)
+        case .revoked:
+            write(.problem(HTTPError(.unauthorized, detail: "the session was revoked", headers: [("WWW-Authenticate", "Bearer")])),
+                  context: context)
         case .disconnected:
             break
         }

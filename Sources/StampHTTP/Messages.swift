@@ -15,6 +15,8 @@ public struct Request: Sendable {
     public let headers: HTTPHeaders
     public let body: ByteBuffer
     public let id: String
+    /// The TCP peer's address (per-address limits use it).
+    public let clientAddress: String
     public let logger: Logger
     /// Filled in by the router from the route template, e.g. `storeId`.
     public internal(set) var parameters: [String: String] = [:]

@@ -51,6 +51,9 @@ public final class Responder: Sendable {
                     return .response(.problem(error))
                 } catch let error as StampError {
                     return .response(.problem(HTTPError(error)))
+                } catch is CancellationError {
+                    // The client left; nobody reads this answer.
+                    return .response(.problem(HTTPError(.serviceUnavailable, detail: "the request was cancelled")))
                 } catch {
                     logger.error("endpoint failed", metadata: ["error": "\(error)", "http.route": "\(route.template)"])
                     return .response(.problem(HTTPError(.internalServerError, detail: "the server failed to answer")))

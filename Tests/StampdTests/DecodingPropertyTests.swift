@@ -56,7 +56,7 @@ enum Mutations {
     func request(body: [UInt8], target: String = "/v1/accounts") -> Request {
         Request(method: .POST, uri: target, pathSegments: [], query: [:],
                 headers: ["Content-Type": "application/json"], body: ByteBuffer(bytes: body), id: "t",
-                logger: .init(label: "t"))
+                clientAddress: "127.0.0.1", logger: .init(label: "t"))
     }
 
     /// Every mutated body either decodes into fields or is refused with a 400 or 415 naming why.

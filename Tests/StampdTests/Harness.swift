@@ -35,6 +35,10 @@ final class TestServer: Sendable {
         configuration.port = 0
         configuration.shutdownGracePeriod = .seconds(5)
         var settings = StampSettings()
+        // Every test client shares 127.0.0.1; the tests of the per-address limits set their own.
+        settings.signUpsPerAddressPerHour = 100_000
+        settings.passwordChecksPerAddressPerMinute = 100_000
+        settings.passwordChecksInFlightPerAddress = 1_000
         configure(&configuration, &settings)
         let hub = EventHub(maximumPerAccount: maximumPollsPerAccount)
         let service = StampService(database: database, hub: hub, hasher: PasswordHasher(cost: .insecureFast),
@@ -75,8 +79,8 @@ final class TestServer: Sendable {
         database.close()
     }
 
-    func connect() async throws -> TestClient {
-        try await TestClient.connect(port: port)
+    func connect(from address: String? = nil) async throws -> TestClient {
+        try await TestClient.connect(port: port, from: address)
     }
 
     // MARK: - The stamp flow in one call each
@@ -177,8 +181,12 @@ final class TestClient: @unchecked Sendable {
     private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     private var buffer = ByteBuffer()
 
-    static func connect(port: Int, host: String = "127.0.0.1") async throws -> TestClient {
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+    /// `from` binds the client to another loopback address (127.0.0.2, …): another "client
+    /// address" for the per-address limits.
+    static func connect(port: Int, host: String = "127.0.0.1", from: String? = nil) async throws -> TestClient {
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        if let from { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: from, port: 0)) }
+        let channel = try await bootstrap
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)

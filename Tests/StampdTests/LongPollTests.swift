@@ -269,3 +269,24 @@ final class WakeCounter: @unchecked Sendable {
     func add(_ reason: WakeReason) { lock.withLock { stored.append(reason) } }
     var reasons: [WakeReason] { lock.withLock { stored } }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct PrunedLogPollTests {
+    @Test func aFirstPollWithoutACursorGetsItsEventEvenAfterPruning() async throws {
+        let server = try await TestServer.start { _, settings in settings.eventRetention = 60 }
+        let owner = try await server.signUp("owner")
+        let customer = try await server.signUp("customer")
+        let store = try await server.createStore(owner)
+        _ = try await server.approve(owner, try await server.askForStamps(customer, store: store))
+        server.clock.advance(by: 120)
+        #expect(try await server.service.pruneEvents() > 0)
+        let poller = try await server.connect()
+        try await poller.send(TestClient.raw("GET", "/v1/events?timeout=50", token: owner.token))
+        await server.hub.waitUntilParked(1)
+        _ = try await server.askForStamps(customer, store: store)
+        let answer = try await poller.readResponse()
+        #expect(answer.value("reset") as? Bool == false)
+        #expect(answer.value("events", 0, "type") as? String == "request.created")
+        poller.close()
+        try await server.stop()
+    }
+}

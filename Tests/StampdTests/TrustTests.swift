@@ -1,0 +1,282 @@
+// No party can harm another: sign-in pacing, the hashing line, one spelling per login, hostile
+// text, and sessions that end at once. Each test is named for the property it pins.
+import Blocking
+import Foundation
+import StampCore
+import Testing
+
+@Suite(.timeLimit(.minutes(1))) struct SignInTests {
+    static func signIn(_ server: TestServer, _ login: String, _ password: String, from address: String? = nil) async throws -> TestResponse {
+        let client = try await server.connect(from: address)
+        defer { client.close() }
+        return try await client.request("POST", "/v1/sessions", json: ["login": login, "password": password])
+    }
+
+    @Test func concurrentWrongPasswordsAreVerifiedAtMostTheLimitAndTheRightOneWaits() async throws {
+        let server = try await TestServer.start()
+        _ = try await server.signUp("owner", "olive@example.com")
+        let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<40 { group.addTask { try await Self.signIn(server, "olive@example.com", "wrong password").status } }
+            group.addTask { try await Self.signIn(server, "olive@example.com", "correct horse").status }
+            return try await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        // Only five checks ran from this address (a right password among them would be 201).
+        #expect(statuses.filter { $0 == 401 || $0 == 201 }.count <= 5)
+        #expect(statuses.filter { $0 == 429 }.count >= 36)
+        // Locked from here, even for the right password.
+        let locked = try await Self.signIn(server, "olive@example.com", "correct horse")
+        if !statuses.contains(201) {
+            #expect(locked.status == 429)
+            #expect(locked.header("retry-after") != nil)
+        }
+        try await server.stop()
+    }
+
+    @Test func aStrangersWrongPasswordsDoNotLockTheOwnerOut() async throws {
+        let server = try await TestServer.start()
+        _ = try await server.signUp("owner", "olive@example.com")
+        for _ in 0..<8 { _ = try await Self.signIn(server, "olive@example.com", "guess guess", from: "127.0.0.2") }
+        #expect(try await Self.signIn(server, "olive@example.com", "correct horse", from: "127.0.0.2").status == 429)
+        // The owner, from their own address, signs in at once.
+        #expect(try await Self.signIn(server, "olive@example.com", "correct horse", from: "127.0.0.3").status == 201)
+        try await server.stop()
+    }
+
+    @Test func locksFromOneAddressDoubleAndEnd() async throws {
+        let server = try await TestServer.start()
+        _ = try await server.signUp("owner", "olive@example.com")
+        for _ in 0..<5 { #expect(try await Self.signIn(server, "olive@example.com", "guess guess").status == 401) }
+        let first = try await Self.signIn(server, "olive@example.com", "correct horse")
+        #expect(first.status == 429)
+        #expect(Int(first.header("retry-after") ?? "") ?? 0 > 800)
+        server.clock.advance(by: 15 * 60 + 1)
+        for _ in 0..<5 { #expect(try await Self.signIn(server, "olive@example.com", "guess guess").status == 401) }
+        let second = try await Self.signIn(server, "olive@example.com", "correct horse")
+        #expect(Int(second.header("retry-after") ?? "") ?? 0 > 1700)
+        server.clock.advance(by: 30 * 60 + 1)
+        #expect(try await Self.signIn(server, "olive@example.com", "correct horse").status == 201)
+        try await server.stop()
+    }
+
+    @Test func oneAddressStartsOnlySoManySignInsAMinuteAndSoManySignUpsAnHour() async throws {
+        let server = try await TestServer.start { _, settings in
+            settings.passwordChecksPerAddressPerMinute = 6
+            settings.signUpsPerAddressPerHour = 3
+        }
+        for index in 0..<6 { _ = try await Self.signIn(server, "nobody\(index)@example.com", "whatever it is", from: "127.0.0.4") }
+        #expect(try await Self.signIn(server, "other@example.com", "whatever it is", from: "127.0.0.4").status == 429)
+        #expect(try await Self.signIn(server, "other@example.com", "whatever it is", from: "127.0.0.5").status == 401)
+        let client = try await server.connect(from: "127.0.0.6")
+        for index in 0..<3 {
+            #expect(try await client.request("POST", "/v1/accounts", json: [
+                "role": "customer", "login": "new\(index)@example.com", "password": "correct horse", "name": "N"]).status == 201)
+        }
+        let refused = try await client.request("POST", "/v1/accounts", json: [
+            "role": "customer", "login": "new9@example.com", "password": "correct horse", "name": "N"])
+        #expect(refused.status == 429)
+        #expect(refused.header("retry-after") != nil)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func overlongLoginsAndPasswordsAreRefusedBeforeAnyHash() async throws {
+        let server = try await TestServer.start()
+        let long = try await Self.signIn(server, String(repeating: "a", count: 101), "password")
+        #expect(long.status == 400)
+        #expect(long.value("field") as? String == "login")
+        let longPassword = try await Self.signIn(server, "someone", String(repeating: "p", count: 201))
+        #expect(longPassword.value("field") as? String == "password")
+        try await server.stop()
+    }
+
+    @Test func theHashingLineIsBoundedAndShedsWith503() async throws {
+        let hasher = PasswordHasher(cost: .standard, threads: 1, maximumWaiting: 2)
+        let outcomes = await withTaskGroup(of: String.self) { group in
+            for _ in 0..<8 {
+                group.addTask {
+                    do {
+                        _ = try await hasher.hash("a password to hash")
+                        return "hashed"
+                    } catch let error as StampError {
+                        return error.kind == .unavailable && error.retryAfter != nil ? "shed" : "other"
+                    } catch {
+                        return "other"
+                    }
+                }
+            }
+            return await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        #expect(outcomes.filter { $0 == "shed" }.count >= 5)
+        #expect(outcomes.filter { $0 == "hashed" }.count >= 1)
+        #expect(!outcomes.contains("other"))
+        hasher.shutdown()
+    }
+
+    @Test func workForACancelledCallerNeverRunsAndAStoppedPoolFailsCalls() async throws {
+        let pool = BlockingPool(name: "test", threads: 1)
+        let gate = DispatchSemaphore(value: 0)
+        let ran = Counter()
+        let blocker = Task { try await pool.run { gate.wait() } }
+        while pool.waiting > 0 { await Task.yield() }
+        let waiting = Task { try await pool.run { ran.increment() } }
+        while pool.waiting == 0 { await Task.yield() }
+        waiting.cancel()
+        gate.signal()
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+        try await blocker.value
+        #expect(ran.value == 0)
+        pool.shutdown()
+        await #expect(throws: BlockingPoolError.shutDown) { try await pool.run { 1 } }
+    }
+
+    final class Counter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var count = 0
+        func increment() { lock.lock(); count += 1; lock.unlock() }
+        var value: Int { lock.lock(); defer { lock.unlock() }; return count }
+    }
+}
+
+@Suite(.timeLimit(.minutes(1))) struct TextRuleTests {
+    static func signUp(_ client: TestClient, _ login: String, name: String = "N", password: String = "correct horse") async throws -> TestResponse {
+        try await client.request("POST", "/v1/accounts", json: ["role": "customer", "login": login, "password": password, "name": name])
+    }
+
+    @Test func oneLoginHasOneSpellingWhateverItsUnicodeFormCaseOrPhoneFormat() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        #expect(try await Self.signUp(client, "Jos\u{00E9}@example.com").status == 201)
+        let decomposed = try await Self.signUp(client, "jose\u{0301}@EXAMPLE.com")
+        #expect(decomposed.status == 409)
+        #expect(try await Self.signUp(client, "\u{FF4A}ose\u{0301}@example.com").status == 409)  // full-width j
+        #expect(try await Self.signUp(client, "+49 170 1234567").status == 201)
+        #expect(try await Self.signUp(client, "(+49) 170-123-4567").status == 409)
+        #expect(try await Self.signUp(client, "+49.170.1234567").status == 409)
+        // Signing in with another spelling finds the same account.
+        let session = try await client.request("POST", "/v1/sessions", json: ["login": "(+49)1701234567", "password": "correct horse"])
+        #expect(session.status == 201)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func formatAndBidiCharactersAreRefusedInEveryTextField() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        for hostile in ["\u{202E}", "\u{200B}", "\u{2066}", "\u{200F}", "\u{FEFF}", "\u{2028}"] {
+            let login = try await Self.signUp(client, "eve\(hostile)@example.com")
+            #expect(login.status == 400 && login.value("field") as? String == "login", "\(login.text)")
+            let name = try await Self.signUp(client, "eve\(UUID().uuidString.prefix(6))", name: "Eve\(hostile)lyn")
+            #expect(name.status == 400 && name.value("field") as? String == "name")
+        }
+        #expect(try await Self.signUp(client, "eve:tel:+4912345").status == 400)
+        let owner = try await server.signUp("owner")
+        let store = try await client.request("POST", "/v1/stores", token: owner.token,
+                                             json: ["name": "Cafe \u{202E}efaC", "rewardItem": "Tea"])
+        #expect(store.status == 400 && store.value("field") as? String == "name")
+        let menu = try await client.request("POST", "/v1/stores", token: owner.token,
+                                            json: ["name": "Cafe", "rewardItem": "Tea", "menu": [["name": "La\u{200D}tte", "price": 1]]])
+        #expect(menu.status == 400 && menu.value("field") as? String == "menu[0].name")
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func aPasswordHasEightCharactersThatAreNotAllSpaces() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        let spaces = try await Self.signUp(client, "spacey@example.com", password: "          ")
+        #expect(spaces.status == 400 && spaces.value("field") as? String == "password")
+        #expect(try await Self.signUp(client, "short@example.com", password: "seven77").status == 400)
+        client.close()
+        try await server.stop()
+    }
+}
+
+@Suite(.timeLimit(.minutes(1))) struct SessionTests {
+    @Test func revokingASessionAnswersItsParkedPollWith401AtOnce() async throws {
+        let server = try await TestServer.start()
+        let customer = try await server.signUp("customer")
+        let poller = try await server.connect()
+        let first = try await poller.request("GET", "/v1/events?timeout=1", token: customer.token)
+        try await poller.send(TestClient.raw("GET", "/v1/events?after=\(try first.string("cursor"))&timeout=50", token: customer.token))
+        await server.hub.waitUntilParked(1)
+        let other = try await server.connect()
+        #expect(try await other.request("DELETE", "/v1/sessions/current", token: customer.token).status == 204)
+        let answer = try await poller.readResponse()
+        #expect(answer.status == 401)
+        other.close()
+        poller.close()
+        try await server.stop()
+    }
+
+    @Test func signOutEverywhereEndsEverySessionAndTheirPolls() async throws {
+        let server = try await TestServer.start()
+        let phone = try await server.signUp("customer", "dana@example.com")
+        let client = try await server.connect()
+        let tablet = try await client.request("POST", "/v1/sessions", json: ["login": "dana@example.com", "password": "correct horse"]).string("token")
+        let poller = try await server.connect()
+        try await poller.send(TestClient.raw("GET", "/v1/events?after=0&timeout=50", token: tablet))
+        await server.hub.waitUntilParked(1)
+        #expect(try await client.request("DELETE", "/v1/sessions", token: phone.token).status == 204)
+        #expect(try await poller.readResponse().status == 401)
+        #expect(try await client.request("GET", "/v1/me", token: phone.token).status == 401)
+        #expect(try await client.request("GET", "/v1/me", token: tablet).status == 401)
+        poller.close()
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func aPasswordChangeKeepsThisSessionAndEndsTheOthers() async throws {
+        let server = try await TestServer.start()
+        let phone = try await server.signUp("customer", "dana@example.com")
+        let client = try await server.connect()
+        let tablet = try await client.request("POST", "/v1/sessions", json: ["login": "dana@example.com", "password": "correct horse"]).string("token")
+        let wrong = try await client.request("POST", "/v1/me/password", token: phone.token,
+                                             json: ["currentPassword": "not it at all", "newPassword": "battery staple"])
+        #expect(wrong.status == 403 && wrong.value("field") as? String == "currentPassword")
+        let weak = try await client.request("POST", "/v1/me/password", token: phone.token,
+                                            json: ["currentPassword": "correct horse", "newPassword": "        "])
+        #expect(weak.status == 400 && weak.value("field") as? String == "newPassword")
+        #expect(try await client.request("POST", "/v1/me/password", token: phone.token,
+                                         json: ["currentPassword": "correct horse", "newPassword": "battery staple"]).status == 204)
+        #expect(try await client.request("GET", "/v1/me", token: phone.token).status == 200)
+        #expect(try await client.request("GET", "/v1/me", token: tablet).status == 401)
+        #expect(try await client.request("POST", "/v1/sessions", json: ["login": "dana@example.com", "password": "battery staple"]).status == 201)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func deletingACustomerErasesThemAndKeepsTheStoresTotals() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let store = try await server.createStore(owner)
+        let customer = try await server.signUp("customer", "gone@example.com", name: "Gone Soon")
+        let request = try await server.askForStamps(customer, store: store, count: 3)
+        _ = try await server.approve(owner, request)
+        _ = try await server.askForStamps(customer, store: store)
+        let client = try await server.connect()
+        #expect(try await client.request("DELETE", "/v1/me", token: customer.token, json: ["password": "wrong one!"]).status == 403)
+        #expect(try await client.request("DELETE", "/v1/me", token: customer.token, json: ["password": "correct horse"]).status == 204)
+        #expect(try await client.request("GET", "/v1/me", token: customer.token).status == 401)
+        #expect(try await client.request("POST", "/v1/sessions", json: ["login": "gone@example.com", "password": "correct horse"]).status == 401)
+        // The login is free again; the store still counts the approved stamps, under no name.
+        _ = try await server.signUp("customer", "gone@example.com")
+        let decided = try await client.request("GET", "/v1/requests/\(request)", token: owner.token)
+        #expect(decided.value("status") as? String == "approved")
+        #expect(decided.value("customerName") as? String == "Deleted customer")
+        let pending = try await client.request("GET", "/v1/stores/\(store)/requests?status=pending", token: owner.token)
+        #expect((pending.value("requests") as? [Any])?.isEmpty == true)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func anOwnerWithStoresCannotDeleteTheAccount() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        _ = try await server.createStore(owner)
+        let client = try await server.connect()
+        #expect(try await client.request("DELETE", "/v1/me", token: owner.token, json: ["password": "correct horse"]).status == 409)
+        #expect(try await client.request("GET", "/v1/me", token: owner.token).status == 200)
+        client.close()
+        try await server.stop()
+    }
+}

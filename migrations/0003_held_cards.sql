@@ -1,0 +1,46 @@
+-- Walk-ins become cards a store holds for a phone number, not accounts that own the number: the
+-- holder row's key names the store ('held:<store id>:tel:+49…'), so no store can reserve a phone
+-- number, and nobody signs in to it. A person who signs up or signs in with that phone number
+-- claims one store's held card with the code that store gave them, bound to (store, phone).
+UPDATE accounts
+SET login_key = 'held:' || (SELECT c.store_id FROM cards c WHERE c.customer_id = accounts.id
+                            ORDER BY c.updated_at LIMIT 1) || ':' || login_key
+WHERE walk_in = 1 AND EXISTS (SELECT 1 FROM cards c WHERE c.customer_id = accounts.id);
+
+-- Codes were per account; now per (store, phone). Codes issued before this are void.
+DROP TABLE claim_codes;
+CREATE TABLE claim_codes (
+    store_id   TEXT NOT NULL REFERENCES stores(id),
+    phone_key  TEXT NOT NULL,             -- 'tel:+491701234567'
+    code_hash  BLOB NOT NULL,             -- SHA-256 of the store, the phone key and the code
+    expires_at INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (store_id, phone_key)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX claim_codes_phone ON claim_codes(phone_key);
+CREATE INDEX claim_codes_expiry ON claim_codes(expires_at);
+
+-- A code a customer's own phone shows, for a store to find them when they have no card there yet.
+CREATE TABLE member_codes (
+    code_hash  BLOB PRIMARY KEY,          -- SHA-256 of the code
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    expires_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX member_codes_account ON member_codes(account_id);
+CREATE INDEX member_codes_expiry ON member_codes(expires_at);
+
+-- One row per counted action of a party (a scope such as 'walk-in:<store>'), for limits that
+-- hold across restarts and, later, across instances. Rows older than a day are pruned.
+CREATE TABLE rate_events (
+    scope TEXT NOT NULL,
+    at    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX rate_events_scope ON rate_events(scope, at);
+CREATE INDEX rate_events_age ON rate_events(at);
+
+-- The queries that used to scan: a store's pending list, a store's cards, a customer's requests
+-- at one store (for the request limits).
+CREATE INDEX requests_store_status ON requests(store_id, status, created_at DESC, id);
+CREATE INDEX cards_store ON cards(store_id, customer_id);
+CREATE INDEX requests_customer_store ON requests(customer_id, store_id, created_at);
+CREATE INDEX sessions_expiry ON sessions(expires_at);
