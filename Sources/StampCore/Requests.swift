@@ -39,9 +39,11 @@ extension StampService {
         }
         let now = clock.now()
         let window = settings.idempotencyWindow
+        let limits = settings.limits
         return try await write { connection, outbox in
             try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
                 guard let store = try Self.loadStore(storeId, on: connection) else { throw StampError.notFound("store") }
+                try Self.checkRequestLimits(customer: principal.id, store: storeId, limits: limits, now: now, on: connection)
                 if kind == .reward {
                     let rewards = try Self.loadCard(customer: principal.id, store: storeId, on: connection)?.rewards ?? 0
                     guard rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
@@ -183,6 +185,27 @@ extension StampService {
     }
 
     // MARK: - Pieces of the transactions above
+
+    /// Each request makes the owner's page beep: one customer may have only a few waiting at a
+    /// store, and make only so many there an hour (a replay of an idempotent create is not counted).
+    static func checkRequestLimits(customer: String, store: String, limits: PartyLimits, now: Date,
+                                   on connection: Connection) throws {
+        let pending = try connection.queryFirst("""
+            SELECT count(*) FROM requests WHERE customer_id = ? AND store_id = ? AND status = 'pending' AND expires_at > ?
+            """, customer, store, now.millis) { try $0.get(0, as: Int.self) } ?? 0
+        if pending >= limits.pendingRequestsPerCustomerPerStore {
+            throw StampError(.rateLimited, "you already have \(pending) requests waiting at this store", retryAfter: 30)
+        }
+        let since = now.millis - 3_600_000
+        guard let (recent, oldest) = try connection.queryFirst("""
+            SELECT count(*), min(created_at) FROM requests WHERE customer_id = ? AND store_id = ? AND created_at > ?
+            """, customer, store, since, row: { (try $0.get(0, as: Int.self), try $0.optional(1, as: Int64.self)) }) else { return }
+        if recent >= limits.requestsPerCustomerPerStorePerHour {
+            let wait = max(1, Int(((oldest ?? now.millis) + 3_600_000 - now.millis + 999) / 1000))
+            throw StampError(.rateLimited, "at most \(limits.requestsPerCustomerPerStorePerHour) requests an hour at one store",
+                             retryAfter: wait)
+        }
+    }
 
     /// A write that refused a decision because the request had expired must still commit the
     /// expiry, so it returns instead of throwing, and the caller throws after the commit.

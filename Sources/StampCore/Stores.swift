@@ -54,8 +54,15 @@ extension StampService {
         store.distanceMeters = nil
         let created = store
         let window = settings.idempotencyWindow
+        let storesPerOwner = settings.limits.storesPerOwner
         return try await write { connection, _ in
             try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                let owned = try connection.queryFirst("SELECT count(*) FROM stores WHERE owner_id = ?", principal.id) {
+                    try $0.get(0, as: Int.self)
+                } ?? 0
+                if owned >= storesPerOwner {
+                    throw StampError(.rateLimited, "an owner may have at most \(storesPerOwner) stores", retryAfter: 3600)
+                }
                 try connection.run("""
                     INSERT INTO stores (id, owner_id, name, stamps_per_reward, reward_item, address, latitude,
                                         longitude, open_hours, request_ttl_seconds, created_at, updated_at)
@@ -94,9 +101,12 @@ extension StampService {
         if let latitude, let longitude, (latitude == nil) != (longitude == nil) {
             throw StampError.invalid(latitude == nil ? "latitude" : "longitude", "latitude and longitude go together")
         }
+        let changesPerHour = settings.limits.storeChangesPerHour
         return try await write { connection, outbox in
             guard var store = try Self.loadStore(id, on: connection) else { throw StampError.notFound("store") }
             guard store.ownerId == principal.id else { throw StampError(.forbidden, "only the store's owner may change it") }
+            try Self.countAction("store-change:" + id, limit: changesPerHour, window: Self.hour,
+                                 what: "\(changesPerHour) changes an hour per store", now: now, on: connection)
             if let name { store.name = name }
             if let perReward { store.stampsPerReward = perReward }
             if let rewardItem { store.rewardItem = rewardItem }

@@ -35,6 +35,14 @@ struct Stampd: AsyncParsableCommand {
     @Option(help: "Seconds in-flight requests get at shutdown. [STAMPD_SHUTDOWN_GRACE]") var shutdownGrace: Int?
     @Option(help: "Reader threads for SQLite. [STAMPD_DB_READERS]") var dbReaders: Int?
     @Option(help: "Threads for password hashing. [STAMPD_HASH_THREADS]") var hashThreads: Int?
+    @Option(help: "Hashes that may wait for a hashing thread; more get 503. [STAMPD_HASH_QUEUE]") var hashQueue: Int?
+    @Option(help: "Password checks (sign-ins, sign-ups) one client address may start per minute. [STAMPD_SIGN_INS_PER_ADDRESS]")
+    var signInsPerAddress: Int?
+    @Option(help: "Accounts one client address may create per hour. [STAMPD_SIGN_UPS_PER_ADDRESS]") var signUpsPerAddress: Int?
+    @Option(help: "Pending requests one customer may have at one store. [STAMPD_PENDING_REQUESTS_PER_CUSTOMER]")
+    var pendingRequestsPerCustomer: Int?
+    @Option(help: "Requests one customer may make at one store per hour. [STAMPD_REQUESTS_PER_CUSTOMER_PER_HOUR]")
+    var requestsPerCustomerPerHour: Int?
     @Flag(help: "Cheap password hashing, for tests and benchmarks only. [STAMPD_INSECURE_FAST_PASSWORD_HASHING=1]")
     var insecureFastPasswordHashing = false
 
@@ -80,11 +88,25 @@ struct Stampd: AsyncParsableCommand {
         let fast = insecureFastPasswordHashing || env["STAMPD_INSECURE_FAST_PASSWORD_HASHING"] == "1"
         if fast { logger.warning("password hashing is set to the insecure fast cost: for tests and benchmarks only") }
         let hasher = PasswordHasher(cost: fast ? .insecureFast : .standard,
-                                    threads: try setting(hashThreads, "HASH_THREADS", 2))
+                                    threads: try setting(hashThreads, "HASH_THREADS", 2),
+                                    maximumWaiting: try setting(hashQueue, "HASH_QUEUE", 16))
         let hub = EventHub(maximumPerAccount: try setting(maxPollsPerAccount, "MAX_POLLS_PER_ACCOUNT", 16),
                            maximumTotal: try setting(maxPolls, "MAX_POLLS", 19_000))
         var settings = StampSettings()
         settings.eventRetention = TimeInterval(try setting(eventRetentionDays, "EVENT_RETENTION_DAYS", 7)) * 86_400
+        settings.passwordChecksPerAddressPerMinute = try setting(signInsPerAddress, "SIGN_INS_PER_ADDRESS",
+                                                                 settings.passwordChecksPerAddressPerMinute)
+        settings.signUpsPerAddressPerHour = try setting(signUpsPerAddress, "SIGN_UPS_PER_ADDRESS", settings.signUpsPerAddressPerHour)
+        settings.limits.pendingRequestsPerCustomerPerStore = try setting(
+            pendingRequestsPerCustomer, "PENDING_REQUESTS_PER_CUSTOMER", settings.limits.pendingRequestsPerCustomerPerStore)
+        settings.limits.requestsPerCustomerPerStorePerHour = try setting(
+            requestsPerCustomerPerHour, "REQUESTS_PER_CUSTOMER_PER_HOUR", settings.limits.requestsPerCustomerPerStorePerHour)
+        for (name, value) in [("hash-queue", hasher.maximumWaiting), ("sign-ins-per-address", settings.passwordChecksPerAddressPerMinute),
+                              ("sign-ups-per-address", settings.signUpsPerAddressPerHour),
+                              ("pending-requests-per-customer", settings.limits.pendingRequestsPerCustomerPerStore),
+                              ("requests-per-customer-per-hour", settings.limits.requestsPerCustomerPerStorePerHour)] where value < 1 {
+            throw ValidationError("--\(name) must be at least 1")
+        }
         let service = StampService(database: db, hub: hub, hasher: hasher, settings: settings,
                                    logger: Logger(label: "stampd.core"))
         try await service.prepareEventHub()

@@ -39,6 +39,8 @@ final class TestServer: Sendable {
         settings.signUpsPerAddressPerHour = 100_000
         settings.passwordChecksPerAddressPerMinute = 100_000
         settings.passwordChecksInFlightPerAddress = 1_000
+        settings.limits.pendingRequestsPerCustomerPerStore = 100_000
+        settings.limits.requestsPerCustomerPerStorePerHour = 100_000
         configure(&configuration, &settings)
         let hub = EventHub(maximumPerAccount: maximumPollsPerAccount)
         let service = StampService(database: database, hub: hub, hasher: PasswordHasher(cost: .insecureFast),

@@ -280,3 +280,47 @@ import Testing
         try await server.stop()
     }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct RepeatLimitTests {
+    @Test func aCustomerHasOnlyAFewRequestsWaitingAtAStoreAndSoManyAnHour() async throws {
+        let server = try await TestServer.start { _, settings in
+            settings.limits.pendingRequestsPerCustomerPerStore = 3
+            settings.limits.requestsPerCustomerPerStorePerHour = 5
+        }
+        let owner = try await server.signUp("owner")
+        let store = try await server.createStore(owner)
+        let otherStore = try await server.createStore(owner)
+        let customer = try await server.signUp("customer")
+        let client = try await server.connect()
+        var ids: [String] = []
+        for _ in 0..<3 { ids.append(try await server.askForStamps(customer, store: store)) }
+        let fourth = try await client.request("POST", "/v1/stores/\(store)/requests", token: customer.token, json: ["kind": "stamp"])
+        #expect(fourth.status == 429)
+        #expect(fourth.header("retry-after") != nil)
+        // Another store is not affected; a decided request frees a place.
+        _ = try await server.askForStamps(customer, store: otherStore)
+        _ = try await server.approve(owner, ids[0])
+        _ = try await server.approve(owner, ids[1])
+        for _ in 0..<2 { _ = try await server.askForStamps(customer, store: store) }
+        _ = try await server.approve(owner, ids[2])
+        let sixth = try await client.request("POST", "/v1/stores/\(store)/requests", token: customer.token, json: ["kind": "stamp"])
+        #expect(sixth.status == 429)
+        #expect(sixth.text.contains("an hour"))
+        server.clock.advance(by: 3_601)
+        #expect(try await client.request("POST", "/v1/stores/\(store)/requests", token: customer.token, json: ["kind": "stamp"]).status == 201)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func anOwnerHasAtMostSoManyStores() async throws {
+        let server = try await TestServer.start { _, settings in settings.limits.storesPerOwner = 2 }
+        let owner = try await server.signUp("owner")
+        _ = try await server.createStore(owner)
+        _ = try await server.createStore(owner)
+        let client = try await server.connect()
+        let third = try await client.request("POST", "/v1/stores", token: owner.token, json: ["name": "Third", "rewardItem": "Tea"])
+        #expect(third.status == 429)
+        client.close()
+        try await server.stop()
+    }
+}
