@@ -5,9 +5,9 @@ import NIOCore
 import StampCore
 
 public enum Application {
-    /// - Parameter metricsText: renders the Prometheus exposition for `GET /metrics`.
-    public static func responder(service: StampService, metricsText: @escaping @Sendable () -> String,
-                                 logger: Logger) -> Responder {
+    /// The public listener's routes. `/metrics` is not among them: it has a listener of its own
+    /// (`metricsResponder`), on loopback unless an operator says otherwise.
+    public static func responder(service: StampService, logger: Logger) -> Responder {
         var router = Router()
         let api = API(service: service)
         api.register(on: &router)
@@ -19,10 +19,19 @@ public enum Application {
             return .response(.problem(HTTPError(.serviceUnavailable, detail: "the database does not answer",
                                                 headers: [("Retry-After", "1")])))
         }
+        WebPages.register(on: &router)
+        return Responder(router: router, logger: logger)
+    }
+
+    /// The metrics listener's routes: `GET /metrics` (Prometheus text, rendered by `metricsText`)
+    /// and `GET /healthz`.
+    public static func metricsResponder(metricsText: @escaping @Sendable () -> String, logger: Logger) -> Responder {
+        var router = Router()
+        let alive = Response.json(["status": "ok"])
+        router.addImmediate(.GET, "/healthz") { _ in alive }
         router.addImmediate(.GET, "/metrics") { _ in
             .text(metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")
         }
-        WebPages.register(on: &router)
         return Responder(router: router, logger: logger)
     }
 }

@@ -17,6 +17,9 @@ public struct ServerConfiguration: Sendable {
     public var maximumConnections = 19_000
     /// How long in-flight requests get to finish after SIGTERM.
     public var shutdownGracePeriod = TimeAmount.seconds(10)
+    /// Said in the log line once bound: scripts wait for "listening" of the public listener, so
+    /// another listener (metrics) says something else.
+    public var readyMessage = "listening"
     public init() {}
 }
 
@@ -72,7 +75,7 @@ public final class HTTPServer: Service, Sendable {
                 waiting.removeAll()
             }
         }
-        logger.info("listening", metadata: ["address": "\(local)"])
+        logger.info("\(configuration.readyMessage)", metadata: ["address": "\(local)"])
 
         try await withGracefulShutdownHandler {
             try await channel.closeFuture.get()

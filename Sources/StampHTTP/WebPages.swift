@@ -35,8 +35,10 @@ enum WebPages {
         }
         return Response(status: .ok, headers: [
             "Content-Type": type, "Cache-Control": "no-cache",
-            "Content-Security-Policy": "default-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; media-src 'self' data:",
-            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            // No framing (clickjacking), no <base> or form posts elsewhere, nothing but this origin.
+            "Content-Security-Policy": "default-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+                + "media-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
         ], body: body)
     }
 

@@ -47,6 +47,7 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: "stampd's host:port (loopback).") var stampd: String?
     @Option(help: "stampd's process id, for VmRSS and CPU time.") var stampdPid: Int32?
+    @Option(help: "stampd's metrics listener, host:port (its --metrics-port).") var stampdMetrics: String?
     @Option(help: "nginx + nchan's host:port; the config must have /sub/<ch>, /pub/<ch> and /nchan_status.") var nchan: String?
     @Option(help: "The nginx worker's process id, for VmRSS.") var nchanPid: Int32?
     @Option(help: "Parked-poll levels for memory and capacity, comma separated.") var levels = "1000,5000,10000,18000"
@@ -74,6 +75,7 @@ struct Run: AsyncParsableCommand {
 
     func validate() throws {
         guard stampd != nil || nchan != nil else { throw ValidationError("give --stampd and/or --nchan") }
+        if stampd != nil && stampdMetrics == nil { throw ValidationError("--stampd needs --stampd-metrics") }
         guard threads >= 1, customers >= 1, setupConnections >= 1 else { throw ValidationError("counts must be positive") }
         guard levels.split(separator: ",").allSatisfy({ Int($0).map { $0 > 0 } ?? false }) else {
             throw ValidationError("--levels must be positive integers, comma separated")
@@ -100,7 +102,9 @@ struct Run: AsyncParsableCommand {
 
         if let stampd {
             let (host, port) = try parseAddress(stampd)
+            let (metricsHost, metricsPort) = try parseAddress(stampdMetrics ?? "")
             let bench = StampdBench(connector: Connector(group: group, host: host, port: port, sources: sources),
+                                    metrics: Connector(group: group, host: metricsHost, port: metricsPort, sources: sources),
                                     pid: stampdPid, results: results, options: options)
             do {
                 try await bench.setUp()

@@ -135,6 +135,9 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     let name = "stampd"
     let parkedNoun = "parked"
     let connector: Connector
+    /// stampd's metrics listener (its own port, not the API's).
+    let metrics: Connector
+    var metricsConn: Conn?
     let pid: Int32?
     let tally = Tally(name: "stampd")
     let results: Results
@@ -149,8 +152,9 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     var baseline: Memory?
     var lastParked: Memory?
 
-    init(connector: Connector, pid: Int32?, results: Results, options: RunOptions) {
+    init(connector: Connector, metrics: Connector, pid: Int32?, results: Results, options: RunOptions) {
         self.connector = connector
+        self.metrics = metrics
         self.pid = pid
         self.results = results
         self.options = options
@@ -167,7 +171,14 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     }
 
     func parkedOnServer() async throws -> Int {
-        let answer = try await get("/metrics")
+        if metricsConn == nil { metricsConn = try await metrics.connect().get() }
+        let answer: HTTPAnswer
+        do {
+            answer = try await wait(metricsConn!.future(.GET, "/metrics"), seconds: 30, what: "GET /metrics")
+        } catch BenchError.closed {
+            metricsConn = try await metrics.connect().get()
+            answer = try await wait(metricsConn!.future(.GET, "/metrics"), seconds: 30, what: "GET /metrics")
+        }
         guard answer.status == 200, let value = prometheusValue(answer.text, name: "stampd_parked_polls") else {
             // The gauge appears once the first poll parks.
             return 0
@@ -458,6 +469,7 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         pollers.removeAll()
         setupConns.forEach { $0.close() }
         control?.close()
+        metricsConn?.close()
     }
 }
 

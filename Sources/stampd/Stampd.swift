@@ -21,6 +21,8 @@ struct Stampd: AsyncParsableCommand {
 
     @Option(help: "Address to listen on. [STAMPD_HOST]") var host: String?
     @Option(help: "Port to listen on; 0 picks a free one. [STAMPD_PORT]") var port: Int?
+    @Option(help: "Address of the metrics listener (GET /metrics); keep it private. [STAMPD_METRICS_HOST]") var metricsHost: String?
+    @Option(help: "Port of the metrics listener; 0 picks a free one (logged). [STAMPD_METRICS_PORT]") var metricsPort: Int?
     @Option(help: "SQLite database file, or :memory:. [STAMPD_DATABASE]") var database: String?
     @Option(help: "Folder of NNNN_name.sql migrations. [STAMPD_MIGRATIONS]") var migrations: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical. [STAMPD_LOG_LEVEL]") var logLevel: String?
@@ -133,11 +135,20 @@ struct Stampd: AsyncParsableCommand {
         }
         server.shutdownGracePeriod = .seconds(Int64(try setting(shutdownGrace, "SHUTDOWN_GRACE", 10)))
 
-        let responder = Application.responder(service: service, metricsText: { registry.emitToString() },
-                                              logger: Logger(label: "stampd.http"))
+        let responder = Application.responder(service: service, logger: Logger(label: "stampd.http"))
         let http = HTTPServer(configuration: server, responder: responder, hub: hub, logger: Logger(label: "stampd.http"))
+        var metricsServer = ServerConfiguration()
+        metricsServer.host = try setting(metricsHost, "METRICS_HOST", "127.0.0.1")
+        metricsServer.port = try setting(metricsPort, "METRICS_PORT", 9464)
+        metricsServer.maximumConnections = 64
+        metricsServer.shutdownGracePeriod = .seconds(1)
+        metricsServer.readyMessage = "metrics served"
+        let metrics = HTTPServer(configuration: metricsServer,
+                                 responder: Application.metricsResponder(metricsText: { registry.emitToString() },
+                                                                         logger: Logger(label: "stampd.metrics")),
+                                 hub: EventHub(maximumPerAccount: 0, maximumTotal: 0), logger: Logger(label: "stampd.metrics"))
         let group = ServiceGroup(
-            services: [Housekeeper(service: service), http],
+            services: [Housekeeper(service: service), http, metrics],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         try await group.run()

@@ -89,6 +89,8 @@ class Server:
         self.database = database
         self.workdir = workdir
         self.port = port or free_port()
+        # Metrics have a listener of their own (kept across restarts, like the API port).
+        self.metrics_port = free_port()
         self.extra = list(extra)
         self.prefix = list(prefix)
         self.log_path = os.path.join(workdir, f"{name}.log")
@@ -97,6 +99,7 @@ class Server:
 
     def command(self):
         return self.prefix + [self.binary, "--host", HOST, "--port", str(self.port), "--database", self.database,
+                              "--metrics-port", str(self.metrics_port),
                               "--migrations", MIGRATIONS, "--insecure-fast-password-hashing",
                               "--log-level", "warning"] + RELAXED_LIMITS + self.extra
 

@@ -258,9 +258,9 @@ def tcp_wmem_max():
         return 4 * 1024 * 1024
 
 
-def answered_count(port, route):
-    """stampd_http_requests_total for `route` with status 200, from /metrics."""
-    _, _, text = request(port, "GET", "/metrics", timeout=30)
+def answered_count(metrics_port, route):
+    """stampd_http_requests_total for `route` with status 200, from /metrics (its own listener)."""
+    _, _, text = request(metrics_port, "GET", "/metrics", timeout=30)
     text = text.decode() if isinstance(text, bytes) else str(text)
     needle = f'stampd_http_requests_total{{route="{route}",status="200"}} '
     for line in text.splitlines():
@@ -367,13 +367,13 @@ def phase_load(args, workdir, tally, rng):
             peak["rss"] = rss_start
             _, _, page = request(server.port, "GET", args.greedy_path)
             answer_bytes = len(page) + 330  # body and head
-            answered_before = answered_count(server.port, args.greedy_path)
+            answered_before = answered_count(server.metrics_port, args.greedy_path)
             swarm = Swarm(server.port, 0, args.greedy, args.greedy_bytes, args.greedy_path, args.trickle, rng)
             proc, out = start_measuring(server.port, token, duration)
             began = time.monotonic()
             swarm.open_all(ramp_seconds=0.5)
             swarm.run_until(began + duration, on_tick=tick)
-            answered = answered_count(server.port, args.greedy_path) - answered_before
+            answered = answered_count(server.metrics_port, args.greedy_path) - answered_before
             loaded = finish_measuring(proc, out, 60)
             figures["greedy"] = summary(loaded["samples"])
             print_summary("greedy", figures["greedy"])

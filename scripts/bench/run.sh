@@ -109,8 +109,9 @@ fi
 
 # --- stampd on a fresh database ---------------------------------------------------------------
 STAMPD_PORT=$(free_port)
+STAMPD_METRICS_PORT=$(free_port)
 say "starting stampd on 127.0.0.1:$STAMPD_PORT (database $WORK/stampd.sqlite)"
-"$STAMPD" --port "$STAMPD_PORT" --database "$WORK/stampd.sqlite" --migrations "$ROOT/migrations" \
+"$STAMPD" --port "$STAMPD_PORT" --metrics-port "$STAMPD_METRICS_PORT" --database "$WORK/stampd.sqlite" --migrations "$ROOT/migrations" \
     --insecure-fast-password-hashing --max-connections 19500 --max-polls 19500 \
     --hash-queue 100000 --sign-ins-per-address 1000000 --sign-ups-per-address 1000000 --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 \
     >"$WORK/stampd.log" 2>&1 &
@@ -154,7 +155,7 @@ else
 fi
 say "stampd-bench run ${SIZES[*]} ${EXTRA[*]:-}"
 STATUS=0
-"$BENCH" run --stampd "127.0.0.1:$STAMPD_PORT" --stampd-pid "$STAMPD_PID" "${NCHAN_ARGS[@]}" \
+"$BENCH" run --stampd "127.0.0.1:$STAMPD_PORT" --stampd-metrics "127.0.0.1:$STAMPD_METRICS_PORT" --stampd-pid "$STAMPD_PID" "${NCHAN_ARGS[@]}" \
     --results "$RESULTS" "${SIZES[@]}" "${EXTRA[@]}" > >(tee "$OUT/bench.log") 2>&1 &
 BENCH_PID=$!
 PIDS+=("$BENCH_PID")
