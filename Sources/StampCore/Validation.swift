@@ -31,10 +31,10 @@ enum Validate {
 
     /// Characters that change how the text around them looks or reads without being seen: C0/C1
     /// controls, format characters (Cf: zero-width spaces and joiners, bidi embeddings, overrides
-    /// and isolates, the BOM), line and paragraph separators, and code points with no character.
+    /// and isolates, the BOM, soft hyphens) and the line and paragraph separators.
     static func isHostile(_ scalar: Unicode.Scalar) -> Bool {
         switch scalar.properties.generalCategory {
-        case .control, .format, .lineSeparator, .paragraphSeparator, .unassigned, .privateUse, .surrogate: true
+        case .control, .format, .lineSeparator, .paragraphSeparator: true
         default: false
         }
     }
@@ -83,16 +83,12 @@ enum Validate {
 
 /// How a login is written and what makes two logins the same person's.
 enum Login {
-    /// The login as stored: trimmed and in NFC; refused when it is neither a phone number, an
-    /// e-mail address nor a user name of letters, digits and `.`, `_`, `-`, `+`, `@`, `'`.
+    /// The login as stored: the text rules (trimmed, NFC, no hostile characters), 3 to 100
+    /// characters, and no `:` (which the keys of held cards and erased accounts use, so that no
+    /// login can ever equal one of them).
     static func validate(_ login: String, field: String = "login") throws -> String {
         let text = try Validate.text(login, field: field, min: 3, max: 100)
-        if phoneDigits(text) != nil { return text }
-        let allowed: Set<Character> = [".", "_", "-", "+", "@", "'"]
-        for character in text where !(character.isLetter || character.isNumber || allowed.contains(character)) {
-            throw StampError.invalid(field, "\(field) is a phone number, an e-mail address or a user name of letters, "
-                                     + "digits and . _ - + @ ' (not “\(character)”)")
-        }
+        guard !text.contains(":") else { throw StampError.invalid(field, "\(field) must not contain “:”") }
         return text
     }
 
