@@ -113,19 +113,53 @@ public final class Connection: @unchecked Sendable {
 
     /// Runs `body` in a savepoint inside the current transaction: released when it returns,
     /// rolled back to when it throws, so one failing unit does not undo the others.
+    /// If `ROLLBACK TO` fails, the unit's writes cannot be told apart from the others':
+    /// `unitRollbackFailed` is set and the caller must roll the whole transaction back.
+    /// While the body runs, it cannot end or undo the transaction or the savepoint itself
+    /// (once `guardTransactionControl()` was called): such statements fail to prepare.
     public func savepoint<T>(_ body: () throws -> T) throws -> T {
         try execute("SAVEPOINT unit")
+        transactionControl.inUnit = true
         do {
             let result = try body()
+            transactionControl.inUnit = false
             try execute("RELEASE unit")
             return result
         } catch {
+            transactionControl.inUnit = false
             if isInTransaction {
-                try? execute("ROLLBACK TO unit")
-                try? execute("RELEASE unit")
+                do {
+                    try execute("ROLLBACK TO unit")
+                    try execute("RELEASE unit")
+                } catch {
+                    unitRollbackFailed = true
+                }
             }
             throw error
         }
+    }
+
+    /// Set when a unit's `ROLLBACK TO` failed; see `savepoint`.
+    public var unitRollbackFailed = false
+
+    /// Whether a savepoint's body is running; read by the authorizer.
+    final class TransactionControl {
+        var inUnit = false
+    }
+
+    private let transactionControl = TransactionControl()
+
+    /// From now on, statements that begin, commit or roll back a transaction, or release or roll
+    /// back a savepoint, are refused while a `savepoint` body runs: a unit of a group commit
+    /// cannot commit (or undo) the others' writes.
+    public func guardTransactionControl() {
+        let context = Unmanaged.passUnretained(transactionControl).toOpaque()
+        sqlite3_set_authorizer(handle, { context, action, _, _, _, _ in
+            guard let context else { return SQLITE_OK }
+            let control = Unmanaged<TransactionControl>.fromOpaque(context).takeUnretainedValue()
+            guard control.inUnit else { return SQLITE_OK }
+            return action == SQLITE_TRANSACTION || action == SQLITE_SAVEPOINT ? SQLITE_DENY : SQLITE_OK
+        }, context)
     }
 
     func prepared(_ sql: String) throws -> Statement {

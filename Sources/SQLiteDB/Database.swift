@@ -43,14 +43,22 @@ public final class Database: @unchecked Sendable {
         self.path = path
         self.logger = logger
         let writer = try Connection(path: path)
+        let inMemory = path == ":memory:" || path.isEmpty || path.contains("mode=memory")
+        // The durability promise rests on WAL with FULL sync: a database that stays in another
+        // journal mode (a VFS without shared memory, a file system that refuses it) is not opened.
+        let mode = try writer.queryFirst("PRAGMA journal_mode = WAL") { try $0.get(0, as: String.self) } ?? "unknown"
+        guard mode.lowercased() == "wal" || (inMemory && mode.lowercased() == "memory") else {
+            writer.close()
+            throw SQLiteError(extendedCode: ResultCode.cantOpen.rawValue,
+                              message: "cannot use \(path): WAL was not applied (journal_mode is \(mode))")
+        }
         try writer.execute("""
-            PRAGMA journal_mode = WAL;
             PRAGMA synchronous = \(Self.synchronousMode);
             PRAGMA foreign_keys = ON;
             """)
+        writer.guardTransactionControl()
         self.writer = writer
         self.writerThread = BlockingPool(name: "sqlite-writer", threads: 1)
-        let inMemory = path == ":memory:" || path.isEmpty || path.contains("mode=memory")
         if readers > 0 && !inMemory {
             var connections: [Connection] = []
             for _ in 0..<readers {
@@ -149,9 +157,21 @@ public final class Database: @unchecked Sendable {
         while index < batch.endIndex {
             let finish = batch[index].run(writer)
             index += 1
-            if writer.isInTransaction {
+            if writer.isInTransaction && !writer.unitRollbackFailed {
                 finishers.append(finish)
                 continue
+            }
+            if writer.unitRollbackFailed {
+                // A failed unit could not be undone alone: its partial writes must not commit
+                // with the others, so the whole batch is rolled back and fails.
+                writer.unitRollbackFailed = false
+                if writer.isInTransaction { try? writer.execute("ROLLBACK") }
+                let lost = SQLiteError(extendedCode: ResultCode.ioError.rawValue,
+                                       message: "a failed write could not be undone alone; the batch was rolled back")
+                finish(lost)
+                finishers.forEach { $0(lost) }
+                commit(batch[index...])
+                return
             }
             // SQLite rolled the whole transaction back by itself (disk full, I/O error):
             // the batch's earlier units are lost too; the rest go into a fresh transaction.

@@ -97,8 +97,10 @@ struct EventsEndpoint: Sendable {
             refused: { outcome in
                 switch outcome {
                 case .shuttingDown:
-                    return .problem(HTTPError(.serviceUnavailable, detail: "the server is shutting down",
-                                              headers: [("Retry-After", "1")]))
+                    // As for a poll parked when shutdown began: nothing new, the cursor, come back soon.
+                    var extra = headers
+                    extra.append(("Retry-After", "1"))
+                    return Self.answer(EventBatch(events: [], cursor: parkedCursor, reset: false), extra)
                 case .tooManyForAccount:
                     return .problem(HTTPError(.tooManyRequests, detail: "too many polls are open for this account",
                                               headers: [("Retry-After", "5")]))

@@ -9,7 +9,7 @@ func temporaryDatabasePath() -> String {
     return folder.appendingPathComponent("test.sqlite").path
 }
 
-@Suite struct ConnectionTests {
+@Suite(.timeLimit(.minutes(1))) struct ConnectionTests {
     @Test func bindsAndReadsEveryStorageClass() throws {
         let db = try Connection(path: ":memory:")
         try db.execute("CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n TEXT)")
@@ -90,7 +90,7 @@ func temporaryDatabasePath() -> String {
     }
 }
 
-@Suite struct DatabaseTests {
+@Suite(.timeLimit(.minutes(1))) struct DatabaseTests {
     @Test func opensInWALWithFullSyncAndForeignKeys() async throws {
         let db = try Database(path: temporaryDatabasePath())
         defer { db.close() }
@@ -143,6 +143,29 @@ func temporaryDatabasePath() -> String {
         #expect(rows.allSatisfy { $0 % 3 != 0 })
     }
 
+    @Test func aDatabaseThatCannotUseWALIsNotOpened() throws {
+        // The unix-none VFS has no shared memory, so journal_mode stays "delete".
+        let path = "file:" + temporaryDatabasePath() + "?vfs=unix-none"
+        #expect(throws: SQLiteError.self) { _ = try Database(path: path) }
+    }
+
+    @Test func aWriteBodyCannotCommitOrUndoTheGroupsTransaction() async throws {
+        let db = try Database(path: temporaryDatabasePath())
+        defer { db.close() }
+        try await db.write { try $0.execute("CREATE TABLE t (v INTEGER)") }
+        for statement in ["COMMIT", "ROLLBACK", "RELEASE unit", "ROLLBACK TO unit", "BEGIN", "SAVEPOINT other"] {
+            await #expect(throws: SQLiteError.self, "\(statement)") {
+                try await db.write { connection in
+                    try connection.run("INSERT INTO t VALUES (1)")
+                    try connection.execute(statement)
+                }
+            }
+        }
+        try await db.write { try $0.run("INSERT INTO t VALUES (2)") }
+        let rows = try await db.read { try $0.query("SELECT v FROM t") { try $0.get(0, as: Int.self) } }
+        #expect(rows == [2])
+    }
+
     @Test func anInMemoryDatabaseWorksThroughItsWriter() async throws {
         let db = try Database(path: ":memory:")
         defer { db.close() }
@@ -151,7 +174,7 @@ func temporaryDatabasePath() -> String {
     }
 }
 
-@Suite struct MigratorTests {
+@Suite(.timeLimit(.minutes(1))) struct MigratorTests {
     func folder(_ files: [String: String]) throws -> String {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("stampd-migrations-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)

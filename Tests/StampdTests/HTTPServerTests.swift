@@ -1,9 +1,13 @@
 // The HTTP/1.1 layer over real sockets: routing, keep-alive, pipelining, limits, timeouts, shutdown.
 import Foundation
+import Logging
 import NIOCore
+import ServiceLifecycle
+import StampCore
+import StampHTTP
 import Testing
 
-@Suite struct HTTPServerTests {
+@Suite(.timeLimit(.minutes(1))) struct HTTPServerTests {
     @Test func healthAndReadinessAnswer() async throws {
         let server = try await TestServer.start()
         let client = try await server.connect()
@@ -13,9 +17,53 @@ import Testing
         #expect(health.header("x-request-id")?.isEmpty == false)
         let ready = try await client.request("GET", "/readyz")
         #expect(ready.status == 200)
-        let metrics = try await client.request("GET", "/metrics")
-        #expect(metrics.status == 200)
-        #expect(metrics.header("content-type")?.hasPrefix("text/plain") == true)
+        client.close()
+        try await server.stop()
+    }
+
+    @Test func metricsAreServedOnTheirOwnListenerAndNotOnThePublicOne() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        #expect(try await client.request("GET", "/metrics").status == 404)
+        client.close()
+        var configuration = ServerConfiguration()
+        configuration.port = 0
+        configuration.readyMessage = "metrics served"
+        let metrics = HTTPServer(configuration: configuration,
+                                 responder: Application.metricsResponder(metricsText: { "stampd_up 1\n" }, logger: Logger(label: "test")),
+                                 hub: EventHub(), logger: Logger(label: "test"))
+        let group = ServiceGroup(services: [metrics], gracefulShutdownSignals: [], logger: Logger(label: "test"))
+        let task = Task { try await group.run() }
+        let address = try await metrics.listeningAddress()
+        let scraper = try await TestClient.connect(port: address.port!)
+        let answer = try await scraper.request("GET", "/metrics")
+        #expect(answer.status == 200)
+        #expect(answer.header("content-type")?.hasPrefix("text/plain") == true)
+        #expect(answer.text == "stampd_up 1\n")
+        scraper.close()
+        await group.triggerGracefulShutdown()
+        try await task.value
+        try await server.stop()
+    }
+
+    @Test func waitingForACloseFailsWhenTheServerKeepsTheConnectionOpen() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        #expect(try await client.request("GET", "/healthz").status == 200)
+        #expect(await client.waitForClose(seconds: 0.3) == false)
+        try await server.stop()
+    }
+
+    @Test func pagesForbidFramingAndEveryAnswerForbidsSniffing() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        let page = try await client.request("GET", "/")
+        let policy = page.header("content-security-policy") ?? ""
+        for directive in ["frame-ancestors 'none'", "base-uri 'none'", "form-action 'self'"] { #expect(policy.contains(directive)) }
+        #expect(page.header("x-frame-options") == "DENY")
+        #expect(page.header("x-content-type-options") == "nosniff")
+        #expect(try await client.request("GET", "/v1/me").header("x-content-type-options") == "nosniff")
+        #expect(try await client.request("GET", "/healthz").header("x-content-type-options") == "nosniff")
         client.close()
         try await server.stop()
     }

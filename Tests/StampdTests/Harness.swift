@@ -8,6 +8,7 @@ import SQLiteDB
 import ServiceLifecycle
 import StampCore
 import StampHTTP
+import Synchronization
 import Testing
 
 final class TestServer: Sendable {
@@ -48,7 +49,7 @@ final class TestServer: Sendable {
         try await service.prepareEventHub()
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let responder = Application.responder(service: service, metricsText: { "" }, logger: logger)
+        let responder = Application.responder(service: service, logger: logger)
         let server = HTTPServer(configuration: configuration, responder: responder, hub: hub, logger: logger)
         let group = ServiceGroup(services: [server], gracefulShutdownSignals: [], logger: logger)
         let task = Task { try await group.run() }
@@ -253,14 +254,23 @@ final class TestClient: @unchecked Sendable {
         }
     }
 
-    /// True once the server has closed the connection (after any unread answers).
-    func waitForClose() async -> Bool {
+    /// True once the server has closed the connection (after any unread answers, or with a reset);
+    /// false when it is still open after `seconds`.
+    func waitForClose(seconds: Double = 10) async -> Bool {
+        let channel = self.channel.channel
+        let timedOut = Atomic<Bool>(false)
+        let deadline = Task {
+            try await Task.sleep(for: .seconds(seconds))
+            timedOut.store(true, ordering: .relaxed)
+            channel.close(promise: nil)
+        }
+        defer { deadline.cancel() }
         do {
             while var more = try await inbound.next() { buffer.writeBuffer(&more) }
-            return true
         } catch {
-            return true
+            // A reset is a close too; a close of our own at the deadline is not.
         }
+        return !timedOut.load(ordering: .relaxed)
     }
 
     func close() {

@@ -4,7 +4,7 @@ import Foundation
 import StampCore
 import Testing
 
-@Suite struct LongPollTests {
+@Suite(.timeLimit(.minutes(1))) struct LongPollTests {
     @Test func aPollWithEventsAnswersAtOnce() async throws {
         let server = try await TestServer.start()
         let owner = try await server.signUp("owner")
@@ -235,6 +235,22 @@ import Testing
         #expect(answer.header("connection") == "close")
         #expect(try answer.string("cursor") == "0")
         #expect(await client.waitForClose())
+        try await server.stop()
+    }
+
+    @Test func aPollThatFindsTheServerShuttingDownAnswers200WithItsCursorNot503() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let client = try await server.connect()
+        let first = try await client.request("GET", "/v1/events?timeout=1", token: owner.token)
+        let cursor = try first.string("cursor")
+        // The hub stops parking while this poll is (as it were) still reading.
+        server.hub.shutdown()
+        let answer = try await client.request("GET", "/v1/events?after=\(cursor)&timeout=50", token: owner.token)
+        #expect(answer.status == 200)
+        #expect(answer.header("retry-after") == "1")
+        #expect(try answer.string("cursor") == cursor)
+        client.close()
         try await server.stop()
     }
 

@@ -3,7 +3,7 @@ import Foundation
 import SQLiteDB
 import Testing
 
-@Suite struct StampFlowTests {
+@Suite(.timeLimit(.minutes(1))) struct StampFlowTests {
     /// Exactly the README's walk-through: every curl step shown there is here.
     @Test func theReadmeWalkThroughWorks() async throws {
         let server = try await TestServer.start()

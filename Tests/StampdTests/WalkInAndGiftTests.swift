@@ -287,7 +287,7 @@ import Testing
     }
 }
 
-@Suite struct GiftTests {
+@Suite(.timeLimit(.minutes(1))) struct GiftTests {
     struct Pair {
         let server: TestServer
         let owner: TestServer.Person
