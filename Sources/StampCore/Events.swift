@@ -63,22 +63,66 @@ extension StampService {
         hub.seed(newest: Dictionary(newest, uniquingKeysWith: max), issuedThrough: issued, prunedThrough: pruned)
     }
 
-    /// Deletes events older than the retention window and moves the reset mark past them.
+    /// Deletes up to `batch` events older than the retention window and moves the reset mark
+    /// past them. It reads only the oldest `batch` rows by id (ids and times grow together), so
+    /// it never scans the table; `pruneExpired` repeats it until nothing is left.
     @discardableResult
-    public func pruneEvents(batch: Int = 10_000) async throws -> Int {
+    public func pruneEvents(batch: Int = 5_000) async throws -> Int {
         let now = clock.now()
         let cutoff = now.addingTimeInterval(-settings.eventRetention).millis
-        let keysCutoff = now.addingTimeInterval(-settings.idempotencyWindow).millis
         let removed: (count: Int, through: Int64) = try await write { connection, _ in
             guard let last = try connection.queryFirst("""
-                SELECT max(id) FROM (SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)
-                """, cutoff, batch, row: { try $0.optional(0, as: Int64.self) }) ?? nil else { return (0, 0) }
+                SELECT max(id) FROM (SELECT id, at FROM events ORDER BY id LIMIT ?) WHERE at < ?
+                """, batch, cutoff, row: { try $0.optional(0, as: Int64.self) }) ?? nil else { return (0, 0) }
             let removed = try connection.run("DELETE FROM events WHERE id <= ?", last)
             try connection.run("UPDATE event_retention SET pruned_through = max(pruned_through, ?)", last)
-            try connection.run("DELETE FROM idempotency_keys WHERE created_at < ?", keysCutoff)
             return (removed, last)
         }
-        hub.markPruned(through: removed.through)
+        if removed.through > 0 { hub.markPruned(through: removed.through) }
         return removed.count
+    }
+
+    /// Everything past its time, each kind in batches of its own transaction so that other
+    /// writes go between them: events past retention, idempotency keys past their window,
+    /// sessions that expired or were revoked a day ago, claim and member codes that expired,
+    /// counted actions older than a day. Returns how many rows went.
+    @discardableResult
+    public func pruneExpired(batch: Int = 5_000) async throws -> Int {
+        var total = 0
+        while true {
+            let removed = try await pruneEvents(batch: batch)
+            total += removed
+            if removed == 0 { break }
+        }
+        let now = clock.now().millis
+        let keysCutoff = now - Int64(settings.idempotencyWindow * 1000)
+        let dayAgo = now - 86_400_000
+        let sweeps: [(String, [any SQLBindable])] = [
+            ("""
+             DELETE FROM idempotency_keys WHERE (account_id, key) IN
+                (SELECT account_id, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)
+             """,
+             [keysCutoff, batch]),
+            ("DELETE FROM sessions WHERE token_hash IN (SELECT token_hash FROM sessions WHERE expires_at < ? LIMIT ?)", [now, batch]),
+            ("""
+             DELETE FROM sessions WHERE token_hash IN
+                (SELECT token_hash FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at < ? LIMIT ?)
+             """, [dayAgo, batch]),
+            ("""
+             DELETE FROM claim_codes WHERE (store_id, phone_key) IN
+                (SELECT store_id, phone_key FROM claim_codes WHERE expires_at < ? LIMIT ?)
+             """, [now, batch]),
+            ("DELETE FROM member_codes WHERE code_hash IN (SELECT code_hash FROM member_codes WHERE expires_at < ? LIMIT ?)",
+             [now, batch]),
+            ("DELETE FROM rate_events WHERE rowid IN (SELECT rowid FROM rate_events WHERE at < ? LIMIT ?)", [dayAgo, batch]),
+        ]
+        for (sql, parameters) in sweeps {
+            while true {
+                let removed = try await write { connection, _ in try connection.run(sql, parameters: parameters) }
+                total += removed
+                if removed < batch { break }
+            }
+        }
+        return total
     }
 }

@@ -1,4 +1,5 @@
-// Background upkeep: expires requests nobody decided in time, prunes events past retention.
+// Background upkeep: expires requests nobody decided in time, prunes what is past its time,
+// finishes card conversions a restart interrupted.
 import Logging
 import ServiceLifecycle
 
@@ -8,7 +9,7 @@ public struct Housekeeper: Service {
     let pruneInterval: Duration
     let logger: Logger
 
-    public init(service: StampService, expiryInterval: Duration = .seconds(1), pruneInterval: Duration = .seconds(600),
+    public init(service: StampService, expiryInterval: Duration = .seconds(1), pruneInterval: Duration = .seconds(60),
                 logger: Logger = Logger(label: "stampd.housekeeper")) {
         self.service = service
         self.expiryInterval = expiryInterval
@@ -18,14 +19,23 @@ public struct Housekeeper: Service {
 
     public func run() async throws {
         await cancelWhenGracefulShutdown {
+            // A lowered stampsPerReward converts cards in batches after its change commits; a
+            // restart in between leaves some to finish.
+            do {
+                let converted = try await service.convertPendingCards()
+                if converted > 0 { logger.info("finished converting cards to a lowered stampsPerReward", metadata: ["cards": "\(converted)"]) }
+            } catch {
+                logger.warning("card conversion failed", metadata: ["error": "\(error)"])
+            }
             var sincePrune = pruneInterval
             while !Task.isCancelled {
                 do {
                     while try await service.expireDueRequests() > 0 {}
                     if sincePrune >= pruneInterval {
                         sincePrune = .zero
-                        let removed = try await service.pruneEvents()
-                        if removed > 0 { logger.info("pruned events", metadata: ["events.removed": "\(removed)"]) }
+                        let removed = try await service.pruneExpired()
+                        if removed > 0 { logger.info("pruned expired rows", metadata: ["rows.removed": "\(removed)"]) }
+
                     }
                 } catch {
                     logger.warning("housekeeping failed", metadata: ["error": "\(error)"])

@@ -87,6 +87,7 @@ public final class StampService: Sendable {
 
 /// The events a write transaction adds, to publish once it commits.
 struct Outbox: Sendable {
+    init() {}
     private(set) var newest: [String: Int64] = [:]
 
     mutating func emit<Data: Encodable>(_ type: String, to recipients: [String], data: Data, at: Date,

@@ -102,7 +102,7 @@ extension StampService {
             throw StampError.invalid(latitude == nil ? "latitude" : "longitude", "latitude and longitude go together")
         }
         let changesPerHour = settings.limits.storeChangesPerHour
-        return try await write { connection, outbox in
+        let (store, more) = try await write { connection, outbox -> (Store, Bool) in
             guard var store = try Self.loadStore(id, on: connection) else { throw StampError.notFound("store") }
             guard store.ownerId == principal.id else { throw StampError(.forbidden, "only the store's owner may change it") }
             try Self.countAction("store-change:" + id, limit: changesPerHour, window: Self.hour,
@@ -126,9 +126,50 @@ extension StampService {
                 try Self.replaceMenu(menu, of: store.id, on: connection)
                 store.menu = menu
             }
-            try Self.convertExcessStamps(of: store, now: now, on: connection, outbox: &outbox)
-            return store
+            // The first cards convert with the change; the rest follow in batches of their own
+            // transactions (below), so that a store with many cards does not stall other writes.
+            let converted = try Self.convertExcessStamps(of: store.id, limit: Self.conversionBatch, now: now,
+                                                         on: connection, outbox: &outbox)
+            return (store, converted == Self.conversionBatch)
         }
+        if more { try await convertExcessStamps(of: id) }
+        return store
+    }
+
+    /// Cards converted per transaction after `stampsPerReward` is lowered.
+    static let conversionBatch = 200
+
+    /// Converts the cards of `storeId` holding a full set or more, a batch per transaction.
+    func convertExcessStamps(of storeId: String) async throws {
+        while true {
+            let now = clock.now()
+            let converted = try await write { connection, outbox in
+                try Self.convertExcessStamps(of: storeId, limit: Self.conversionBatch, now: now, on: connection, outbox: &outbox)
+            }
+            if converted < Self.conversionBatch { return }
+        }
+    }
+
+    /// Finishes conversions a restart interrupted (a read finds the stores concerned). Returns
+    /// how many cards it converted.
+    public func convertPendingCards() async throws -> Int {
+        let stores = try await read { connection in
+            try connection.query("""
+                SELECT DISTINCT c.store_id FROM cards c JOIN stores s ON s.id = c.store_id WHERE c.stamps >= s.stamps_per_reward
+                """) { try $0.get(0, as: String.self) }
+        }
+        var total = 0
+        for store in stores {
+            while true {
+                let now = clock.now()
+                let converted = try await write { connection, outbox in
+                    try Self.convertExcessStamps(of: store, limit: Self.conversionBatch, now: now, on: connection, outbox: &outbox)
+                }
+                total += converted
+                if converted < Self.conversionBatch { break }
+            }
+        }
+        return total
     }
 
     /// Stores whose name or a menu item contains `query`; nearest first when a point is given.
@@ -142,7 +183,7 @@ extension StampService {
             throw StampError.invalid(latitude == nil ? "lat" : "lon", "lat and lon go together")
         }
         let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
-        var sql = "SELECT id FROM stores s"
+        var sql = Self.storeSelect
         var parameters: [any SQLBindable] = []
         if let query {
             let pattern = "%" + Self.escapeLike(query) + "%"
@@ -167,9 +208,10 @@ extension StampService {
         parameters += [limit + 1, offset]
         let finalSQL = sql
         let finalParameters = parameters
+        // Two queries whatever the page size: the stores, then all their menus.
         var stores = try await read { connection -> [Store] in
-            let ids = try connection.query(finalSQL, parameters: finalParameters) { try $0.get(0, as: String.self) }
-            return try ids.compactMap { try Self.loadStore($0, on: connection) }
+            let stores = try connection.query(finalSQL, parameters: finalParameters) { try Self.storeRow($0) }
+            return try Self.withMenus(stores, on: connection)
         }
         let more = stores.count > limit
         if more { stores.removeLast() }
@@ -183,33 +225,56 @@ extension StampService {
         return Page(items: stores, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
     }
 
+    static let storeSelect = """
+        SELECT s.id, s.owner_id, s.name, s.stamps_per_reward, s.reward_item, s.address, s.latitude, s.longitude,
+               s.open_hours, s.request_ttl_seconds, s.created_at, s.updated_at FROM stores s
+        """
+
+    static func storeRow(_ row: borrowing Row) throws -> Store {
+        Store(id: try row.get(0), ownerId: try row.get(1), name: try row.get(2),
+              stampsPerReward: try row.get(3), rewardItem: try row.get(4), address: try row.optional(5),
+              latitude: try row.optional(6), longitude: try row.optional(7), openHours: try row.optional(8),
+              requestTtlSeconds: try row.get(9), menu: [], createdAt: Date(millis: try row.get(10)),
+              updatedAt: Date(millis: try row.get(11)), distanceMeters: nil)
+    }
+
     static func loadStore(_ id: String, on connection: Connection) throws -> Store? {
-        guard var store = try connection.queryFirst("""
-            SELECT id, owner_id, name, stamps_per_reward, reward_item, address, latitude, longitude, open_hours,
-                   request_ttl_seconds, created_at, updated_at FROM stores WHERE id = ?
-            """, id, row: { row in
-                Store(id: try row.get(0), ownerId: try row.get(1), name: try row.get(2),
-                      stampsPerReward: try row.get(3), rewardItem: try row.get(4), address: try row.optional(5),
-                      latitude: try row.optional(6), longitude: try row.optional(7), openHours: try row.optional(8),
-                      requestTtlSeconds: try row.get(9), menu: [], createdAt: Date(millis: try row.get(10)),
-                      updatedAt: Date(millis: try row.get(11)), distanceMeters: nil)
-            }) else { return nil }
-        store.menu = try connection.query("SELECT name, price FROM menu_items WHERE store_id = ? ORDER BY position", id) {
-            MenuItem(name: try $0.get(0), price: try $0.get(1))
+        guard let store = try connection.queryFirst(storeSelect + " WHERE s.id = ?", id, row: { try storeRow($0) }) else { return nil }
+        return try withMenus([store], on: connection)[0]
+    }
+
+    /// The stores with their menus filled in, by one query.
+    static func withMenus(_ stores: [Store], on connection: Connection) throws -> [Store] {
+        guard !stores.isEmpty else { return stores }
+        let placeholders = Array(repeating: "?", count: stores.count).joined(separator: ", ")
+        var menus: [String: [MenuItem]] = [:]
+        for (store, item) in try connection.query("""
+            SELECT store_id, name, price FROM menu_items WHERE store_id IN (\(placeholders)) ORDER BY store_id, position
+            """, parameters: stores.map(\.id), row: { (try $0.get(0, as: String.self), MenuItem(name: try $0.get(1), price: try $0.get(2))) }) {
+            menus[store, default: []].append(item)
         }
-        return store
+        return stores.map { store in
+            var store = store
+            store.menu = menus[store.id] ?? []
+            return store
+        }
     }
 
     /// After `stampsPerReward` is lowered, cards holding that many stamps or more turn them into
-    /// rewards at once, so 0 ≤ stamps < stampsPerReward holds for every card, always.
-    static func convertExcessStamps(of store: Store, now: Date, on connection: Connection, outbox: inout Outbox) throws {
-        let cards = try connection.query(cardSelect + " WHERE c.store_id = ? AND c.stamps >= ?",
-                                         store.id, store.stampsPerReward) { try cardRow($0) }
+    /// rewards (up to `limit` cards per call), so 0 ≤ stamps < stampsPerReward holds for every
+    /// card once the batches are done. Reads the store's current rule, whoever changed it last.
+    static func convertExcessStamps(of storeId: String, limit: Int, now: Date, on connection: Connection,
+                                    outbox: inout Outbox) throws -> Int {
+        let cards = try connection.query(cardSelect + " WHERE c.store_id = ? AND c.stamps >= s.stamps_per_reward LIMIT ?",
+                                         storeId, limit) { try cardRow($0) }
         for card in cards {
             let card = try convertAndSave(card, adding: 0, now: now, on: connection)
-            try outbox.emit("card.updated", to: [card.customerId], data: CardChange(card: card, reason: "stampsPerRewardLowered"),
-                            at: now, on: connection)
+            if try !isHeld(card.customerId, on: connection) {
+                try outbox.emit("card.updated", to: [card.customerId], data: CardChange(card: card, reason: "stampsPerRewardLowered"),
+                                at: now, on: connection)
+            }
         }
+        return cards.count
     }
 
     static func replaceMenu(_ menu: [MenuItem], of store: String, on connection: Connection) throws {

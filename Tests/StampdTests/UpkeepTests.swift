@@ -1,0 +1,121 @@
+// Upkeep that must keep up with load and stay off other writes' way: pruning, sweeping what
+// expired, converting cards in batches, and the indexes the hot queries need.
+import Foundation
+import SQLiteDB
+@testable import StampCore
+import Testing
+
+@Suite(.timeLimit(.minutes(1))) struct UpkeepTests {
+    @Test func pruningRemovesEveryExpiredEventEvenWhenTheyArriveFasterThanABatchPerRound() async throws {
+        let server = try await TestServer.start { _, settings in settings.eventRetention = 60 }
+        let old = server.clock.now().millis - 120_000
+        // 30,000 events past retention: six batches, about 50 s of writes at 600/s. The old
+        // pace (one 10,000-row batch every 10 minutes) removed 17 a second.
+        try await server.database.write { connection in
+            for index in 0..<30_000 {
+                try connection.run("INSERT INTO events (account_id, type, at, data) VALUES (?, 'test', ?, '{}')",
+                                   "acc_\(index % 50)", old)
+            }
+            try connection.run("INSERT INTO events (account_id, type, at, data) VALUES ('acc_new', 'test', ?, '{}')",
+                               server.clock.now().millis)
+        }
+        let removed = try await server.service.pruneExpired()
+        #expect(removed >= 30_000)
+        let left = try await server.database.read { connection in
+            try connection.queryFirst("SELECT count(*) FROM events") { try $0.get(0, as: Int.self) }
+        }
+        #expect(left == 1)
+        try await server.stop()
+    }
+
+    @Test func expiredSessionsCodesAndCountsAreDeleted() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let store = try await server.createStore(owner)
+        let customer = try await server.signUp("customer")
+        let client = try await server.connect()
+        _ = try await client.request("POST", "/v1/stores/\(store)/customers", token: owner.token, json: ["phone": "+1 555 010 2222"])
+        _ = try await client.request("POST", "/v1/me/member-code", token: customer.token)
+        #expect(try await client.request("DELETE", "/v1/sessions/current", token: customer.token).status == 204)
+        client.close()
+        server.clock.advance(by: 40 * 86_400)
+        _ = try await server.service.pruneExpired()
+        let counts = try await server.database.read { connection in
+            try ["sessions", "claim_codes", "member_codes", "rate_events", "idempotency_keys"].map { table in
+                try connection.queryFirst("SELECT count(*) FROM \(table)") { try $0.get(0, as: Int.self) } ?? -1
+            }
+        }
+        #expect(counts == [0, 0, 0, 0, 0])
+        try await server.stop()
+    }
+
+    @Test func loweringStampsPerRewardConvertsEveryCardInBatchesOfTheirOwn() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let store = try await server.createStore(owner, ["stampsPerReward": 10])
+        let cards = StampService.conversionBatch * 2 + 17
+        let now = server.clock.now().millis
+        try await server.database.write { connection in
+            for index in 0..<cards {
+                try connection.run("""
+                    INSERT INTO accounts (id, role, login, login_key, name, password_hash, created_at)
+                    VALUES (?, 'customer', ?, ?, 'C', '!', ?)
+                    """, "acc_c\(index)", "c\(index)", "c\(index)", now)
+                try connection.run("INSERT INTO cards (customer_id, store_id, stamps, rewards, updated_at) VALUES (?, ?, 7, 0, ?)",
+                                   "acc_c\(index)", store, now)
+                try connection.run("""
+                    INSERT INTO ledger (customer_id, store_id, kind, stamps_delta, rewards_delta, at)
+                    VALUES (?, ?, 'manual_stamp', 7, 0, ?)
+                    """, "acc_c\(index)", store, now)
+            }
+        }
+        let client = try await server.connect()
+        let patched = try await client.request("PATCH", "/v1/stores/\(store)", token: owner.token, json: ["stampsPerReward": 3])
+        #expect(patched.status == 200)
+        let (unconverted, mismatched, events) = try await server.database.read { connection in
+            (try connection.queryFirst("SELECT count(*) FROM cards WHERE store_id = ? AND stamps >= 3", store) { try $0.get(0, as: Int.self) },
+             try connection.queryFirst("""
+                SELECT count(*) FROM cards c WHERE c.store_id = ? AND (c.stamps, c.rewards) IS NOT
+                    (SELECT sum(stamps_delta), sum(rewards_delta) FROM ledger l WHERE l.customer_id = c.customer_id AND l.store_id = c.store_id)
+                """, store) { try $0.get(0, as: Int.self) },
+             try connection.queryFirst("SELECT count(*) FROM events WHERE type = 'card.updated'") { try $0.get(0, as: Int.self) })
+        }
+        #expect(unconverted == 0)
+        #expect(mismatched == 0)
+        #expect(events == cards)
+        // A batch converts at most its limit.
+        let partial = try await server.database.write { connection in
+            try connection.run("UPDATE cards SET stamps = stamps + 3 WHERE store_id = ?", store)
+            var outbox = Outbox()
+            return try StampService.convertExcessStamps(of: store, limit: 5, now: Date(), on: connection, outbox: &outbox)
+        }
+        #expect(partial == 5)
+        #expect(try await server.service.convertPendingCards() == cards - 5)
+        client.close()
+        try await server.stop()
+    }
+
+    /// The plans of the queries that used to scan: each must search an index.
+    @Test func theHotQueriesSearchTheirIndexes() async throws {
+        let server = try await TestServer.start()
+        let plans: [(String, String, [any SQLBindable])] = [
+            ("requests_store_status", StampService.requestSelect
+                + " WHERE r.store_id = ? AND r.status = ? ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?", ["s", "pending", 50, 0]),
+            ("cards_store", StampService.cardSelect + " WHERE c.store_id = ? AND c.stamps >= s.stamps_per_reward LIMIT ?", ["s", 200]),
+            ("cards_store", "SELECT a.id FROM cards c JOIN accounts a ON a.id = c.customer_id WHERE c.store_id = ? AND a.name LIKE ?",
+             ["s", "%a%"]),
+            ("requests_customer_store", "SELECT count(*) FROM requests WHERE customer_id = ? AND store_id = ? AND created_at > ?",
+             ["c", "s", 0]),
+            ("rate_events_scope", "SELECT count(*), min(at) FROM rate_events WHERE scope = ? AND at > ?", ["x", 0]),
+            ("claim_codes_phone", "SELECT store_id FROM claim_codes WHERE phone_key = ? AND expires_at > ?", ["tel:1", 0]),
+        ]
+        for (index, sql, parameters) in plans {
+            let plan = try await server.database.read { connection in
+                try connection.query("EXPLAIN QUERY PLAN " + sql, parameters: parameters) { try $0.get(3, as: String.self) }
+            }
+            #expect(plan.contains { $0.contains("USING INDEX \(index)") || $0.contains("USING COVERING INDEX \(index)") },
+                    "\(sql): \(plan)")
+        }
+        try await server.stop()
+    }
+}
