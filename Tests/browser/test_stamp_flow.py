@@ -96,6 +96,10 @@ def visible(driver, element_id, timeout=10):
     return wait(driver, timeout).until(EC.visibility_of_element_located((By.ID, element_id)))
 
 
+def visible_css(driver, css, timeout=10):
+    return wait(driver, timeout).until(EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
+
+
 def fill(driver, element_id, text):
     field = visible(driver, element_id)
     field.clear()
@@ -123,6 +127,16 @@ def screenshot(driver, name):
     shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
     import base64
     (ARTIFACTS / name).write_bytes(base64.b64decode(shot["data"]))
+
+
+def screenshot_at_size(driver, name, width, height, mobile=False):
+    """A screenshot as a screen of another size would show the page (a phone's, or a desktop's)."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 2 if mobile else 1, "mobile": mobile})
+    try:
+        screenshot(driver, name)
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 # --- the API, for the parts of a test that are not the page under test --------------------------
@@ -283,9 +297,10 @@ def owner_stamps(owner, item_css, count):
 
 
 def test_walk_in_claim_and_gift(browsers):
-    """The owner registers a walk-in customer by phone and stamps them; the customer signs up with
-    that phone and the claim code, sees the stamps (and a live one more), and gives one stamp to
-    another customer, whose page shows it at once."""
+    """The owner registers a walk-in customer by phone (the store holds a card for that number) and
+    stamps it; the customer signs up with that phone, types the claim code, sees the stamps (and a
+    live one more, once the owner finds them again), and gives one stamp to another customer, whose
+    page shows it at once."""
     owner = browsers("owner", 1280, 1000)
     customer = browsers("customer", 390, 844, phone=True)
     drivers = {"owner": owner, "customer": customer}
@@ -305,14 +320,17 @@ def test_walk_in_claim_and_gift(browsers):
         customer_id = listed.get_attribute("data-customer-id")
         assert listed.get_attribute("data-walk-in") == "true" and "Walk-in" in listed.text
 
-        # The same phone again is refused, with the reason under the phone field.
+        # The same phone again is refused, with the reason under the phone field; the card the
+        # store already holds is listed, to stamp it.
         fill(owner, "walkin-phone", phone.replace(" ", "-"))
         owner.find_element(By.ID, "walkin-submit").click()
-        wait(owner).until(EC.text_to_be_present_in_element((By.ID, "walkin-phone-error"), "already has an account"))
+        wait(owner).until(EC.text_to_be_present_in_element(
+            (By.ID, "walkin-phone-error"), "already holds a card for this phone number"))
         assert owner.find_element(By.ID, "walkin-phone").get_attribute("aria-invalid") == "true"
-
-        # The owner stamps them once; the list shows the card.
         item_css = f'#customer-list [data-customer-id="{customer_id}"]'
+        visible_css(owner, item_css)
+
+        # The owner stamps the held card once; the list shows the card.
         owner_stamps(owner, item_css, 1)
         attribute_is(owner, item_css, "data-stamps", "1")
 
@@ -322,22 +340,40 @@ def test_walk_in_claim_and_gift(browsers):
         attribute_is(owner, item_css, "data-stamps", "")  # a fresh search result: the card is not known
         screenshot(owner, "owner-walk-in.png")
 
-        # The customer signs up with that phone and no code: the page asks for the code.
+        # The customer signs up with that phone: no code needed for that.
         customer.get(BASE + "/app")
         sign_up(customer, "Wally Walker", phone.replace(" ", ""))
-        code_field = visible(customer, "signup-claim-code")
-        wait(customer).until(EC.text_to_be_present_in_element((By.ID, "signup-claim-code-error"), "code"))
-        assert customer.switch_to.active_element == code_field
-        screenshot(customer, "customer-claim.png")
-        code_field.send_keys(code)
-        customer.find_element(By.ID, "signup-submit").click()
         visible(customer, "customer")
+        attribute_is(customer, "#connection", "data-state", "live")
+        assert visible(customer, "cards-empty").is_displayed()
+
+        # A wrong claim code is refused under the field; the right one brings the held card's stamp.
+        wrong = "000000" if code != "000000" else "111111"
+        fill(customer, "claim-input", wrong)
+        customer.find_element(By.ID, "claim-submit").click()
+        attribute_is(customer, "#claim-input", "aria-invalid", "true")
+        assert "code" in visible(customer, "claim-input-error").text
+        screenshot(customer, "customer-claim-error.png")
+        fill(customer, "claim-input", code)
+        customer.find_element(By.ID, "claim-submit").click()
         card_css = f'#cards [data-testid="card"][data-store-id="{store_id}"]'
         attribute_is(customer, card_css, "data-stamps", "1")
-        attribute_is(customer, "#connection", "data-state", "live")
+        done = visible(customer, "claim-done").text
+        assert "Walk-in Cafe" in done and "1 of 3 stamps" in done
+        assert customer.find_element(By.ID, "claim-input").get_attribute("aria-invalid") is None
+        assert customer.execute_script(
+            "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        screenshot(customer, "customer-claim.png")
 
-        # The owner adds another stamp: it reaches the customer's card live, with a notice.
+        # The owner's row was the held card, which is gone now: stamping it says so on the row.
         owner_stamps(owner, item_css, 1)
+        wait(owner).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, f"{item_css} .item-status"), "claimed"))
+        # Found again by phone, it is the customer's own card; another stamp reaches them live, with a notice.
+        owner.find_element(By.ID, "find-submit").click()
+        found = wait(owner).until(lambda d: d.find_element(By.CSS_SELECTOR, '#customer-list [data-walk-in="false"]'))
+        app_css = f'#customer-list [data-customer-id="{found.get_attribute("data-customer-id")}"]'
+        assert "Uses the app" in found.text
+        owner_stamps(owner, app_css, 1)
         card = attribute_is(customer, card_css, "data-stamps", "2", timeout=LIVE)
         wait(customer).until(EC.text_to_be_present_in_element(
             (By.CSS_SELECTOR, f'{card_css} [data-testid="card-note"]'), "added 1 stamp"))
@@ -378,8 +414,127 @@ def test_walk_in_claim_and_gift(browsers):
         screenshot(receiver, "receiver.png")
         screenshot(customer, "customer-after-gift.png")
 
-        assert console_problems(customer, expected_statuses=(409, 400)) == []  # the claim code asked for; the self-gift
+        assert console_problems(customer, expected_statuses=(422, 400)) == []  # the wrong claim code; the self-gift
         receiver.close()
         owner.switch_to.window(owner_tab)
-        # The owner's browser, with Gia's tab: only the 409 of the phone registered twice.
+        # The owner's browser, with Gia's tab: the 409 of the phone registered twice, the 404 of the claimed card.
+        assert console_problems(owner, expected_statuses=(409, 404)) == []
+
+
+def test_member_code(browsers):
+    """A customer with the app shows their member code; the owner, who cannot find them (they have no
+    card here yet), types it in, and stamps them: the customer's new card shows it live."""
+    owner = browsers("owner", 1280, 1000)
+    customer = browsers("customer", 390, 844, phone=True)
+    with console_on_failure({"owner": owner, "customer": customer}):
+        store_id = owner_with_store(owner, unique("Member Cafe"))
+        customer.get(BASE + "/app")
+        login = f"{unique('mia')}@example.com"
+        sign_up(customer, "Mia Member", login)
+        visible(customer, "customer")
+        attribute_is(customer, "#connection", "data-state", "live")
+
+        # The customer shows the member code: 8 digits, large, with when it expires.
+        customer.find_element(By.ID, "member-show").click()
+        shown = wait(customer).until(lambda d: d.find_element(By.ID, "member-code").text.strip()
+                                     if d.find_element(By.ID, "member-box").is_displayed() else False)
+        member_code = shown.replace(" ", "")
+        assert member_code.isdigit() and len(member_code) == 8
+        assert "Valid until" in customer.find_element(By.ID, "member-expiry").text
+        assert customer.execute_script(
+            "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        screenshot(customer, "customer-member-code.png")
+
+        # The owner looks for them: nobody with a card here, and the page says how to add them.
+        fill(owner, "find-q", "Mia")
+        owner.find_element(By.ID, "find-submit").click()
+        empty = visible(owner, "customers-empty")
+        assert "Nobody with a card here" in empty.text and "member code" in empty.text
+        owner.find_element(By.ID, "empty-member").click()
+        assert owner.switch_to.active_element == owner.find_element(By.ID, "member-code")
+        screenshot(owner, "owner-not-found.png")
+
+        # A wrong member code is refused under the field; the right one (as shown, with its space) lists them.
+        wrong = "00000000" if member_code != "00000000" else "11111111"
+        fill(owner, "member-code", wrong)
+        owner.find_element(By.ID, "member-submit").click()
+        attribute_is(owner, "#member-code", "aria-invalid", "true")
+        assert visible(owner, "member-code-error").text
+        fill(owner, "member-code", shown)
+        owner.find_element(By.ID, "member-submit").click()
+        listed = wait(owner).until(EC.visibility_of_element_located(
+            (By.CSS_SELECTOR, '#customer-list [data-testid="customer-item"]')))
+        assert listed.get_attribute("data-walk-in") == "false"
+        assert "Mia Member" in listed.text and login in listed.text and "Uses the app" in listed.text
+        assert owner.find_element(By.ID, "member-code").get_attribute("aria-invalid") is None
+        assert not owner.find_element(By.ID, "customers-empty").is_displayed()
+        screenshot(owner, "owner-member-code.png")
+
+        # The owner stamps them twice over: the customer's new card shows it live.
+        item_css = f'#customer-list [data-customer-id="{listed.get_attribute("data-customer-id")}"]'
+        owner_stamps(owner, item_css, 2)
+        attribute_is(owner, item_css, "data-stamps", "2")
+        card_css = f'#cards [data-testid="card"][data-store-id="{store_id}"]'
+        attribute_is(customer, card_css, "data-stamps", "2", timeout=LIVE)
+        wait(customer).until(EC.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, f'{card_css} [data-testid="card-note"]'), "added 2 stamps"))
+
+        # And now the owner finds them by name.
+        fill(owner, "find-q", "mia mem")
+        owner.find_element(By.ID, "find-submit").click()
+        visible_css(owner, item_css)
+
+        # The same forms on the other size of screen (this drops the phone emulation: keep it last).
+        screenshot_at_size(owner, "owner-member-code-phone.png", 390, 844, mobile=True)
+        screenshot_at_size(customer, "customer-member-code-desktop.png", 1280, 900)
+
+        assert console_problems(customer) == []
+        assert console_problems(owner, expected_statuses=(422,)) == []  # the wrong member code
+
+
+def test_failed_approval_keeps_the_row(browsers):
+    """An approval the server refuses while the request is still pending (a second reward, when the
+    card has only one) gives the row its buttons back, with the reason on the row; the owner can then
+    reject it."""
+    owner = browsers("owner", 1280, 900)
+    with console_on_failure({"owner": owner}):
+        store_id = owner_with_store(owner, unique("Reward Cafe"))
+        customer = call("POST", "/v1/accounts", {"role": "customer", "login": f"{unique('r')}@example.com",
+                                                 "password": PASSWORD, "name": "Rita Reward"})
+
+        def ask(body):
+            return call("POST", f"/v1/stores/{store_id}/requests", body, token=customer["token"],
+                        headers={"Idempotency-Key": str(uuid.uuid4())})
+
+        def row(request):
+            return f'#pending-list [data-request-id="{request["id"]}"]'
+
+        # Three stamps make one reward (the store asks for 3).
+        stamps = ask({"kind": "stamp", "count": 3})
+        visible_css(owner, row(stamps), LIVE).find_element(By.CSS_SELECTOR, '[data-testid="approve"]').click()
+        wait(owner).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, row(stamps))))
+
+        # Two rewards asked for: the first is approved, the second cannot be.
+        first, second = ask({"kind": "reward"}), ask({"kind": "reward"})
+        visible_css(owner, row(second), LIVE)
+        visible_css(owner, row(first)).find_element(By.CSS_SELECTOR, '[data-testid="approve"]').click()
+        wait(owner).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, row(first))))
+        item = visible_css(owner, row(second))
+        item.find_element(By.CSS_SELECTOR, '[data-testid="approve"]').click()
+        status = wait(owner).until(EC.visibility_of_element_located(
+            (By.CSS_SELECTOR, f'{row(second)} [data-testid="request-status"]')))
+        wait(owner).until(EC.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, f'{row(second)} [data-testid="request-status"]'), "no reward"))
+        assert "Not approved" in status.text
+        # The reason is on screen, next to the row, and the buttons work again.
+        assert owner.execute_script(
+            "const r = arguments[0].getBoundingClientRect(); return r.top >= 0 && r.bottom <= innerHeight", status)
+        for button in item.find_elements(By.CSS_SELECTOR, "button"):
+            assert button.get_attribute("aria-disabled") is None
+        assert "busy" not in item.get_attribute("class")
+        screenshot(owner, "owner-failed-approval.png")
+
+        item.find_element(By.CSS_SELECTOR, '[data-testid="reject"]').click()
+        wait(owner).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, row(second))))
+        attribute_is(owner, f'#decided-list [data-request-id="{second["id"]}"]', "data-status", "rejected")
         assert console_problems(owner, expected_statuses=(409,)) == []

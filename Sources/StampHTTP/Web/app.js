@@ -1,5 +1,6 @@
 // The customer's page (GET /app): find a cafe, ask for a stamp or a reward, and watch the answer
-// arrive live; see the stamp cards and each card's history; give stamps to someone else.
+// arrive live; see the stamp cards and each card's history; give stamps to someone else; claim the
+// card a cafe held for the customer's phone (claim code), or show the member code a cafe types in.
 //
 // State: the cards (GET /v1/cards, then the card carried by each approval or card.updated event)
 // and the customer's recent requests. There is no "my requests" endpoint, so the recent ones are kept in
@@ -10,7 +11,7 @@ import {
 } from '/assets/common.js';
 
 const session = new Session('app', 'customer');
-const state = { cards: new Map(), requests: new Map(), feed: null, ledgerStore: null };
+const state = { cards: new Map(), requests: new Map(), feed: null, ledgerStore: null, memberTimer: 0 };
 const recentKey = () => `stampd.app.recent.${session.account.id}`;
 const KEEP_RECENT = 20;
 
@@ -40,6 +41,7 @@ function signedIn() {
   });
   state.feed.start();
   for (const request of storage.get(recentKey()) ?? []) mergeRequest(state.requests, request);
+  resetCodes();
   render();
   refreshAll();
   search('');
@@ -57,6 +59,7 @@ function sessionEnded() {
   session.forget();
   show($('session-bar'), false);
   show($('customer'), false);
+  resetCodes();
   show($('auth'));
   $('auth-error').textContent = 'Your session has ended. Please sign in again.';
 }
@@ -113,6 +116,9 @@ function describeChange({ card, reason, stamps, counterpart }, before) {
       break;
     case 'giftReceived': text = `${counterpart || 'Someone'} gave you ${plural(n, 'stamp')} at ${card.storeName}.`; break;
     case 'giftSent': text = `You gave ${counterpart || 'someone'} ${plural(n, 'stamp')} from your ${card.storeName} card.`; break;
+    case 'claimed':
+      text = `${card.storeName}: the ${plural(n, 'stamp')} kept for your phone number ${n === 1 ? 'is' : 'are'} on your card now.`;
+      break;
     case 'stampsPerRewardLowered':
       text = `${card.storeName} now needs only ${plural(card.stampsPerReward, 'stamp')} for a ${card.rewardItem}.`;
       break;
@@ -292,6 +298,91 @@ function giftForm(card) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Codes for the counter: a claim code takes over the card a cafe held for the customer's phone
+// number; a member code (8 digits, 10 minutes) lets a cafe add the customer.
+
+/** Clears the claim form and hides the member code (signing in or out: it was someone else's). */
+function resetCodes() {
+  const form = $('claim-form');
+  form.reset();
+  clearProblems(form, $('claim-error'));
+  $('claim-done').textContent = '';
+  hideMemberCode(false);
+  $('member-error').textContent = '';
+}
+
+/** Claims the card a cafe held for this customer's phone number: its stamps join the customer's card there. */
+async function claim(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const button = $('claim-submit');
+  if (isBusy(button)) return;
+  const code = $('claim-input').value.replace(/[\s-]/g, '');
+  clearProblems(form, $('claim-error'));
+  $('claim-done').textContent = '';
+  if (!code) return;
+  setBusy(button, true);
+  try {
+    const { card } = await call('/v1/me/claims', { method: 'POST', body: { code } });
+    form.reset();
+    learnCard(card);
+    render();
+    const rewards = card.rewards ? `, and ${plural(card.rewards, 'reward')} ready (${card.rewardItem})` : '';
+    const text = `Claimed: your ${card.storeName} card now has ${card.stamps} of ${card.stampsPerReward} stamps${rewards}.`;
+    $('claim-done').textContent = text;
+    tell(card.storeId, text);
+    $('cards').querySelector(`[data-store-id="${card.storeId}"]`)?.classList.add('new');
+    refreshAll(); // the other cards too, in case the claim changed more than the answer says
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) showProblem(form, error, $('claim-error'));
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+/** Asks for a member code (a new one replaces the old) and shows it large, with when it expires. */
+async function showMemberCode() {
+  const button = $('member-show');
+  if (isBusy(button)) return;
+  setBusy(button, true);
+  $('member-error').textContent = '';
+  try {
+    const { code, expiresAt } = await call('/v1/me/member-code', { method: 'POST' });
+    const node = $('member-code');
+    // Shown in two groups of 4, easier to read out; the cafe may type it with or without the space.
+    node.textContent = `${code.slice(0, 4)} ${code.slice(4)}`;
+    node.setAttribute('aria-label', `Member code ${code.split('').join(' ')}`);
+    node.classList.remove('expired');
+    const minutes = Math.max(1, Math.round((new Date(expiresAt) - Date.now()) / 60_000));
+    $('member-expiry').textContent = `Valid until ${formatTime(expiresAt)} (${plural(minutes, 'minute')}). `
+      + 'Show it to the cafe: they type it in to add you.';
+    const box = $('member-box');
+    box.dataset.expiresAt = expiresAt;
+    show(box);
+    button.textContent = 'Show a new member code';
+    clearTimeout(state.memberTimer);
+    state.memberTimer = setTimeout(memberCodeExpired, Math.max(0, new Date(expiresAt) - Date.now()));
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) $('member-error').textContent = errorText(error);
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+function memberCodeExpired() {
+  $('member-code').classList.add('expired');
+  $('member-expiry').textContent = 'This code has expired: show a new one if the cafe still needs it.';
+}
+
+function hideMemberCode(focus = true) {
+  clearTimeout(state.memberTimer);
+  show($('member-box'), false);
+  $('member-code').textContent = '';
+  $('member-show').textContent = 'Show my member code';
+  if (focus) $('member-show').focus();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Search
 
 let searches = 0;
@@ -456,6 +547,9 @@ $('search-form').addEventListener('submit', (event) => {
   search($('search-q').value.trim());
 });
 $('ledger-close').addEventListener('click', closeLedger);
+$('claim-form').addEventListener('submit', claim);
+$('member-show').addEventListener('click', showMemberCode);
+$('member-hide').addEventListener('click', () => hideMemberCode());
 
 if (await session.restore()) signedIn();
 else show($('auth'));

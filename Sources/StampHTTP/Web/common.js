@@ -311,8 +311,9 @@ export class Session {
 
 /**
  * Wires the sign-in and sign-up forms that both pages share (ids signin-*, signup-*, auth-error).
- * A problem about a field shows under it; the customer page's sign-up form also has a claim code
- * field, folded away in a <details> (signup-claim) until the customer or the server asks for it.
+ * A problem about a field shows under it; the customer page's sign-up form also has an optional
+ * claim code field, folded away in a <details> (signup-claim) until the customer opens it or a
+ * problem is about it (a signed-in customer can also claim later, with POST /v1/me/claims).
  * `onSignedIn` runs after either succeeds.
  */
 export function setupAuthForms(session, onSignedIn) {

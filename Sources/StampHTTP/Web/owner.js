@@ -1,10 +1,11 @@
 // The owner's page (GET /): sign in, pick the store, and approve or reject requests as they come;
-// find a customer at the counter and stamp them directly, or register a walk-in by phone.
+// find a customer at the counter and stamp them directly, add an app user by the member code their
+// phone shows, or register a walk-in by phone (the store holds their card until they claim it).
 //
 // State: the open store and a map of its requests (pending ones, and today's decided ones for the
 // totals). It is filled from the API on load and on a feed reset, then kept current by the event
 // feed; both go through mergeRequest, so their order does not matter. The customers found (or
-// registered) are listed as found; their cards as the last stamping answered them, until the next search.
+// added) are listed as found; their cards as the last stamping answered them, until the next search.
 import {
   $, api, ApiError, authenticatedCall, say, Beeper, clearProblems, describeRequest, el, errorText, EventFeed, formatTime, isToday, mergeRequest,
   plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, showProblem, startOfToday, STATUS_TEXT,
@@ -22,6 +23,7 @@ const state = {
   noticeTimer: 0,
   customers: [], // the customers found or registered: {id, name, login, walkIn}
   customerCards: new Map(), // customer id → their card here, as the last stamping answered it
+  decisionErrors: new Map(), // request id → why the owner's last approve/reject of it failed, shown on its row
 };
 const storeKey = () => `stampd.owner.store.${session.account.id}`;
 const soundKey = 'stampd.owner.sound';
@@ -79,6 +81,7 @@ async function openStore(id) {
     if (store.ownerId !== session.account.id) throw new Error('That store belongs to another owner.');
     state.store = store;
     state.requests = new Map();
+    state.decisionErrors = new Map();
     resetCustomers();
     storage.set(storeKey(), store.id);
     $('store-title').textContent = store.name;
@@ -217,31 +220,40 @@ function announce(requests) {
   if (storage.get(soundKey) !== false) beeper.beep();
 }
 
-/** Approves or rejects one request, with feedback on the item at once. */
+/**
+ * Approves or rejects one request, with feedback on the item at once. When the decision fails,
+ * the page re-reads the request: still pending, its row gets its buttons back; decided meanwhile
+ * (elsewhere, cancelled, expired), it moves to "Decided today". Either way the reason shows on
+ * the request's own row (state.decisionErrors), not only in the status line at the top.
+ */
 async function decide(request, action, item) {
   const buttons = [...item.querySelectorAll('button')];
   if (buttons.some(isBusy)) return; // already on its way
   buttons.forEach((button) => setBusy(button, true));
   item.classList.add('busy');
-  item.querySelector('.item-status').textContent = action === 'approve' ? 'Approving…' : 'Rejecting…';
+  state.decisionErrors.delete(request.id);
+  itemStatus(item, action === 'approve' ? 'Approving…' : 'Rejecting…');
   try {
     const answer = await call(`/v1/requests/${encodeURIComponent(request.id)}/${action}`, { method: 'POST' });
     learn(answer.request);
     const what = describeRequest(answer.request, state.store.rewardItem);
     say(`${STATUS_TEXT[answer.request.status]}: ${what} for ${answer.request.customerName}.`);
-    render();
   } catch (error) {
-    say(errorText(error));
-    if (error instanceof ApiError && (error.status === 409 || error.status === 404)) {
-      // Decided elsewhere, cancelled or expired: show what it is now.
+    if (error instanceof ApiError && error.status === 401) return; // signed out: the page is gone
+    const text = `${action === 'approve' ? 'Not approved' : 'Not rejected'}: ${errorText(error)}`;
+    state.decisionErrors.set(request.id, text);
+    say(text);
+    if (error instanceof ApiError) {
+      // The server said no: ask it what the request is now (decided elsewhere, cancelled, expired, or still pending).
       const now = await call(`/v1/requests/${encodeURIComponent(request.id)}`).catch(() => null);
       if (now) learn(now);
-      render();
-    } else {
+    }
+  } finally {
+    if (item.isConnected) {
       buttons.forEach((button) => setBusy(button, false));
       item.classList.remove('busy');
-      item.querySelector('.item-status').textContent = `Not done: ${errorText(error)}`;
     }
+    render();
   }
 }
 
@@ -256,16 +268,29 @@ function resetCustomers() {
   renderCustomers();
   show($('customers-empty'), false);
   show($('claim'), false);
-  for (const form of [$('find-form'), $('walkin-form')]) {
+  for (const form of [$('find-form'), $('member-form'), $('walkin-form')]) {
     form.reset();
     clearProblems(form, form.querySelector('.error'));
   }
 }
 
+/** Lists `customers` as the answer to a new search (or a registration): what the page knew of their cards may be stale now. */
+function listCustomers(customers) {
+  state.customers = customers;
+  state.customerCards = new Map();
+  renderCustomers();
+  for (const item of $('customer-list').children) itemStatus(item, '');
+  show($('customers-empty'), false);
+}
+
+/** A problem the page finds itself, shown like the server's (under `field`). */
+const localProblem = (message, field) => Object.assign(new Error(message), { field });
+
 /**
- * Finds customers. Digits (4 or more, spaces and dashes allowed) look for the end of a phone number
- * among the store's customers; a full phone number nobody here has yet is then looked up as a
- * login; anything else is an exact login (phone or e-mail).
+ * Finds the customers who have a card at this store (the API never lists anyone else). Digits
+ * (4 or more; spaces, dashes, brackets and a leading + allowed) look for the end of a phone number;
+ * other text looks for a name (2 or more characters) and, when it could be one, an exact login
+ * (an e-mail or a user name). Someone new is not found: the empty answer says how to add them.
  */
 async function findCustomers(event) {
   event.preventDefault();
@@ -273,36 +298,74 @@ async function findCustomers(event) {
   const button = $('find-submit');
   const text = $('find-q').value.trim();
   if (isBusy(button) || !text) return;
-  setBusy(button, true);
   clearProblems(form, $('find-error'));
   const digits = text.replace(/\D/g, '');
   const phoneLike = /^\+?[\d\s().-]+$/.test(text);
   if (phoneLike && digits.length < 4) {
-    setBusy(button, false);
-    showProblem(form, Object.assign(new Error('Type at least the last 4 digits of the phone number.'), { field: 'q' }),
-      $('find-error'));
+    showProblem(form, localProblem('Type at least the last 4 digits of the phone number.', 'q'), $('find-error'));
     return;
   }
+  if (!phoneLike && text.length < 2) {
+    showProblem(form, localProblem('Type at least 2 letters of the name.', 'q'), $('find-error'));
+    return;
+  }
+  setBusy(button, true);
+  const query = (parameters) => call(`${storePath()}/customers?${new URLSearchParams(parameters)}`).then((answer) => answer.customers);
   try {
-    let customers = [];
-    if (phoneLike) ({ customers } = await call(`${storePath()}/customers?${new URLSearchParams({ phoneEndsWith: digits })}`));
-    if (!phoneLike || (customers.length === 0 && digits.length >= 6)) {
-      ({ customers } = await call(`${storePath()}/customers?${new URLSearchParams({ login: text })}`));
+    let customers;
+    if (phoneLike) {
+      customers = await query({ phoneEndsWith: digits.slice(-20) });
+    } else {
+      // A login has no spaces: "Wally W" can only be a name.
+      const couldBeLogin = !/[\s:]/.test(text);
+      const [byName, byLogin] = await Promise.all([query({ name: text }), couldBeLogin ? query({ login: text }) : []]);
+      customers = [...byLogin, ...byName.filter((c) => !byLogin.some((l) => l.id === c.id))];
     }
-    // A new search: what the page knew of their cards (and said about them) may be stale now.
-    state.customers = customers;
-    state.customerCards = new Map();
-    renderCustomers();
-    for (const item of $('customer-list').children) itemStatus(item, '');
-    const empty = $('customers-empty');
-    empty.textContent = phoneLike && digits.length < 6
-      ? `No customer with a card here has a phone ending in ${digits}. Someone new? Type their whole phone number or e-mail.`
-      : `Nobody signs in with “${text}”.${phoneLike ? ' Register them below as a walk-in.' : ''}`;
-    show(empty, customers.length === 0);
+    listCustomers(customers);
+    if (customers.length === 0) showNobodyFound(text, phoneLike, digits);
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 401)) {
-      showProblem(form, error, $('find-error'), { phoneEndsWith: 'q', login: 'q' });
+      showProblem(form, error, $('find-error'), { phoneEndsWith: 'q', login: 'q', name: 'q' });
     }
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+/** Nobody with a card here matched: say so, and how to add someone new (member code or walk-in). */
+function showNobodyFound(text, phoneLike, digits) {
+  const what = phoneLike ? `a phone number ending in ${digits}` : `“${text}” in their name or as their login`;
+  $('customers-empty-text').textContent = `Nobody with a card here has ${what}. New at this cafe? If they have the app,`
+    + ' enter the member code their phone shows; if not, register them as a walk-in by phone.';
+  // A whole phone number (6 digits or more) is handed to the walk-in form, ready to register.
+  $('empty-walkin').dataset.phone = phoneLike && digits.length >= 6 ? text : '';
+  show($('customers-empty'));
+}
+
+/** Lists the one customer just added (by member code or as a walk-in), ready to stamp. */
+function listAdded(customer) {
+  listCustomers([customer]);
+  $('customer-list').querySelector('input')?.focus();
+}
+
+/** Adds an app user as a customer of this store by the member code their phone shows (an empty card). */
+async function addByMemberCode(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const button = $('member-submit');
+  if (isBusy(button)) return;
+  clearProblems(form, $('member-error'));
+  const code = $('member-code').value.trim();
+  if (code.replace(/[\s-]/g, '').length === 0) return;
+  setBusy(button, true);
+  try {
+    const { customer } = await call(`${storePath()}/customers`, { method: 'POST', body: { memberCode: code } });
+    form.reset();
+    show($('claim'), false); // a claim code shown for someone else is not about this customer
+    listAdded(customer);
+    say(`${customer.name} (${customer.login}) has a card here now. Stamp them below.`);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) showProblem(form, error, $('member-error'));
   } finally {
     setBusy(button, false);
   }
@@ -323,22 +386,24 @@ async function registerWalkIn(event) {
   try {
     const { customer, claim } = await call(`${storePath()}/customers`, { method: 'POST', body });
     form.reset();
-    state.customers = [customer];
-    renderCustomers();
-    show($('customers-empty'), false);
+    listAdded(customer);
     showClaim(customer, claim);
     say(`${customer.name} is registered. Stamp them below, and give them the claim code.`);
-    $('customer-list').querySelector('input')?.focus();
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return;
-    showProblem(form, error, $('walkin-error'));
-    if (error instanceof ApiError && error.status === 409 && error.field === 'phone') {
-      // The phone has an account already: list it, to stamp it straight away.
-      const found = await call(`${storePath()}/customers?${new URLSearchParams({ login: body.phone })}`).catch(() => null);
+    const field = showProblem(form, error, $('walkin-error'));
+    const digits = body.phone.replace(/\D/g, '');
+    if (error instanceof ApiError && error.status === 409 && error.field === 'phone' && digits.length >= 4) {
+      // The store holds a card for this phone already: list it, to stamp it straight away.
+      const found = await call(`${storePath()}/customers?${new URLSearchParams({ phoneEndsWith: digits.slice(-20) })}`)
+        .catch(() => null);
       if (found?.customers.length) {
-        state.customers = found.customers;
-        renderCustomers();
-        show($('customers-empty'), false);
+        listCustomers(found.customers);
+        // A claim code shown for someone else is not about these customers.
+        if (!found.customers.some((c) => c.id === $('claim').dataset.customerId)) show($('claim'), false);
+        say(found.customers.length === 1 ? `${found.customers[0].name} already has a card here: listed above, ready to stamp.`
+          : 'The cards held for this phone number are listed above, ready to stamp.');
+        field?.focus();
       }
     }
   } finally {
@@ -351,8 +416,9 @@ function showClaim(customer, claim) {
   $('claim-for').textContent = `Claim code for ${customer.name} (${customer.login})`;
   $('claim-code').textContent = claim.code;
   $('claim-code').setAttribute('aria-label', `Claim code ${claim.code.split('').join(' ')}`);
-  $('claim-help').textContent = `Valid until ${formatTime(claim.expiresAt)}, once. They sign up at ${location.host}/app`
-    + ` with the phone number ${customer.login} and type this code: the stamps become theirs.`;
+  $('claim-help').textContent = `Valid until ${formatTime(claim.expiresAt)}, once. In the app (${location.host}/app) they`
+    + ` sign up or sign in with the phone number ${customer.login}, then type this code under “Got a code from a cafe?”:`
+    + ' the stamps become theirs.';
   const box = $('claim');
   box.dataset.customerId = customer.id;
   show(box);
@@ -371,12 +437,17 @@ async function newClaimCode(customer, item, button) {
     showClaim(customer, claim);
     itemStatus(item, 'New claim code shown above.');
   } catch (error) {
-    itemStatus(item, errorText(error), true);
-    if (error instanceof ApiError && error.status === 409) { // claimed meanwhile: they have the app now
-      customer.walkIn = false;
-      updateCustomerItem(item, customer);
-      if ($('claim').dataset.customerId === customer.id) show($('claim'), false);
+    if (error instanceof ApiError && error.status === 404) {
+      noCardHere(customer, item); // claimed meanwhile: the held card is gone
+    } else {
+      itemStatus(item, errorText(error), true);
+      if (error instanceof ApiError && error.status === 409) { // claimed meanwhile: they have the app now
+        customer.walkIn = false;
+        updateCustomerItem(item, customer);
+      }
     }
+    if (error instanceof ApiError && (error.status === 409 || error.status === 404)
+      && $('claim').dataset.customerId === customer.id) show($('claim'), false);
   } finally {
     setBusy(button, false);
   }
@@ -399,7 +470,8 @@ async function stampCustomer(customer, item, form) {
     form.elements.namedItem('count').value = '1';
     updateStampButton(form);
   } catch (error) {
-    if (!(error instanceof ApiError && error.status === 401) && !showProblem(form, error)) {
+    if (error instanceof ApiError && error.status === 404) noCardHere(customer, item);
+    else if (!(error instanceof ApiError && error.status === 401) && !showProblem(form, error)) {
       itemStatus(item, errorText(error), true);
     }
   } finally {
@@ -407,7 +479,19 @@ async function stampCustomer(customer, item, form) {
   }
 }
 
-/** What happened to a customer's row, in words; `bad` marks a failure (with a ⚠, not colour alone). */
+/**
+ * Marks the row of someone who has no card here (any more) and says what to do: a walk-in's held
+ * card goes when they claim it in the app (their stamps are then on their own card, found by phone).
+ */
+function noCardHere(customer, item) {
+  itemStatus(item, customer.walkIn
+    ? `The card held for ${customer.login} is not here any more: they have probably claimed it in the app. Find them again by phone.`
+    : `${customer.name} has no card here any more: add them again with the member code their phone shows.`, true);
+  customer.gone = true;
+  updateCustomerItem(item, customer);
+}
+
+/** What happened to a row (a customer's or a request's), in words; `bad` marks a failure (with a ⚠, not colour alone). */
 function itemStatus(item, text, bad = false) {
   const status = item.querySelector('.item-status');
   status.textContent = text;
@@ -455,10 +539,10 @@ function updateCustomerItem(item, customer) {
   form.dataset.name = customer.name;
   updateStampButton(form);
   const badge = item.querySelector('.badge');
-  badge.dataset.status = customer.walkIn ? 'walk-in' : 'app';
-  badge.textContent = customer.walkIn ? 'Walk-in: not claimed yet' : 'Uses the app';
+  badge.dataset.status = customer.gone ? 'gone' : customer.walkIn ? 'walk-in' : 'app';
+  badge.textContent = customer.gone ? 'No card here' : customer.walkIn ? 'Walk-in: not claimed yet' : 'Uses the app';
   item.dataset.walkIn = String(customer.walkIn);
-  show(item.querySelector('.claim-button'), customer.walkIn);
+  show(item.querySelector('.claim-button'), customer.walkIn && !customer.gone);
   const card = state.customerCards.get(customer.id);
   item.dataset.stamps = card ? String(card.stamps) : '';
   item.querySelector('.card-line').textContent = card
@@ -491,16 +575,26 @@ function pendingItem(request) {
       el('button', { type: 'button', class: 'reject', dataset: { testid: 'reject' },
         'aria-label': `Reject ${what} for ${request.customerName}`,
         on: { click: () => decide(request, 'reject', item) } }, 'Reject')),
-    el('p', { class: 'item-status' }));
+    el('p', { class: 'item-status', dataset: { testid: 'request-status' } }));
+  updatePendingItem(item, request);
   return item;
 }
 
+/** A pending row shows why its last decision failed, until the next try (or "Approving…" while one runs). */
+function updatePendingItem(item, request) {
+  if (item.classList.contains('busy')) return;
+  const error = state.decisionErrors.get(request.id);
+  itemStatus(item, error ?? '', !!error);
+}
+
 function decidedItem(request) {
+  const error = state.decisionErrors.get(request.id);
   return el('li', { class: 'request', dataset: { requestId: request.id, status: request.status } },
     el('div', { class: 'request-text' },
       el('strong', { text: request.customerName }), ` · ${describeRequest(request, state.store.rewardItem)}`,
       el('span', { class: 'when' }, ' · ', el('time', { datetime: request.decidedAt, text: formatTime(request.decidedAt) }))),
-    el('span', { class: 'badge', dataset: { status: request.status }, text: STATUS_TEXT[request.status] }));
+    el('span', { class: 'badge', dataset: { status: request.status }, text: STATUS_TEXT[request.status] }),
+    error ? el('p', { class: 'item-status bad', dataset: { testid: 'request-status' } }, error) : null);
 }
 
 /** Updates the page from state.requests (the pending list in place, see reconcile). */
@@ -510,7 +604,7 @@ function render() {
   const all = [...state.requests.values()].filter((r) => r.storeId === store.id);
   const pending = all.filter((r) => r.status === 'pending')
     .sort((a, b) => a.createdAt.localeCompare(b.createdAt)); // first come, first served
-  reconcile($('pending-list'), pending, (r) => r.id, pendingItem, null, $('pending-heading'));
+  reconcile($('pending-list'), pending, (r) => r.id, pendingItem, updatePendingItem, $('pending-heading'));
   $('pending-count').textContent = pending.length ? `(${pending.length})` : '';
   show($('pending-empty'), pending.length === 0);
   if (!state.noticed.some((id) => state.requests.get(id)?.status === 'pending')) show($('notice'), false);
@@ -559,7 +653,14 @@ $('sound-toggle').addEventListener('click', () => {
 });
 $('notice').addEventListener('click', () => show($('notice'), false));
 $('find-form').addEventListener('submit', findCustomers);
+$('member-form').addEventListener('submit', addByMemberCode);
 $('walkin-form').addEventListener('submit', registerWalkIn);
+$('empty-member').addEventListener('click', () => $('member-code').focus());
+$('empty-walkin').addEventListener('click', (event) => {
+  const phone = event.currentTarget.dataset.phone;
+  if (phone) $('walkin-phone').value = phone;
+  (phone ? $('walkin-name') : $('walkin-phone')).focus();
+});
 $('claim-hide').addEventListener('click', () => {
   show($('claim'), false);
   $('customers-heading').focus();
