@@ -39,13 +39,14 @@ trap 'exit 130' INT TERM
 # A free port: bind port 0, read what the kernel chose, let it go.
 port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
+metrics_port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
 if [[ -n "${STAMPD_WEB_DIR:-}" ]]; then
   export STAMPD_WEB_DIR
   echo "run.sh: pages served from $STAMPD_WEB_DIR"
 fi
 "$binary" --host 127.0.0.1 --port "$port" --database "$workdir/db.sqlite" \
-  --migrations "$repo/migrations" --insecure-fast-password-hashing \
+  --migrations "$repo/migrations" --insecure-fast-password-hashing --metrics-port "$metrics_port" \
   --sign-ins-per-address 1000000 --sign-ups-per-address 1000000 --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 >"$workdir/server.log" 2>&1 &
 server_pid=$!
 
@@ -78,7 +79,7 @@ echo "run.sh: stampd is up at $base"
 mkdir -p "$repo/artifacts"
 set +e
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
-STAMPD_BASE_URL="$base" STAMPD_ARTIFACTS="$repo/artifacts" \
+STAMPD_BASE_URL="$base" STAMPD_METRICS_URL="http://127.0.0.1:$metrics_port" STAMPD_ARTIFACTS="$repo/artifacts" \
   "$python" -m pytest -p no:cacheprovider -v "$repo/Tests/browser" ${PYTEST_ARGS:-}
 status=$?
 set -e

@@ -22,6 +22,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 BASE = os.environ.get("STAMPD_BASE_URL", "").rstrip("/")
+METRICS = os.environ.get("STAMPD_METRICS_URL", "").rstrip("/")  # the metrics listener, not the API port
 ARTIFACTS = Path(os.environ.get("STAMPD_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
 PASSWORD = "correct horse battery"
 LIVE = 2  # seconds: how fast a change must reach the other page
@@ -154,7 +155,9 @@ def call(method, path, body=None, token=None, headers=None):
 
 
 def parked_polls():
-    for line in call("GET", "/metrics").splitlines():
+    with urllib.request.urlopen(METRICS + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
         if line.startswith("stampd_parked_polls "):
             return float(line.split()[1])
     raise AssertionError("no stampd_parked_polls in /metrics")
