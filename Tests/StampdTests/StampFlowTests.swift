@@ -5,6 +5,32 @@ import Testing
 
 @Suite(.timeLimit(.minutes(1))) struct StampFlowTests {
     /// Exactly the README's walk-through: every curl step shown there is here.
+    /// The README's "Walk-ins and member codes" steps, as written there.
+    @Test func theReadmeWalkInStepsWork() async throws {
+        let server = try await TestServer.start()
+        let client = try await server.connect()
+        let owner = try await client.request("POST", "/v1/accounts", json: [
+            "role": "owner", "login": "olive@beancafe.example", "password": "espresso-please", "name": "Olive"]).string("token")
+        let store = try await client.request("POST", "/v1/stores", token: owner, json: [
+            "name": "Bean Cafe", "rewardItem": "Americano", "stampsPerReward": 10]).string("id")
+        let customer = try await client.request("POST", "/v1/accounts", json: [
+            "role": "customer", "login": "+82 10 5555 0101", "password": "latte-lover", "name": "Cam"]).string("token")
+        let walkIn = try await client.request("POST", "/v1/stores/\(store)/customers", token: owner,
+                                              json: ["phone": "+82 10 5555 0199", "name": "Walk-in Wes"])
+        let stamped = try await client.request("POST", "/v1/stores/\(store)/stamps", token: owner,
+                                               json: ["customerId": try walkIn.string("customer", "id"), "count": 3])
+        #expect(stamped.int("card", "stamps") == 3)
+        let wes = try await client.request("POST", "/v1/accounts", json: [
+            "role": "customer", "login": "+821055550199", "password": "flat-white-fan", "name": "Wes"]).string("token")
+        let claimed = try await client.request("POST", "/v1/me/claims", token: wes, json: ["code": try walkIn.string("claim", "code")])
+        #expect(claimed.int("card", "stamps") == 3)
+        let member = try await client.request("POST", "/v1/me/member-code", token: customer).string("code")
+        let added = try await client.request("POST", "/v1/stores/\(store)/customers", token: owner, json: ["memberCode": member])
+        #expect(added.value("customer", "name") as? String == "Cam")
+        client.close()
+        try await server.stop()
+    }
+
     @Test func theReadmeWalkThroughWorks() async throws {
         let server = try await TestServer.start()
         let client = try await server.connect()
