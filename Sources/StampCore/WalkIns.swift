@@ -115,7 +115,8 @@ extension StampService {
     }
 
     /// Adds the person whose phone shows `memberCode` as a customer of the store (an empty card),
-    /// so that the store can stamp them. The code proves they are at the counter and agree.
+    /// so that the store can stamp them. The code proves they are at the counter and agree; it
+    /// works once.
     public func addMember(_ principal: Principal, storeId: String, memberCode: String) async throws -> CustomerAdded {
         let code = try Self.memberCodeDigits(memberCode)
         let now = clock.now()
@@ -136,6 +137,8 @@ extension StampService {
                 return .failure(StampError(.unprocessable, "this member code is unknown or has expired: ask for a fresh one",
                                            field: "memberCode"))
             }
+            // Used once: a code seen over someone's shoulder adds them nowhere else.
+            try connection.run("DELETE FROM member_codes WHERE code_hash = ?", Self.memberDigest(code))
             if try Self.loadCard(customer: customer.id, store: storeId, on: connection) == nil {
                 _ = try Self.newCard(customer: customer.id, store: storeId, now: now, on: connection)
             }

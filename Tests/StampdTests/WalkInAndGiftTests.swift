@@ -226,10 +226,15 @@ import Testing
         let stamped = try await client.request("POST", "/v1/stores/\(store)/stamps", token: owner.token,
                                                json: ["customerId": customer.id, "count": 2])
         #expect(stamped.int("card", "stamps") == 2)
+        // A code works once: another store that saw it adds nobody.
+        let elsewhere = try await server.createStore(owner)
+        #expect(try await client.request("POST", "/v1/stores/\(elsewhere)/customers", token: owner.token,
+                                         json: ["memberCode": code]).status == 422)
         // An expired code, and unknown ones, find nobody; unknown codes run out per store.
+        let later = try await client.request("POST", "/v1/me/member-code", token: customer.token).string("code")
         server.clock.advance(by: 601)
         #expect(try await client.request("POST", "/v1/stores/\(store)/customers", token: owner.token,
-                                         json: ["memberCode": code]).status == 422)
+                                         json: ["memberCode": later]).status == 422)
         for index in 0..<19 {
             #expect(try await client.request("POST", "/v1/stores/\(store)/customers", token: owner.token,
                                              json: ["memberCode": String(10_000_000 + index)]).status == 422)
