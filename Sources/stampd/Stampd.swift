@@ -40,6 +40,8 @@ struct Stampd: AsyncParsableCommand {
     @Option(help: "Hashes that may wait for a hashing thread; more get 503. [STAMPD_HASH_QUEUE]") var hashQueue: Int?
     @Option(help: "Password checks (sign-ins, sign-ups) one client address may start per minute. [STAMPD_SIGN_INS_PER_ADDRESS]")
     var signInsPerAddress: Int?
+    @Option(help: "Password checks one client address may have waiting or running at once. [STAMPD_SIGN_INS_AT_ONCE_PER_ADDRESS]")
+    var signInsAtOncePerAddress: Int?
     @Option(help: "Accounts one client address may create per hour. [STAMPD_SIGN_UPS_PER_ADDRESS]") var signUpsPerAddress: Int?
     @Option(help: "Pending requests one customer may have at one store. [STAMPD_PENDING_REQUESTS_PER_CUSTOMER]")
     var pendingRequestsPerCustomer: Int?
@@ -98,12 +100,15 @@ struct Stampd: AsyncParsableCommand {
         settings.eventRetention = TimeInterval(try setting(eventRetentionDays, "EVENT_RETENTION_DAYS", 7)) * 86_400
         settings.passwordChecksPerAddressPerMinute = try setting(signInsPerAddress, "SIGN_INS_PER_ADDRESS",
                                                                  settings.passwordChecksPerAddressPerMinute)
+        settings.passwordChecksInFlightPerAddress = try setting(signInsAtOncePerAddress, "SIGN_INS_AT_ONCE_PER_ADDRESS",
+                                                                settings.passwordChecksInFlightPerAddress)
         settings.signUpsPerAddressPerHour = try setting(signUpsPerAddress, "SIGN_UPS_PER_ADDRESS", settings.signUpsPerAddressPerHour)
         settings.limits.pendingRequestsPerCustomerPerStore = try setting(
             pendingRequestsPerCustomer, "PENDING_REQUESTS_PER_CUSTOMER", settings.limits.pendingRequestsPerCustomerPerStore)
         settings.limits.requestsPerCustomerPerStorePerHour = try setting(
             requestsPerCustomerPerHour, "REQUESTS_PER_CUSTOMER_PER_HOUR", settings.limits.requestsPerCustomerPerStorePerHour)
         for (name, value) in [("hash-queue", hasher.maximumWaiting), ("sign-ins-per-address", settings.passwordChecksPerAddressPerMinute),
+                              ("sign-ins-at-once-per-address", settings.passwordChecksInFlightPerAddress),
                               ("sign-ups-per-address", settings.signUpsPerAddressPerHour),
                               ("pending-requests-per-customer", settings.limits.pendingRequestsPerCustomerPerStore),
                               ("requests-per-customer-per-hour", settings.limits.requestsPerCustomerPerStorePerHour)] where value < 1 {

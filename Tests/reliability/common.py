@@ -22,7 +22,7 @@ MIGRATIONS = os.path.join(REPO, "migrations")
 HOST = "127.0.0.1"
 # Every check's clients share one address; the per-address and per-customer limits are tested
 # by the Swift tests, not here.
-RELAXED_LIMITS = ["--sign-ins-per-address", "1000000", "--sign-ups-per-address", "1000000",
+RELAXED_LIMITS = ["--sign-ins-per-address", "1000000", "--sign-ins-at-once-per-address", "100000", "--sign-ups-per-address", "1000000",
                   "--pending-requests-per-customer", "1000000", "--requests-per-customer-per-hour", "1000000",
                   "--hash-queue", "100000"]
 

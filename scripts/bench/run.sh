@@ -113,7 +113,7 @@ STAMPD_METRICS_PORT=$(free_port)
 say "starting stampd on 127.0.0.1:$STAMPD_PORT (database $WORK/stampd.sqlite)"
 "$STAMPD" --port "$STAMPD_PORT" --metrics-port "$STAMPD_METRICS_PORT" --database "$WORK/stampd.sqlite" --migrations "$ROOT/migrations" \
     --insecure-fast-password-hashing --max-connections 19500 --max-polls 19500 \
-    --hash-queue 100000 --sign-ins-per-address 1000000 --sign-ups-per-address 1000000 --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 \
+    --hash-queue 100000 --sign-ins-per-address 1000000 --sign-ins-at-once-per-address 100000 --sign-ups-per-address 1000000 --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 \
     >"$WORK/stampd.log" 2>&1 &
 STAMPD_PID=$!
 PIDS+=("$STAMPD_PID")
