@@ -13,8 +13,9 @@ public enum BlockingPoolError: Error, Sendable, Equatable {
 
 public final class BlockingPool: @unchecked Sendable {
     // Guarded by `condition`.
-    private var jobs: [@Sendable () -> Void] = []
+    private var jobs: [(id: UInt64, run: @Sendable () -> Void)] = []
     private var jobHead = 0
+    private var nextJobID: UInt64 = 0
     private var stopping = false
     private var running = 0
     private let condition = NSCondition()
@@ -46,11 +47,26 @@ public final class BlockingPool: @unchecked Sendable {
     /// False (and the job is dropped) once the pool is shutting down, or when `limit` jobs wait.
     @discardableResult
     public func submit(limit: Int = .max, _ job: @escaping @Sendable () -> Void) -> Bool {
+        enqueue(limit: limit, job) != nil
+    }
+
+    /// Queues `job` and returns its id, or nil when refused (see `submit`).
+    private func enqueue(limit: Int, _ job: @escaping @Sendable () -> Void) -> UInt64? {
         condition.lock()
         defer { condition.unlock() }
-        guard !stopping, jobs.count - jobHead < limit else { return false }
-        jobs.append(job)
+        guard !stopping, jobs.count - jobHead < limit else { return nil }
+        nextJobID &+= 1
+        jobs.append((nextJobID, job))
         condition.signal()
+        return nextJobID
+    }
+
+    /// Takes a job out of the queue if it has not started; false when it has (or never was).
+    private func withdraw(_ id: UInt64) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        guard let index = jobs[jobHead...].firstIndex(where: { $0.id == id }) else { return false }
+        jobs.remove(at: index)
         return true
     }
 
@@ -59,23 +75,76 @@ public final class BlockingPool: @unchecked Sendable {
     /// wait, and `CancellationError` when the calling task is cancelled before the job starts
     /// (the body then never runs: work for a client that left is not done).
     public func run<T: Sendable>(limit: Int = .max, _ body: @escaping @Sendable () throws -> T) async throws -> T {
-        let cancelled = Atomic<Bool>(false)
+        // Who resumes the continuation: the job when it starts, or the cancellation when it
+        // withdraws the job first. The job's place in the line is freed at once on cancellation.
+        let state = Mutex<RunState<T>>(.waitingToSubmit)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
-                let accepted = submit(limit: limit) {
-                    if cancelled.load(ordering: .relaxed) {
-                        continuation.resume(throwing: CancellationError())
-                        return
+                let id = enqueue(limit: limit) {
+                    let start = state.withLock { state -> Bool? in
+                        switch state {
+                        case .waitingToSubmit, .queued:
+                            state = .finished
+                            return true
+                        case .cancelled:
+                            state = .finished
+                            return false
+                        case .finished:
+                            return nil
+                        }
                     }
-                    continuation.resume(with: Result { try body() })
+                    switch start {
+                    case true?: continuation.resume(with: Result { try body() })
+                    case false?: continuation.resume(throwing: CancellationError())
+                    case nil: break
+                    }
                 }
-                if !accepted {
+                guard let id else {
                     continuation.resume(throwing: isStopping ? BlockingPoolError.shutDown : BlockingPoolError.full)
+                    return
+                }
+                let cancelledEarly = state.withLock { state -> Bool in
+                    switch state {
+                    case .cancelled: return true
+                    case .waitingToSubmit:
+                        state = .queued(id, continuation)
+                        return false
+                    case .queued, .finished: return false  // the job started already
+                    }
+                }
+                // Withdrawn before it started: it never runs, so answer here; otherwise the job
+                // finds the cancellation and answers.
+                if cancelledEarly, withdraw(id) {
+                    state.withLock { $0 = .finished }
+                    continuation.resume(throwing: CancellationError())
                 }
             }
         } onCancel: {
-            cancelled.store(true, ordering: .relaxed)
+            let queued = state.withLock { state -> (UInt64, CheckedContinuation<T, Error>)? in
+                switch state {
+                case .waitingToSubmit:
+                    state = .cancelled
+                    return nil
+                case .queued(let id, let continuation):
+                    state = .finished
+                    return (id, continuation)
+                case .cancelled, .finished:
+                    return nil
+                }
+            }
+            guard let (id, continuation) = queued else { return }
+            // Not started yet (we hold it): free its place and answer now; a job already taken
+            // by a thread finds the state finished and does nothing.
+            _ = withdraw(id)
+            continuation.resume(throwing: CancellationError())
         }
+    }
+
+    private enum RunState<T: Sendable>: Sendable {
+        case waitingToSubmit
+        case queued(UInt64, CheckedContinuation<T, Error>)
+        case cancelled
+        case finished
     }
 
     private var isStopping: Bool {
@@ -103,7 +172,7 @@ public final class BlockingPool: @unchecked Sendable {
                 condition.unlock()
                 return
             }
-            let job = jobs[jobHead]
+            let job = jobs[jobHead].run
             jobHead += 1
             if jobHead == jobs.count {
                 jobs.removeAll(keepingCapacity: true)
