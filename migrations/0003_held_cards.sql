@@ -44,3 +44,4 @@ CREATE INDEX requests_store_status ON requests(store_id, status, created_at DESC
 CREATE INDEX cards_store ON cards(store_id, customer_id);
 CREATE INDEX requests_customer_store ON requests(customer_id, store_id, created_at);
 CREATE INDEX sessions_expiry ON sessions(expires_at);
+CREATE INDEX sessions_revoked ON sessions(revoked_at) WHERE revoked_at IS NOT NULL;

@@ -5,7 +5,8 @@ import SQLiteDB
 /// The data of a `card.updated` event: the card after the change, and why it changed.
 public struct CardChange: Codable, Sendable, Equatable {
     public var card: Card
-    /// `ownerStamped`, `giftSent`, `giftReceived` or `stampsPerRewardLowered`.
+    /// `ownerStamped`, `giftSent`, `giftReceived`, `stampsPerRewardLowered` or `claimed` (a held card
+    /// moved in).
     public var reason: String
     /// The stamps added (negative: removed) by this change, where it has a count.
     public var stamps: Int?

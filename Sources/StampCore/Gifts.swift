@@ -27,6 +27,12 @@ extension StampService {
         let window = settings.idempotencyWindow
         let limit = settings.limits.giftsPerHour
         let outcome = try await write { connection, outbox -> Result<Gift, StampError> in
+            // A retry of a gift that went through answers it again, before any check that its
+            // own success changed (the balance, the allowance).
+            if let idempotency, let first: Gift = try Self.replay(idempotency, account: principal.id, now: now,
+                                                                  window: window, on: connection) {
+                return .success(first)
+            }
             let scope = "gift:" + principal.id
             if let wait = try Self.secondsUntilAllowed(scope, limit: limit, window: Self.hour, now: now, on: connection) {
                 throw StampError(.rateLimited, "at most \(limit) gifts an hour", retryAfter: wait)

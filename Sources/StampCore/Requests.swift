@@ -285,32 +285,45 @@ extension StampService {
         return (request, try row.get(12))
     }
 
+    /// The first answer to this call, when the key was used within the window with the same
+    /// operation and body; 422 when it was used with another; nil when it is new (or stale, and
+    /// then forgotten).
+    static func replay<T: Codable & Sendable>(_ idempotency: IdempotencyKey, account: String, now: Date,
+                                              window: TimeInterval, on connection: Connection) throws -> T? {
+        let stored = try connection.queryFirst("""
+            SELECT fingerprint, response, created_at FROM idempotency_keys WHERE account_id = ? AND key = ?
+            """, account, idempotency.key) { row in
+            (try row.get(0, as: [UInt8].self), try row.get(1, as: String.self), try row.get(2, as: Int64.self))
+        }
+        guard let (storedPrint, response, createdAt) = stored else { return nil }
+        if Double(now.millis - createdAt) < window * 1000 {
+            guard storedPrint == fingerprint(idempotency) else {
+                throw StampError(.unprocessable, "this Idempotency-Key was used with a different request", field: "Idempotency-Key")
+            }
+            return try StampJSON.decoder().decode(T.self, from: Data(response.utf8))
+        }
+        try connection.run("DELETE FROM idempotency_keys WHERE account_id = ? AND key = ?", account, idempotency.key)
+        return nil
+    }
+
+    static func fingerprint(_ idempotency: IdempotencyKey) -> [UInt8] {
+        var hasher = SHA256()
+        hasher.update(data: Array(idempotency.operation.utf8))
+        hasher.update(data: [0])
+        hasher.update(data: idempotency.body)
+        return Array(hasher.finalize())
+    }
+
     /// Runs `create` once per (account, key) within the window: a retry with the same operation
     /// and body gets the first answer back and creates nothing; a different one is 422.
     static func idempotent<T: Codable & Sendable>(_ idempotency: IdempotencyKey?, account: String, now: Date,
                                                    window: TimeInterval, on connection: Connection,
                                                    create: () throws -> T) throws -> T {
         guard let idempotency else { return try create() }
-        var hasher = SHA256()
-        hasher.update(data: Array(idempotency.operation.utf8))
-        hasher.update(data: [0])
-        hasher.update(data: idempotency.body)
-        let fingerprint = Array(hasher.finalize())
-        let stored = try connection.queryFirst("""
-            SELECT fingerprint, response, created_at FROM idempotency_keys WHERE account_id = ? AND key = ?
-            """, account, idempotency.key) { row in
-            (try row.get(0, as: [UInt8].self), try row.get(1, as: String.self), try row.get(2, as: Int64.self))
+        if let replayed: T = try replay(idempotency, account: account, now: now, window: window, on: connection) {
+            return replayed
         }
-        if let (storedPrint, response, createdAt) = stored {
-            if Double(now.millis - createdAt) < window * 1000 {
-                guard storedPrint == fingerprint else {
-                    throw StampError(.unprocessable, "this Idempotency-Key was used with a different request",
-                                     field: "Idempotency-Key")
-                }
-                return try StampJSON.decoder().decode(T.self, from: Data(response.utf8))
-            }
-            try connection.run("DELETE FROM idempotency_keys WHERE account_id = ? AND key = ?", account, idempotency.key)
-        }
+        let fingerprint = Self.fingerprint(idempotency)
         let value = try create()
         try connection.run("""
             INSERT INTO idempotency_keys (account_id, key, operation, fingerprint, status, response, created_at)

@@ -88,6 +88,11 @@ final class SignInGuard: Sendable {
                     pair.windowStart = now
                     pair.failures = 0
                 }
+                // Locks stop doubling once a pair has kept quiet for the longest lock.
+                if let until = pair.lockedUntil, now.timeIntervalSince(until) >= settings.loginLockCeiling {
+                    pair.locks = 0
+                    pair.lockedUntil = nil
+                }
                 if pair.failures + pair.inFlight >= settings.loginFailureLimit {
                     return StampError(.rateLimited, "too many sign-ins for this login from here at once", retryAfter: 1)
                 }

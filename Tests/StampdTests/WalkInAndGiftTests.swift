@@ -424,3 +424,25 @@ import Testing
         try await server.stop()
     }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct GiftRetryTests {
+    @Test func aRetriedGiftAnswersItsFirstResultEvenWhenTheBalanceIsSpent() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let store = try await server.createStore(owner)
+        let giver = try await server.signUp("customer")
+        _ = try await server.signUp("customer", "friend@example.com")
+        _ = try await server.approve(owner, try await server.askForStamps(giver, store: store, count: 2))
+        let client = try await server.connect()
+        let body: [String: Any] = ["to": "friend@example.com", "count": 2]
+        let first = try await client.request("POST", "/v1/cards/\(store)/gifts", token: giver.token, json: body,
+                                             headers: ["Idempotency-Key": "gift-1"])
+        #expect(first.status == 201)
+        let retry = try await client.request("POST", "/v1/cards/\(store)/gifts", token: giver.token, json: body,
+                                             headers: ["Idempotency-Key": "gift-1"])
+        #expect(retry.status == 201)
+        #expect(retry.value("id") as? String == first.value("id") as? String)
+        client.close()
+        try await server.stop()
+    }
+}
