@@ -11,6 +11,27 @@ public enum BlockingPoolError: Error, Sendable, Equatable {
     case full
 }
 
+/// Lets someone other than the caller take a job out of the line before it starts (a fair
+/// scheduler shedding one caller's surplus for another's first). The caller's `run` then throws
+/// the error given to `withdraw`.
+public final class JobHandle: Sendable {
+    private let abandon = Mutex<(@Sendable (any Error) -> Void)?>(nil)
+    private let withdrawn = Mutex<(any Error)?>(nil)
+
+    public init() {}
+
+    /// Withdraws the job if it has not started; nothing happens once it has.
+    public func withdraw(with error: any Error) {
+        let action = abandon.withLock { $0 }
+        if let action { action(error) } else { withdrawn.withLock { $0 = error } }
+    }
+
+    func attach(_ action: @escaping @Sendable (any Error) -> Void) -> (any Error)? {
+        abandon.withLock { $0 = action }
+        return withdrawn.withLock { $0 }
+    }
+}
+
 public final class BlockingPool: @unchecked Sendable {
     // Guarded by `condition`.
     private var jobs: [(id: UInt64, run: @Sendable () -> Void)] = []
@@ -74,7 +95,8 @@ public final class BlockingPool: @unchecked Sendable {
     /// Throws `BlockingPoolError.shutDown` after `shutdown()`, `.full` when `limit` jobs already
     /// wait, and `CancellationError` when the calling task is cancelled before the job starts
     /// (the body then never runs: work for a client that left is not done).
-    public func run<T: Sendable>(limit: Int = .max, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+    public func run<T: Sendable>(limit: Int = .max, handle: JobHandle? = nil,
+                                 _ body: @escaping @Sendable () throws -> T) async throws -> T {
         // Who resumes the continuation: the job when it starts, or the cancellation when it
         // withdraws the job first. The job's place in the line is freed at once on cancellation.
         let state = Mutex<RunState<T>>(.waitingToSubmit)
@@ -118,8 +140,14 @@ public final class BlockingPool: @unchecked Sendable {
                     state.withLock { $0 = .finished }
                     continuation.resume(throwing: CancellationError())
                 }
+                if let handle, let error = handle.attach({ abandon($0) }) { abandon(error) }
             }
         } onCancel: {
+            abandon(CancellationError())
+        }
+
+        /// Takes the job out of the line, if it has not started, and answers `error`.
+        @Sendable func abandon(_ error: any Error) {
             let queued = state.withLock { state -> (UInt64, CheckedContinuation<T, Error>)? in
                 switch state {
                 case .waitingToSubmit:
@@ -136,7 +164,7 @@ public final class BlockingPool: @unchecked Sendable {
             // Not started yet (we hold it): free its place and answer now; a job already taken
             // by a thread finds the state finished and does nothing.
             _ = withdraw(id)
-            continuation.resume(throwing: CancellationError())
+            continuation.resume(throwing: error)
         }
     }
 

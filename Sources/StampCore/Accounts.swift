@@ -28,7 +28,7 @@ extension StampService {
         let now = clock.now()
         try signIns.countSignUp(address: clientAddress, now: now)
         let hash = try await checkingPassword(from: clientAddress, loginKey: nil, now: now) { _ in
-            (try await hasher.hash(password), SignInGuard.Outcome.notChecked)
+            (try await hasher.hash(password, for: clientAddress), SignInGuard.Outcome.notChecked)
         }
         let account = Account(id: Identifier.make("acc"), role: role, login: login, name: name, createdAt: now)
         let token = BearerToken.generate()
@@ -82,10 +82,10 @@ extension StampService {
             }
             guard let (account, hash) = found else {
                 // The same time as a real check, so the answer's timing does not tell the login is unknown.
-                try await hasher.verifyDecoy(password)
+                try await hasher.verifyDecoy(password, for: clientAddress)
                 return (nil, .wrongPassword)
             }
-            return try await hasher.verify(password, against: hash) ? (account, .rightPassword) : (nil, .wrongPassword)
+            return try await hasher.verify(password, against: hash, for: clientAddress) ? (account, .rightPassword) : (nil, .wrongPassword)
         }
         guard let account else { throw StampError(.unauthenticated, "the login or the password is wrong") }
         let token = BearerToken.generate()
@@ -173,8 +173,8 @@ extension StampService {
         }
         let hash = try await checkingPassword(from: clientAddress, loginKey: Login.key(principal.account.login), now: now) {
             _ -> (String?, SignInGuard.Outcome) in
-            guard let stored, try await hasher.verify(current, against: stored) else { return (nil, .wrongPassword) }
-            return (try await hasher.hash(password), .rightPassword)
+            guard let stored, try await hasher.verify(current, against: stored, for: clientAddress) else { return (nil, .wrongPassword) }
+            return (try await hasher.hash(password, for: clientAddress), .rightPassword)
         }
         guard let hash else { throw StampError(.forbidden, "the current password is wrong", field: "currentPassword") }
         try await write { connection, _ in
@@ -194,7 +194,7 @@ extension StampService {
         }
         let right = try await checkingPassword(from: clientAddress, loginKey: Login.key(principal.account.login), now: now) {
             _ -> (Bool, SignInGuard.Outcome) in
-            guard let stored, try await hasher.verify(password, against: stored) else { return (false, .wrongPassword) }
+            guard let stored, try await hasher.verify(password, against: stored, for: clientAddress) else { return (false, .wrongPassword) }
             return (true, .rightPassword)
         }
         guard right else { throw StampError(.forbidden, "the password is wrong", field: "password") }

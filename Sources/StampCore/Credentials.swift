@@ -3,6 +3,7 @@ import Blocking
 import Crypto
 import _CryptoExtras
 import Foundation
+import Synchronization
 
 /// scrypt parameters, stored with every hash so they can be raised later without
 /// invalidating existing passwords.
@@ -33,25 +34,73 @@ public final class PasswordHasher: Sendable {
         self.threads = BlockingPool(name: "password-hash", threads: threads)
     }
 
-    /// Hashes waiting for a thread now.
-    public var waiting: Int { threads.waiting }
+    /// Hashes waiting for a thread now, and hashes running.
+    public var waiting: Int { line.withLock { $0.count } }
+    public var running: Int { line.withLock { $0.running } }
 
-    /// Runs one hash on the pool; a full line or a stopped pool is `unavailable` with `Retry-After`.
-    /// A caller cancelled while waiting (its client hung up) is never hashed for.
-    private func onPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    /// The hashes waiting, per client address, newest last: when the line is full, a newcomer
+    /// from an address with fewer waiting takes the place of the newest from the address with the
+    /// most, so a flood spread over many addresses still lets an honest sign-in through.
+    private struct Line {
+        var byClient: [String: [(id: UInt64, handle: JobHandle)]] = [:]
+        var count = 0
+        var running = 0
+        var nextID: UInt64 = 0
+
+        mutating func remove(_ id: UInt64, of client: String) {
+            guard var entries = byClient[client], let index = entries.firstIndex(where: { $0.id == id }) else { return }
+            entries.remove(at: index)
+            byClient[client] = entries.isEmpty ? nil : entries
+            count -= 1
+        }
+    }
+
+    private let line = Mutex(Line())
+
+    /// Runs one hash on the pool for `client`; a full line (no place to take) or a stopped pool
+    /// is `unavailable` with `Retry-After`. A caller cancelled while waiting (its client hung up)
+    /// is never hashed for, and its place is freed at once.
+    private func onPool<T: Sendable>(client: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        let handle = JobHandle()
+        let maximum = maximumWaiting
+        let admitted = line.withLock { line -> (UInt64, JobHandle?)? in
+            var shed: JobHandle?
+            if line.count >= maximum {
+                let mine = line.byClient[client]?.count ?? 0
+                guard let (heaviest, entries) = line.byClient.max(by: { $0.value.count < $1.value.count }),
+                      entries.count > mine + 1, let victim = entries.last else { return nil }
+                line.remove(victim.id, of: heaviest)
+                shed = victim.handle
+            }
+            line.nextID &+= 1
+            line.byClient[client, default: []].append((line.nextID, handle))
+            line.count += 1
+            return (line.nextID, shed)
+        }
+        guard let (id, shed) = admitted else { throw Self.busy }
+        shed?.withdraw(with: Self.busy)
+        defer { line.withLock { $0.remove(id, of: client) } }
         do {
-            return try await threads.run(limit: maximumWaiting, body)
-        } catch BlockingPoolError.full {
-            throw StampError(.unavailable, "too many sign-ins are being checked right now; try again shortly", retryAfter: 1)
+            return try await threads.run(handle: handle) { [self] in
+                self.line.withLock { line in
+                    line.remove(id, of: client)  // started: no longer a place in the line
+                    line.running += 1
+                }
+                defer { self.line.withLock { $0.running -= 1 } }
+                return try body()
+            }
         } catch BlockingPoolError.shutDown {
             throw StampError(.unavailable, "the server is shutting down", retryAfter: 1)
         }
     }
 
+    private static let busy = StampError(.unavailable, "too many sign-ins are being checked right now; try again shortly",
+                                         retryAfter: 1)
+
     /// `scrypt$logN$r$p$salt$hash`, salt and hash in base64.
-    public func hash(_ password: String) async throws -> String {
+    public func hash(_ password: String, for client: String = "local") async throws -> String {
         let cost = self.cost
-        return try await onPool {
+        return try await onPool(client: client) {
             var salt = [UInt8](repeating: 0, count: 16)
             var generator = SystemRandomNumberGenerator()
             for i in salt.indices { salt[i] = generator.next() }
@@ -61,7 +110,7 @@ public final class PasswordHasher: Sendable {
     }
 
     /// True when `password` matches `stored`, whatever cost `stored` was made with.
-    public func verify(_ password: String, against stored: String) async throws -> Bool {
+    public func verify(_ password: String, against stored: String, for client: String = "local") async throws -> Bool {
         let parts = stored.split(separator: "$").map(String.init)
         guard parts.count == 6, parts[0] == "scrypt",
               let logN = Int(parts[1]), let r = Int(parts[2]), let p = Int(parts[3]),
@@ -69,20 +118,20 @@ public final class PasswordHasher: Sendable {
               (1...20).contains(logN), (1...32).contains(r), (1...16).contains(p)
         else {
             // No password opens it (a held card's row); spend the time a real check takes anyway.
-            try await verifyDecoy(password)
+            try await verifyDecoy(password, for: client)
             return false
         }
         let cost = PasswordCost(logN: logN, r: r, p: p)
-        return try await onPool {
+        return try await onPool(client: client) {
             let key = try Self.derive(password, salt: Array(salt), cost: cost)
             return constantTimeEqual(key, Array(expected))
         }
     }
 
     /// A hash of a random password, to spend the same time on an unknown login as on a known one.
-    public func verifyDecoy(_ password: String) async throws {
+    public func verifyDecoy(_ password: String, for client: String = "local") async throws {
         let cost = self.cost
-        _ = try await onPool { try Self.derive(password, salt: [UInt8](repeating: 7, count: 16), cost: cost) }
+        _ = try await onPool(client: client) { try Self.derive(password, salt: [UInt8](repeating: 7, count: 16), cost: cost) }
     }
 
     public func shutdown() { threads.shutdown() }

@@ -112,6 +112,30 @@ import Testing
         hasher.shutdown()
     }
 
+    @Test func aNewcomerTakesThePlaceOfTheBusiestClientsNewestHash() async throws {
+        let hasher = PasswordHasher(cost: .standard, threads: 1, maximumWaiting: 2)
+        func attempt(_ client: String) async -> String {
+            do {
+                _ = try await hasher.hash("a password to hash", for: client)
+                return "hashed"
+            } catch let error as StampError where error.kind == .unavailable {
+                return "shed"
+            } catch {
+                return "other"
+            }
+        }
+        let running = Task { await attempt("flooder") }
+        while hasher.running < 1 { await Task.yield() }  // started on the only thread
+        let queued = (0..<2).map { _ in Task { await attempt("flooder") } }
+        while hasher.waiting < 2 { await Task.yield() }
+        let honest = await attempt("honest")
+        let flooder = [await running.value] + (await queued.asyncMap { await $0.value })
+        #expect(honest == "hashed")
+        #expect(flooder.filter { $0 == "shed" }.count == 1)
+        #expect(flooder.filter { $0 == "hashed" }.count == 2)
+        hasher.shutdown()
+    }
+
     @Test func workForACancelledCallerNeverRunsAndAStoppedPoolFailsCalls() async throws {
         let pool = BlockingPool(name: "test", threads: 1)
         let gate = DispatchSemaphore(value: 0)
@@ -322,5 +346,13 @@ import Testing
         #expect(third.status == 429)
         client.close()
         try await server.stop()
+    }
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async -> T) async -> [T] {
+        var out: [T] = []
+        for element in self { out.append(await transform(element)) }
+        return out
     }
 }
