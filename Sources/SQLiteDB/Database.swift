@@ -161,22 +161,16 @@ public final class Database: @unchecked Sendable {
                 finishers.append(finish)
                 continue
             }
-            if writer.unitRollbackFailed {
-                // A failed unit could not be undone alone: its partial writes must not commit
-                // with the others, so the whole batch is rolled back and fails.
-                writer.unitRollbackFailed = false
-                if writer.isInTransaction { try? writer.execute("ROLLBACK") }
-                let lost = SQLiteError(extendedCode: ResultCode.ioError.rawValue,
-                                       message: "a failed write could not be undone alone; the batch was rolled back")
-                finish(lost)
-                finishers.forEach { $0(lost) }
-                commit(batch[index...])
-                return
-            }
-            // SQLite rolled the whole transaction back by itself (disk full, I/O error):
-            // the batch's earlier units are lost too; the rest go into a fresh transaction.
-            let lost = SQLiteError(extendedCode: ResultCode.ioError.rawValue,
-                                   message: "the transaction was rolled back by SQLite")
+            // Either SQLite rolled the whole transaction back by itself (disk full, I/O error), or
+            // a failed unit could not be undone alone, so its partial writes must not commit with
+            // the others: the batch's earlier units are lost too, and the rest go into a fresh
+            // transaction.
+            let message = writer.unitRollbackFailed
+                ? "a failed write could not be undone alone; the batch was rolled back"
+                : "the transaction was rolled back by SQLite"
+            writer.unitRollbackFailed = false
+            if writer.isInTransaction { try? writer.execute("ROLLBACK") }
+            let lost = SQLiteError(extendedCode: ResultCode.ioError.rawValue, message: message)
             finish(lost)
             finishers.forEach { $0(lost) }
             commit(batch[index...])
