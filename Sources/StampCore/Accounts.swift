@@ -198,7 +198,7 @@ extension StampService {
             return (true, .rightPassword)
         }
         guard right else { throw StampError(.forbidden, "the password is wrong", field: "password") }
-        try await write { connection, _ in
+        try await write { connection, outbox in
             if try connection.queryFirst("SELECT 1 FROM stores WHERE owner_id = ?", principal.id, row: { try $0.get(0, as: Int.self) }) != nil {
                 throw StampError(.conflict, "close your stores before deleting the account")
             }
@@ -210,10 +210,14 @@ extension StampService {
             try connection.run("DELETE FROM member_codes WHERE account_id = ?", principal.id)
             try connection.run("DELETE FROM idempotency_keys WHERE account_id = ?", principal.id)
             try connection.run("DELETE FROM events WHERE account_id = ?", principal.id)
-            // Requests still waiting are withdrawn: nobody is there to be stamped.
-            try connection.run("""
-                UPDATE requests SET status = 'cancelled', decided_at = ? WHERE customer_id = ? AND status = 'pending'
-                """, now.millis, principal.id)
+            // Requests still waiting are withdrawn (nobody is there to be stamped), and their stores
+            // are told, as for any cancellation.
+            let waiting = try connection.query(Self.requestSelect + " WHERE r.customer_id = ? AND r.status = 'pending'",
+                                               principal.id) { try Self.requestRow($0) }
+            for (request, owner) in waiting {
+                let cancelled = try Self.decide(request, .cancelled, reason: nil, now: now, on: connection)
+                try outbox.emit("request.cancelled", to: [owner], data: RequestChange(request: cancelled), at: now, on: connection)
+            }
         }
         sessions.forget(account: principal.id)
         hub.revoke(account: principal.id, sessions: nil)

@@ -19,9 +19,10 @@ extension StampService {
     public func giveStamps(_ principal: Principal, storeId: String, toLogin: String, count: Int,
                            idempotency: IdempotencyKey? = nil) async throws -> Gift {
         guard principal.role == .customer else { throw StampError(.forbidden, "only customers give stamps") }
-        let toLogin = try Validate.text(toLogin, field: "to", min: 3, max: 100)
+        let toLogin = try Login.validate(toLogin, field: "to")
         let count = try Validate.range(count, field: "count", 1...100)
         let key = Login.key(toLogin)
+        let legacyKey = Login.legacyKey(toLogin)
         let now = clock.now()
         let senderName = principal.account.name
         let window = settings.idempotencyWindow
@@ -43,9 +44,12 @@ extension StampService {
             guard sender.stamps >= count else {
                 throw StampError(.conflict, "the card has \(Self.stamps(sender.stamps)), fewer than \(count)", field: "count")
             }
+            // Held cards and erased accounts have keys no login can spell (they hold a `:` that
+            // `Login.validate` refuses), so only living customers receive.
             guard let receiver = try connection.queryFirst("""
-                SELECT id, name FROM accounts WHERE login_key = ? AND role = 'customer' AND walk_in = 0
-                """, key, row: { (try $0.get(0, as: String.self), try $0.get(1, as: String.self)) }) else {
+                SELECT id, name FROM accounts WHERE login_key IN (?, ?) AND role = 'customer' AND walk_in = 0
+                ORDER BY login_key = ? DESC LIMIT 1
+                """, key, legacyKey, key, row: { (try $0.get(0, as: String.self), try $0.get(1, as: String.self)) }) else {
                 // Returned, not thrown, so that the counted attempt commits.
                 try Self.recordAction(scope, now: now, on: connection)
                 return .failure(StampError(.notFound, "no customer has that login", field: "to"))

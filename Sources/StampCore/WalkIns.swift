@@ -58,7 +58,9 @@ extension StampService {
         } else if login == nil && name == nil {
             throw StampError.invalid("phoneEndsWith", "give phoneEndsWith, login or name")
         }
-        let loginKey = try login.map { Login.key(try Validate.text($0, field: "login", min: 3, max: 100)) }
+        let loginText = try login.map { try Validate.text($0, field: "login", min: 3, max: 100) }
+        let loginKey = loginText.map(Login.key)
+        let legacyKey = loginText.map(Login.legacyKey)
         let namePart = try name.map { try Validate.text($0, field: "name", min: 2, max: 100) }
         return try await read { connection in
             try Self.requireOwner(principal, of: storeId, on: connection)
@@ -72,9 +74,9 @@ extension StampService {
                     ORDER BY a.name LIMIT 20
                     """, storeId, phoneSuffix.count, phoneSuffix) { try Self.customerRow($0) }
             }
-            if let loginKey {
-                return try connection.query(select + " AND (a.login_key = ? OR a.login_key = ?)",
-                                            storeId, loginKey, Self.heldKey(store: storeId, phoneKey: loginKey)) {
+            if let loginKey, let legacyKey {
+                return try connection.query(select + " AND a.login_key IN (?, ?, ?)",
+                                            storeId, loginKey, legacyKey, Self.heldKey(store: storeId, phoneKey: loginKey)) {
                     try Self.customerRow($0)
                 }
             }

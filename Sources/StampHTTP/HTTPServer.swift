@@ -169,7 +169,7 @@ final class ConnectionRegistry: Sendable {
     static let refusal: String = {
         let body = #"{"type":"https://stampd.dev/problems/service-unavailable","title":"Service Unavailable","#
             + #""status":503,"detail":"the server has too many open connections"}"#
-        return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
+        return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nX-Content-Type-Options: nosniff\r\n"
             + "Retry-After: 1\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body
     }()
 

@@ -65,6 +65,12 @@ import Testing
         #expect(try await client.request("GET", "/v1/me").header("x-content-type-options") == "nosniff")
         #expect(try await client.request("GET", "/healthz").header("x-content-type-options") == "nosniff")
         client.close()
+        let broken = try await server.connect()
+        try await broken.send("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        let refused = try await broken.readResponse()
+        #expect(refused.status == 400)
+        #expect(refused.header("x-content-type-options") == "nosniff")
+        broken.close()
         try await server.stop()
     }
 

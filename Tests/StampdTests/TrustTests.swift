@@ -289,6 +289,15 @@ import Testing
         #expect(decided.value("customerName") as? String == "Deleted customer")
         let pending = try await client.request("GET", "/v1/stores/\(store)/requests?status=pending", token: owner.token)
         #expect((pending.value("requests") as? [Any])?.isEmpty == true)
+        let feed = try await client.request("GET", "/v1/events?after=0&timeout=1", token: owner.token)
+        let types = (feed.value("events") as? [[String: Any]])?.compactMap { $0["type"] as? String } ?? []
+        #expect(types.last == "request.cancelled")
+        // The erased account receives nothing, whatever is typed.
+        let gifter = try await server.signUp("customer")
+        _ = try await server.approve(owner, try await server.askForStamps(gifter, store: store, count: 2))
+        let gift = try await client.request("POST", "/v1/cards/\(store)/gifts", token: gifter.token,
+                                            json: ["to": "deleted:\(customer.id)", "count": 1])
+        #expect(gift.status == 400 && gift.value("field") as? String == "to")
         client.close()
         try await server.stop()
     }
