@@ -5,8 +5,8 @@ import SQLiteDB
 /// The data of a `card.updated` event: the card after the change, and why it changed.
 public struct CardChange: Codable, Sendable, Equatable {
     public var card: Card
-    /// `ownerStamped`, `giftSent`, `giftReceived`, `stampsPerRewardLowered` or `claimed` (a held card
-    /// moved in).
+    /// `ownerStamped`, `giftSent`, `giftReceived`, `stampsPerRewardLowered`, `claimed` (a held card
+    /// moved in) or `added` (a store added the customer by member code: a new, empty card).
     public var reason: String
     /// The stamps added (negative: removed) by this change, where it has a count.
     public var stamps: Int?

@@ -123,7 +123,7 @@ extension StampService {
         let code = try Self.memberCodeDigits(memberCode)
         let now = clock.now()
         let limits = settings.limits
-        let outcome = try await write { connection, _ -> Result<CustomerAdded, StampError> in
+        let outcome = try await write { connection, outbox -> Result<CustomerAdded, StampError> in
             try Self.requireOwner(principal, of: storeId, on: connection)
             let missScope = "member-miss:" + storeId
             if let wait = try Self.secondsUntilAllowed(missScope, limit: limits.memberCodeMissesPerStorePerHour,
@@ -142,7 +142,10 @@ extension StampService {
             // Used once: a code seen over someone's shoulder adds them nowhere else.
             try connection.run("DELETE FROM member_codes WHERE code_hash = ?", Self.memberDigest(code))
             if try Self.loadCard(customer: customer.id, store: storeId, on: connection) == nil {
-                _ = try Self.newCard(customer: customer.id, store: storeId, now: now, on: connection)
+                // The new (empty) card shows on the person's phone at once.
+                let card = try Self.newCard(customer: customer.id, store: storeId, now: now, on: connection)
+                try outbox.emit("card.updated", to: [customer.id], data: CardChange(card: card, reason: "added"),
+                                at: now, on: connection)
             }
             return .success(CustomerAdded(customer: customer, claim: nil))
         }

@@ -223,6 +223,9 @@ import Testing
         #expect(added.status == 201, "\(added.text)")
         #expect(added.value("customer", "id") as? String == customer.id)
         #expect(added.value("claim") == nil || added.value("claim") is NSNull)
+        let told = try await client.request("GET", "/v1/events?after=0&timeout=1", token: customer.token)
+        #expect(told.value("events", 0, "data", "reason") as? String == "added")
+        #expect(told.value("events", 0, "data", "card", "storeId") as? String == store)
         let stamped = try await client.request("POST", "/v1/stores/\(store)/stamps", token: owner.token,
                                                json: ["customerId": customer.id, "count": 2])
         #expect(stamped.int("card", "stamps") == 2)
@@ -275,8 +278,8 @@ import Testing
         #expect(stamped.int("card", "stamps") == 1)
         #expect(stamped.int("card", "rewards") == 2)
         let events = try await client.request("GET", "/v1/events?after=0&timeout=1", token: customer.token)
-        #expect(events.value("events", 0, "type") as? String == "card.updated")
-        #expect(events.value("events", 0, "data", "reason") as? String == "ownerStamped")
+        #expect(events.value("events", 1, "type") as? String == "card.updated")
+        #expect(events.value("events", 1, "data", "reason") as? String == "ownerStamped")
         let ledger = try await client.request("GET", "/v1/cards/\(store)/ledger", token: customer.token)
         #expect(ledger.value("entries", 0, "kind") as? String == "manual_stamp")
         let correction = try await client.request("POST", "/v1/stores/\(store)/stamps", token: owner.token,

@@ -284,7 +284,8 @@ call POST "/v1/stores/$store_id/customers" "$owner_token" "{\"memberCode\":\"${m
     customer.id="\"$member_id\"" customer.walkIn=false customer.name='"Mia Member"' claim=null
 call POST "/v1/stores/$store_id/stamps" "$owner_token" "{\"customerId\":\"$member_id\",\"count\":2}" | check OwnerStamping \
     card.customerId="\"$member_id\"" card.stamps=2
-call GET "/v1/events?after=0&limit=1000&timeout=1" "$member_token" | check EventBatch events.0.data.reason='"ownerStamped"' events.0.data.stamps=2
+call GET "/v1/events?after=0&limit=1000&timeout=1" "$member_token" | check EventBatch events.0.data.reason='"added"' \
+    events.0.data.card.stamps=0 events.1.data.reason='"ownerStamped"' events.1.data.stamps=2
 call POST /v1/me/member-code "$member_token" >/dev/null
 expect 422 POST "/v1/stores/$store_id/customers" "$owner_token" "{\"memberCode\":\"$member_code\"}" | check Problem field='"memberCode"'
 call GET "/v1/stores/$store_id/customers?name=mia%20mem" "$owner_token" | check CustomerList customers.0.id="\"$member_id\"" customers.1=null

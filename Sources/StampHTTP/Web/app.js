@@ -119,6 +119,7 @@ function describeChange({ card, reason, stamps, counterpart }, before) {
     case 'claimed':
       text = `${card.storeName}: the ${plural(n, 'stamp')} kept for your phone number ${n === 1 ? 'is' : 'are'} on your card now.`;
       break;
+    case 'added': text = `${card.storeName} added you: your card there is ready for stamps.`; break;
     case 'stampsPerRewardLowered':
       text = `${card.storeName} now needs only ${plural(card.stampsPerReward, 'stamp')} for a ${card.rewardItem}.`;
       break;
