@@ -345,6 +345,26 @@ import Testing
         try await server.stop()
     }
 
+    @Test func aMenuHasAtMostFiftyShortItemsSoAStoreListingStaysSmall() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let client = try await server.connect()
+        let item: [String: Any] = ["name": String(repeating: "x", count: 60), "price": 1]
+        let full = try await client.request("POST", "/v1/stores", token: owner.token,
+                                            json: ["name": "Full", "rewardItem": "Tea", "menu": Array(repeating: item, count: 50)])
+        #expect(full.status == 201)
+        let tooMany = try await client.request("POST", "/v1/stores", token: owner.token,
+                                               json: ["name": "More", "rewardItem": "Tea", "menu": Array(repeating: item, count: 51)])
+        #expect(tooMany.status == 400 && tooMany.value("field") as? String == "menu")
+        let tooLong = try await client.request("POST", "/v1/stores", token: owner.token, json: [
+            "name": "Long", "rewardItem": "Tea", "menu": [["name": String(repeating: "x", count: 61), "price": 1]]])
+        #expect(tooLong.status == 400 && tooLong.value("field") as? String == "menu[0].name")
+        // The largest store answers in a few kilobytes, so a page of 20 stays far below a megabyte.
+        #expect(full.body.count < 5_000)
+        client.close()
+        try await server.stop()
+    }
+
     @Test func anOwnerHasAtMostSoManyStores() async throws {
         let server = try await TestServer.start { _, settings in settings.limits.storesPerOwner = 2 }
         let owner = try await server.signUp("owner")
