@@ -43,5 +43,6 @@ CREATE INDEX rate_events_age ON rate_events(at);
 CREATE INDEX requests_store_status ON requests(store_id, status, created_at DESC, id);
 CREATE INDEX cards_store ON cards(store_id, customer_id);
 CREATE INDEX requests_customer_store ON requests(customer_id, store_id, created_at);
+CREATE INDEX requests_customer_pending ON requests(customer_id, store_id) WHERE status = 'pending';
 CREATE INDEX sessions_expiry ON sessions(expires_at);
 CREATE INDEX sessions_revoked ON sessions(revoked_at) WHERE revoked_at IS NOT NULL;

@@ -196,14 +196,14 @@ extension StampService {
         if pending >= limits.pendingRequestsPerCustomerPerStore {
             throw StampError(.rateLimited, "you already have \(pending) requests waiting at this store", retryAfter: 30)
         }
-        let since = now.millis - 3_600_000
-        guard let (recent, oldest) = try connection.queryFirst("""
-            SELECT count(*), min(created_at) FROM requests WHERE customer_id = ? AND store_id = ? AND created_at > ?
-            """, customer, store, since, row: { (try $0.get(0, as: Int.self), try $0.optional(1, as: Int64.self)) }) else { return }
-        if recent >= limits.requestsPerCustomerPerStorePerHour {
-            let wait = max(1, Int(((oldest ?? now.millis) + 3_600_000 - now.millis + 999) / 1000))
-            throw StampError(.rateLimited, "at most \(limits.requestsPerCustomerPerStorePerHour) requests an hour at one store",
-                             retryAfter: wait)
+        // The limit-th newest request of this customer here: within the hour means the limit is
+        // reached. Reads at most `limit` index entries, however many requests there are.
+        let limit = limits.requestsPerCustomerPerStorePerHour
+        if let nth = try connection.queryFirst("""
+            SELECT created_at FROM requests WHERE customer_id = ? AND store_id = ? ORDER BY created_at DESC LIMIT 1 OFFSET ?
+            """, customer, store, limit - 1, row: { try $0.get(0, as: Int64.self) }), nth > now.millis - 3_600_000 {
+            let wait = max(1, Int((nth + 3_600_000 - now.millis + 999) / 1000))
+            throw StampError(.rateLimited, "at most \(limit) requests an hour at one store", retryAfter: wait)
         }
     }
 

@@ -104,8 +104,12 @@ import Testing
             ("cards_store", StampService.cardSelect + " WHERE c.store_id = ? AND c.stamps >= s.stamps_per_reward LIMIT ?", ["s", 200]),
             ("cards_store", "SELECT a.id FROM cards c JOIN accounts a ON a.id = c.customer_id WHERE c.store_id = ? AND a.name LIKE ?",
              ["s", "%a%"]),
-            ("requests_customer_store", "SELECT count(*) FROM requests WHERE customer_id = ? AND store_id = ? AND created_at > ?",
-             ["c", "s", 0]),
+            ("requests_customer_store",
+             "SELECT created_at FROM requests WHERE customer_id = ? AND store_id = ? ORDER BY created_at DESC LIMIT 1 OFFSET ?",
+             ["c", "s", 29]),
+            ("requests_customer_pending", """
+             SELECT count(*) FROM requests WHERE customer_id = ? AND store_id = ? AND status = 'pending' AND expires_at > ?
+             """, ["c", "s", 0]),
             ("rate_events_scope", "SELECT count(*), min(at) FROM rate_events WHERE scope = ? AND at > ?", ["x", 0]),
             ("claim_codes_phone", "SELECT store_id FROM claim_codes WHERE phone_key = ? AND expires_at > ?", ["tel:1", 0]),
         ]
