@@ -40,7 +40,8 @@ CREATE INDEX rate_events_age ON rate_events(at);
 
 -- The queries that used to scan: a store's pending list, a store's cards, a customer's requests
 -- at one store (for the request limits).
-CREATE INDEX requests_store_status ON requests(store_id, status, created_at DESC, id);
+-- Partial indexes hold only pending rows: a decision drops the entry instead of moving it.
+CREATE INDEX requests_store_pending ON requests(store_id, created_at DESC, id) WHERE status = 'pending';
 CREATE INDEX cards_store ON cards(store_id, customer_id);
 CREATE INDEX requests_customer_store ON requests(customer_id, store_id, created_at);
 CREATE INDEX requests_customer_pending ON requests(customer_id, store_id) WHERE status = 'pending';

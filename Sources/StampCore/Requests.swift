@@ -86,7 +86,10 @@ extension StampService {
             guard owner == principalID else { throw StampError(.forbidden, "only the store's owner sees its requests") }
             var sql = Self.requestSelect + " WHERE r.store_id = ?"
             var parameters: [any SQLBindable] = [storeId]
-            if let status {
+            if status == .pending {
+                // Written out, so that the planner can use the partial index of pending requests.
+                sql += " AND r.status = 'pending'"
+            } else if let status {
                 sql += " AND r.status = ?"
                 parameters.append(status.rawValue)
             }

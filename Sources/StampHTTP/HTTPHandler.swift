@@ -220,7 +220,7 @@ final class HTTPHandler: ChannelInboundHandler {
         headers.replaceOrAdd(name: "Content-Length", value: String(response.body.readableBytes))
         headers.replaceOrAdd(name: "X-Request-Id", value: inFlight.id)
         // Every answer, API or page: a browser never guesses a type other than the one given.
-        headers.replaceOrAdd(name: "X-Content-Type-Options", value: "nosniff")
+        headers.add(name: "X-Content-Type-Options", value: "nosniff")  // no endpoint sets it: no scan
         let close = !inFlight.keepAlive || serverClosing
         if close { headers.replaceOrAdd(name: "Connection", value: "close") }
         let head = HTTPResponseHead(version: inFlight.version, status: response.status, headers: headers)

@@ -99,8 +99,8 @@ import Testing
     @Test func theHotQueriesSearchTheirIndexes() async throws {
         let server = try await TestServer.start()
         let plans: [(String, String, [any SQLBindable])] = [
-            ("requests_store_status", StampService.requestSelect
-                + " WHERE r.store_id = ? AND r.status = ? ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?", ["s", "pending", 50, 0]),
+            ("requests_store_pending", StampService.requestSelect
+                + " WHERE r.store_id = ? AND r.status = 'pending' ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?", ["s", 50, 0]),
             ("cards_store", StampService.cardSelect + " WHERE c.store_id = ? AND c.stamps >= s.stamps_per_reward LIMIT ?", ["s", 200]),
             ("cards_store", "SELECT a.id FROM cards c JOIN accounts a ON a.id = c.customer_id WHERE c.store_id = ? AND a.name LIKE ?",
              ["s", "%a%"]),
