@@ -38,12 +38,22 @@ CREATE TABLE rate_events (
 CREATE INDEX rate_events_scope ON rate_events(scope, at);
 CREATE INDEX rate_events_age ON rate_events(at);
 
--- The queries that used to scan: a store's pending list, a store's cards, a customer's requests
--- at one store (for the request limits).
+-- The queries that used to scan: a store's pending list, a store's cards, a customer's pending
+-- requests at one store (for the request limits).
 -- Partial indexes hold only pending rows: a decision drops the entry instead of moving it.
 CREATE INDEX requests_store_pending ON requests(store_id, created_at DESC, id) WHERE status = 'pending';
 CREATE INDEX cards_store ON cards(store_id, customer_id);
-CREATE INDEX requests_customer_store ON requests(customer_id, store_id, created_at);
 CREATE INDEX requests_customer_pending ON requests(customer_id, store_id) WHERE status = 'pending';
 CREATE INDEX sessions_expiry ON sessions(expires_at);
 CREATE INDEX sessions_revoked ON sessions(revoked_at) WHERE revoked_at IS NOT NULL;
+
+-- Requests per customer and store in each clock hour (hour = created_at / 3,600,000): the hourly
+-- limit reads one row, however many requests there were. Rows of past hours are pruned.
+CREATE TABLE request_counts (
+    customer_id TEXT NOT NULL,
+    store_id    TEXT NOT NULL,
+    hour        INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    PRIMARY KEY (customer_id, store_id, hour)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX request_counts_hour ON request_counts(hour);

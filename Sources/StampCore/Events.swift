@@ -115,6 +115,10 @@ extension StampService {
             ("DELETE FROM member_codes WHERE code_hash IN (SELECT code_hash FROM member_codes WHERE expires_at < ? LIMIT ?)",
              [now, batch]),
             ("DELETE FROM rate_events WHERE rowid IN (SELECT rowid FROM rate_events WHERE at < ? LIMIT ?)", [dayAgo, batch]),
+            ("""
+             DELETE FROM request_counts WHERE (customer_id, store_id, hour) IN
+                (SELECT customer_id, store_id, hour FROM request_counts WHERE hour < ? LIMIT ?)
+             """, [now / 3_600_000, batch]),
         ]
         for (sql, parameters) in sweeps {
             while true {

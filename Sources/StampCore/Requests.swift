@@ -190,7 +190,8 @@ extension StampService {
     // MARK: - Pieces of the transactions above
 
     /// Each request makes the owner's page beep: one customer may have only a few waiting at a
-    /// store, and make only so many there an hour (a replay of an idempotent create is not counted).
+    /// store, and make only so many there in a clock hour (a replay of an idempotent create is not
+    /// counted). Counts the request it lets through.
     static func checkRequestLimits(customer: String, store: String, limits: PartyLimits, now: Date,
                                    on connection: Connection) throws {
         let pending = try connection.queryFirst("""
@@ -199,15 +200,21 @@ extension StampService {
         if pending >= limits.pendingRequestsPerCustomerPerStore {
             throw StampError(.rateLimited, "you already have \(pending) requests waiting at this store", retryAfter: 30)
         }
-        // The limit-th newest request of this customer here: within the hour means the limit is
-        // reached. Reads at most `limit` index entries, however many requests there are.
+        // Counted per clock hour in a row of its own: one read and one write, however many
+        // requests there were (a window that slides would read them all).
         let limit = limits.requestsPerCustomerPerStorePerHour
-        if let nth = try connection.queryFirst("""
-            SELECT created_at FROM requests WHERE customer_id = ? AND store_id = ? ORDER BY created_at DESC LIMIT 1 OFFSET ?
-            """, customer, store, limit - 1, row: { try $0.get(0, as: Int64.self) }), nth > now.millis - 3_600_000 {
-            let wait = max(1, Int((nth + 3_600_000 - now.millis + 999) / 1000))
+        let hour = now.millis / 3_600_000
+        let counted = try connection.queryFirst("""
+            SELECT count FROM request_counts WHERE customer_id = ? AND store_id = ? AND hour = ?
+            """, customer, store, hour) { try $0.get(0, as: Int.self) } ?? 0
+        if counted >= limit {
+            let wait = max(1, Int(((hour + 1) * 3_600_000 - now.millis + 999) / 1000))
             throw StampError(.rateLimited, "at most \(limit) requests an hour at one store", retryAfter: wait)
         }
+        try connection.run("""
+            INSERT INTO request_counts (customer_id, store_id, hour, count) VALUES (?, ?, ?, 1)
+            ON CONFLICT (customer_id, store_id, hour) DO UPDATE SET count = count + 1
+            """, customer, store, hour)
     }
 
     /// A write that refused a decision because the request had expired must still commit the
