@@ -87,8 +87,10 @@ extension StampService {
             var sql = Self.requestSelect + " WHERE r.store_id = ?"
             var parameters: [any SQLBindable] = [storeId]
             if status == .pending {
-                // Written out, so that the planner can use the partial index of pending requests.
-                sql += " AND r.status = 'pending'"
+                // The partial index of pending requests holds a store's few pending rows; without
+                // the hint the planner may walk the store's whole history by date instead.
+                sql = Self.requestSelect.replacingOccurrences(of: "FROM requests r", with: "FROM requests r INDEXED BY requests_pending")
+                    + " WHERE r.store_id = ? AND r.status = 'pending'"
             } else if let status {
                 sql += " AND r.status = ?"
                 parameters.append(status.rawValue)

