@@ -40,10 +40,9 @@ CREATE INDEX rate_events_age ON rate_events(at);
 
 -- The queries that used to scan: a store's pending list, a store's cards, a customer's pending
 -- requests at one store (for the request limits).
--- Partial indexes hold only pending rows: a decision drops the entry instead of moving it.
 CREATE INDEX cards_store ON cards(store_id, customer_id);
--- One index for both: a store's pending list (few rows, sorted after the search) and one
--- customer's pending requests at a store.
+-- One partial index for both: a store's pending list (few rows, sorted after the search) and one
+-- customer's pending requests at a store. It holds only pending rows: a decision drops the entry.
 CREATE INDEX requests_pending ON requests(store_id, customer_id) WHERE status = 'pending';
 CREATE INDEX sessions_expiry ON sessions(expires_at);
 CREATE INDEX sessions_revoked ON sessions(revoked_at) WHERE revoked_at IS NOT NULL;
