@@ -7,8 +7,6 @@ import Synchronization
 public enum BlockingPoolError: Error, Sendable, Equatable {
     /// The pool was shut down before the job could run.
     case shutDown
-    /// More jobs are waiting than the caller allows.
-    case full
 }
 
 /// Lets someone other than the caller take a job out of the line before it starts (a fair
@@ -65,17 +63,17 @@ public final class BlockingPool: @unchecked Sendable {
     }
 
     /// Queues `job`; it runs on one of the pool's threads, in submission order per thread.
-    /// False (and the job is dropped) once the pool is shutting down, or when `limit` jobs wait.
+    /// False (and the job is dropped) once the pool is shutting down.
     @discardableResult
-    public func submit(limit: Int = .max, _ job: @escaping @Sendable () -> Void) -> Bool {
-        enqueue(limit: limit, job) != nil
+    public func submit(_ job: @escaping @Sendable () -> Void) -> Bool {
+        enqueue(job) != nil
     }
 
-    /// Queues `job` and returns its id, or nil when refused (see `submit`).
-    private func enqueue(limit: Int, _ job: @escaping @Sendable () -> Void) -> UInt64? {
+    /// Queues `job` and returns its id, or nil once the pool is shutting down.
+    private func enqueue(_ job: @escaping @Sendable () -> Void) -> UInt64? {
         condition.lock()
         defer { condition.unlock() }
-        guard !stopping, jobs.count - jobHead < limit else { return nil }
+        guard !stopping else { return nil }
         nextJobID &+= 1
         jobs.append((nextJobID, job))
         condition.signal()
@@ -92,17 +90,17 @@ public final class BlockingPool: @unchecked Sendable {
     }
 
     /// Runs `body` on a pool thread and suspends the caller (without blocking it) until done.
-    /// Throws `BlockingPoolError.shutDown` after `shutdown()`, `.full` when `limit` jobs already
-    /// wait, and `CancellationError` when the calling task is cancelled before the job starts
-    /// (the body then never runs: work for a client that left is not done).
-    public func run<T: Sendable>(limit: Int = .max, handle: JobHandle? = nil,
+    /// Throws `BlockingPoolError.shutDown` after `shutdown()`, and `CancellationError` when the
+    /// calling task is cancelled (or `handle` withdraws the job, with its error) before the job
+    /// starts: the body then never runs, so work for a client that left is not done.
+    public func run<T: Sendable>(handle: JobHandle? = nil,
                                  _ body: @escaping @Sendable () throws -> T) async throws -> T {
         // Who resumes the continuation: the job when it starts, or the cancellation when it
         // withdraws the job first. The job's place in the line is freed at once on cancellation.
         let state = Mutex<RunState<T>>(.waitingToSubmit)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
-                let id = enqueue(limit: limit) {
+                let id = enqueue {
                     let start = state.withLock { state -> Bool? in
                         switch state {
                         case .waitingToSubmit, .queued:
@@ -122,7 +120,7 @@ public final class BlockingPool: @unchecked Sendable {
                     }
                 }
                 guard let id else {
-                    continuation.resume(throwing: isStopping ? BlockingPoolError.shutDown : BlockingPoolError.full)
+                    continuation.resume(throwing: BlockingPoolError.shutDown)
                     return
                 }
                 let cancelledEarly = state.withLock { state -> Bool in
@@ -173,12 +171,6 @@ public final class BlockingPool: @unchecked Sendable {
         case queued(UInt64, CheckedContinuation<T, Error>)
         case cancelled
         case finished
-    }
-
-    private var isStopping: Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return stopping
     }
 
     /// Lets queued jobs finish, then ends the threads and waits for them. Later `run` calls throw.
