@@ -27,7 +27,7 @@ extension StampService {
         }
         let now = clock.now()
         try signIns.countSignUp(address: clientAddress, now: now)
-        let hash = try await checkingPassword(from: clientAddress, loginKey: nil, now: now) { _ in
+        let hash = try await checkingPassword(from: clientAddress, loginKey: nil, now: now) {
             (try await hasher.hash(password, for: clientAddress), SignInGuard.Outcome.notChecked)
         }
         let account = Account(id: Identifier.make("acc"), role: role, login: login, name: name, createdAt: now)
@@ -73,7 +73,7 @@ extension StampService {
         let key = Login.key(login)
         let legacyKey = Login.legacyKey(login)
         let now = clock.now()
-        let account = try await checkingPassword(from: clientAddress, loginKey: key, now: now) { _ -> (Account?, SignInGuard.Outcome) in
+        let account = try await checkingPassword(from: clientAddress, loginKey: key, now: now) { () -> (Account?, SignInGuard.Outcome) in
             let found = try await read { connection in
                 try connection.queryFirst("""
                     SELECT id, role, login, name, created_at, password_hash FROM accounts
@@ -99,10 +99,10 @@ extension StampService {
     /// Runs a password check reserved with the sign-in guard first (so concurrent tries count
     /// before any hashing), and reports its verdict back.
     private func checkingPassword<T: Sendable>(from address: String, loginKey: String?, now: Date,
-                                               _ check: @Sendable (Date) async throws -> (T, SignInGuard.Outcome)) async throws -> T {
+                                               _ check: @Sendable () async throws -> (T, SignInGuard.Outcome)) async throws -> T {
         let reservation = try signIns.reserve(address: address, loginKey: loginKey, now: now)
         do {
-            let (value, outcome) = try await check(now)
+            let (value, outcome) = try await check()
             signIns.finish(reservation, outcome, now: clock.now())
             return value
         } catch {
@@ -167,16 +167,8 @@ extension StampService {
             throw StampError.invalid("currentPassword", "currentPassword must have at most 200 characters")
         }
         try Validate.newPassword(password, field: "newPassword")
-        let now = clock.now()
-        let stored = try await read { connection in
-            try connection.queryFirst("SELECT password_hash FROM accounts WHERE id = ?", principal.id) { try $0.get(0, as: String.self) }
-        }
-        let hash = try await checkingPassword(from: clientAddress, loginKey: Login.key(principal.account.login), now: now) {
-            _ -> (String?, SignInGuard.Outcome) in
-            guard let stored, try await hasher.verify(current, against: stored, for: clientAddress) else { return (nil, .wrongPassword) }
-            return (try await hasher.hash(password, for: clientAddress), .rightPassword)
-        }
-        guard let hash else { throw StampError(.forbidden, "the current password is wrong", field: "currentPassword") }
+        try await requireOwnPassword(principal, current, field: "currentPassword", clientAddress: clientAddress)
+        let hash = try await hasher.hash(password, for: clientAddress)
         try await write { connection, _ in
             try connection.run("UPDATE accounts SET password_hash = ? WHERE id = ?", hash, principal.id)
         }
@@ -188,16 +180,8 @@ extension StampService {
     /// the stores' totals stay true. An owner who still has stores is refused.
     public func deleteAccount(_ principal: Principal, password: String, clientAddress: String = "local") async throws {
         guard password.unicodeScalars.count <= 200 else { throw StampError.invalid("password", "password must have at most 200 characters") }
+        try await requireOwnPassword(principal, password, field: "password", clientAddress: clientAddress)
         let now = clock.now()
-        let stored = try await read { connection in
-            try connection.queryFirst("SELECT password_hash FROM accounts WHERE id = ?", principal.id) { try $0.get(0, as: String.self) }
-        }
-        let right = try await checkingPassword(from: clientAddress, loginKey: Login.key(principal.account.login), now: now) {
-            _ -> (Bool, SignInGuard.Outcome) in
-            guard let stored, try await hasher.verify(password, against: stored, for: clientAddress) else { return (false, .wrongPassword) }
-            return (true, .rightPassword)
-        }
-        guard right else { throw StampError(.forbidden, "the password is wrong", field: "password") }
         try await write { connection, outbox in
             if try connection.queryFirst("SELECT 1 FROM stores WHERE owner_id = ?", principal.id, row: { try $0.get(0, as: Int.self) }) != nil {
                 throw StampError(.conflict, "close your stores before deleting the account")
@@ -223,15 +207,29 @@ extension StampService {
         hub.revoke(account: principal.id, sessions: nil)
     }
 
+    /// Proves the caller knows the account's password (403 naming `field` when not), paced as a
+    /// sign-in of this login from this address.
+    private func requireOwnPassword(_ principal: Principal, _ password: String, field: String,
+                                    clientAddress: String) async throws {
+        let stored = try await read { connection in
+            try connection.queryFirst("SELECT password_hash FROM accounts WHERE id = ?", principal.id) { try $0.get(0, as: String.self) }
+        }
+        let right = try await checkingPassword(from: clientAddress, loginKey: Login.key(principal.account.login),
+                                               now: clock.now()) { () -> (Bool, SignInGuard.Outcome) in
+            guard let stored, try await hasher.verify(password, against: stored, for: clientAddress) else { return (false, .wrongPassword) }
+            return (true, .rightPassword)
+        }
+        guard right else { throw StampError(.forbidden, "the \(field == "password" ? "password" : "current password") is wrong", field: field) }
+    }
+
     private func revokeSessions(of account: String, except kept: [UInt8]?) async throws {
         let now = clock.now().millis
         sessions.forget(account: account)
         let revoked = try await write { connection, _ -> [[UInt8]] in
             let digests = try connection.query("SELECT token_hash FROM sessions WHERE account_id = ? AND revoked_at IS NULL",
                                                account) { try $0.get(0, as: [UInt8].self) }.filter { $0 != kept }
-            for digest in digests {
-                try connection.run("UPDATE sessions SET revoked_at = ? WHERE token_hash = ?", now, digest)
-            }
+            try connection.run("UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS NOT ?",
+                               now, account, kept ?? [])
             return digests
         }
         sessions.forget(account: account)
