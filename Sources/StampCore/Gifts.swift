@@ -28,34 +28,30 @@ extension StampService {
         let window = settings.idempotencyWindow
         let limit = settings.limits.giftsPerHour
         let outcome = try await write { connection, outbox -> Result<Gift, StampError> in
-            // A retry of a gift that went through answers it again, before any check that its
-            // own success changed (the balance, the allowance).
-            if let idempotency, let first: Gift = try Self.replay(idempotency, account: principal.id, now: now,
-                                                                  window: window, on: connection) {
-                return .success(first)
-            }
-            let scope = "gift:" + principal.id
-            if let wait = try Self.secondsUntilAllowed(scope, limit: limit, window: Self.hour, now: now, on: connection) {
-                throw StampError(.rateLimited, "at most \(limit) gifts an hour", retryAfter: wait)
-            }
-            guard var sender = try Self.loadCard(customer: principal.id, store: storeId, on: connection) else {
-                throw StampError.notFound("card")
-            }
-            guard sender.stamps >= count else {
-                throw StampError(.conflict, "the card has \(Self.stamps(sender.stamps)), fewer than \(count)", field: "count")
-            }
-            // Held cards and erased accounts have keys no login can spell (they hold a `:` that
-            // `Login.validate` refuses), so only living customers receive.
-            guard let receiver = try connection.queryFirst("""
-                SELECT id, name FROM accounts WHERE login_key IN (?, ?) AND role = 'customer' AND walk_in = 0
-                ORDER BY login_key = ? DESC LIMIT 1
-                """, key, legacyKey, key, row: { (try $0.get(0, as: String.self), try $0.get(1, as: String.self)) }) else {
-                // Returned, not thrown, so that the counted attempt commits.
-                try Self.recordAction(scope, now: now, on: connection)
-                return .failure(StampError(.notFound, "no customer has that login", field: "to"))
-            }
-            guard receiver.0 != principal.id else { throw StampError.invalid("to", "a gift goes to someone else") }
-            return .success(try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+            // A retry of a gift that went through answers it again, before any check that its own
+            // success changed (the balance, the allowance).
+            try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                let scope = "gift:" + principal.id
+                if let wait = try Self.secondsUntilAllowed(scope, limit: limit, window: Self.hour, now: now, on: connection) {
+                    throw StampError(.rateLimited, "at most \(limit) gifts an hour", retryAfter: wait)
+                }
+                guard var sender = try Self.loadCard(customer: principal.id, store: storeId, on: connection) else {
+                    throw StampError.notFound("card")
+                }
+                guard sender.stamps >= count else {
+                    throw StampError(.conflict, "the card has \(Self.stamps(sender.stamps)), fewer than \(count)", field: "count")
+                }
+                // Held cards and erased accounts have keys no login can spell (they hold a `:` that
+                // `Login.validate` refuses), so only living customers receive.
+                guard let receiver = try connection.queryFirst("""
+                    SELECT id, name FROM accounts WHERE login_key IN (?, ?) AND role = 'customer' AND walk_in = 0
+                    ORDER BY login_key = ? DESC LIMIT 1
+                    """, key, legacyKey, key, row: { (try $0.get(0, as: String.self), try $0.get(1, as: String.self)) }) else {
+                    // Returned, not thrown, so that the counted attempt commits.
+                    try Self.recordAction(scope, now: now, on: connection)
+                    return .failure(StampError(.notFound, "no customer has that login", field: "to"))
+                }
+                guard receiver.0 != principal.id else { throw StampError.invalid("to", "a gift goes to someone else") }
                 try Self.recordAction(scope, now: now, on: connection)
                 var receiving = try Self.loadCard(customer: receiver.0, store: storeId, on: connection)
                     ?? Self.newCard(customer: receiver.0, store: storeId, now: now, on: connection)
@@ -72,8 +68,8 @@ extension StampService {
                 try outbox.emit("card.updated", to: [receiver.0],
                                 data: CardChange(card: receiving, reason: "giftReceived", stamps: count, counterpart: senderName),
                                 at: now, on: connection)
-                return gift
-            })
+                return .success(gift)
+            }
         }
         return try outcome.get()
     }

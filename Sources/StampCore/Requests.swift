@@ -331,16 +331,28 @@ extension StampService {
     static func idempotent<T: Codable & Sendable>(_ idempotency: IdempotencyKey?, account: String, now: Date,
                                                    window: TimeInterval, on connection: Connection,
                                                    create: () throws -> T) throws -> T {
+        try idempotent(idempotency, account: account, now: now, window: window, on: connection) {
+            Result<T, StampError>.success(try create())
+        }.get()
+    }
+
+    /// The same for a body that may refuse by returning a failure (so that what it counted
+    /// commits): a replay comes before anything the body checks, and only a success is kept.
+    static func idempotent<T: Codable & Sendable>(_ idempotency: IdempotencyKey?, account: String, now: Date,
+                                                   window: TimeInterval, on connection: Connection,
+                                                   create: () throws -> Result<T, StampError>) throws -> Result<T, StampError> {
         guard let idempotency else { return try create() }
         if let replayed: T = try replay(idempotency, account: account, now: now, window: window, on: connection) {
-            return replayed
+            return .success(replayed)
         }
-        let fingerprint = Self.fingerprint(idempotency)
-        let value = try create()
-        try connection.run("""
-            INSERT INTO idempotency_keys (account_id, key, operation, fingerprint, status, response, created_at)
-            VALUES (?, ?, ?, ?, 201, ?, ?)
-            """, account, idempotency.key, idempotency.operation, fingerprint, try StampJSON.encode(value), now.millis)
-        return value
+        let outcome = try create()
+        if case .success(let value) = outcome {
+            try connection.run("""
+                INSERT INTO idempotency_keys (account_id, key, operation, fingerprint, status, response, created_at)
+                VALUES (?, ?, ?, ?, 201, ?, ?)
+                """, account, idempotency.key, idempotency.operation, fingerprint(idempotency), try StampJSON.encode(value),
+                now.millis)
+        }
+        return outcome
     }
 }
