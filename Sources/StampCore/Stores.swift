@@ -140,13 +140,17 @@ extension StampService {
     static let conversionBatch = 200
 
     /// Converts the cards of `storeId` holding a full set or more, a batch per transaction.
-    func convertExcessStamps(of storeId: String) async throws {
+    /// Returns how many it converted.
+    @discardableResult
+    func convertExcessStamps(of storeId: String) async throws -> Int {
+        var total = 0
         while true {
             let now = clock.now()
             let converted = try await write { connection, outbox in
                 try Self.convertExcessStamps(of: storeId, limit: Self.conversionBatch, now: now, on: connection, outbox: &outbox)
             }
-            if converted < Self.conversionBatch { return }
+            total += converted
+            if converted < Self.conversionBatch { return total }
         }
     }
 
@@ -159,16 +163,7 @@ extension StampService {
                 """) { try $0.get(0, as: String.self) }
         }
         var total = 0
-        for store in stores {
-            while true {
-                let now = clock.now()
-                let converted = try await write { connection, outbox in
-                    try Self.convertExcessStamps(of: store, limit: Self.conversionBatch, now: now, on: connection, outbox: &outbox)
-                }
-                total += converted
-                if converted < Self.conversionBatch { break }
-            }
-        }
+        for store in stores { total += try await convertExcessStamps(of: store) }
         return total
     }
 

@@ -338,17 +338,18 @@ extension StampService {
     }
 
     static func claimCodeDigits(_ code: String, field: String) throws -> String {
-        let digits = code.filter { $0 != " " && $0 != "-" }
-        guard digits.count == 6, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {
-            throw StampError.invalid(field, "the claim code is the 6 digits the cafe shows")
-        }
-        return digits
+        try codeDigits(code, count: 6, field: field, "the claim code is the 6 digits the cafe shows")
     }
 
     static func memberCodeDigits(_ code: String) throws -> String {
+        try codeDigits(code, count: 8, field: "memberCode", "the member code is the 8 digits the customer's phone shows")
+    }
+
+    /// A code as typed, without the spaces and dashes people put in: exactly `count` ASCII digits.
+    private static func codeDigits(_ code: String, count: Int, field: String, _ rule: String) throws -> String {
         let digits = code.filter { $0 != " " && $0 != "-" }
-        guard digits.count == 8, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {
-            throw StampError.invalid("memberCode", "the member code is the 8 digits the customer's phone shows")
+        guard digits.count == count, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {
+            throw StampError.invalid(field, rule)
         }
         return digits
     }
