@@ -96,11 +96,6 @@ struct EventsEndpoint: Sendable {
             },
             refused: { outcome in
                 switch outcome {
-                case .shuttingDown:
-                    // As for a poll parked when shutdown began: nothing new, the cursor, come back soon.
-                    var extra = headers
-                    extra.append(("Retry-After", "1"))
-                    return Self.answer(EventBatch(events: [], cursor: parkedCursor, reset: false), extra)
                 case .tooManyForAccount:
                     return .problem(HTTPError(.tooManyRequests, detail: "too many polls are open for this account",
                                               headers: [("Retry-After", "5")]))

@@ -19,7 +19,7 @@ public struct LongPoll: Sendable {
     public var read: @Sendable () async -> Response?
     /// The answer when the poll ends with nothing new: at its timeout, or at shutdown.
     public var empty: @Sendable (_ shuttingDown: Bool) -> Response
-    /// The answer when the hub refuses to park it (caps, shutdown).
+    /// The answer when the hub refuses to park it for a cap (at shutdown it gets `empty(true)`).
     public var refused: @Sendable (ParkOutcome) -> Response
 }
 
@@ -171,7 +171,10 @@ final class HTTPHandler: ChannelInboundHandler {
             parked = Parked(waiter: waiter, timeout: timeout, poll: poll)
         case .ready:
             readAgain(poll, context: context)
-        case .tooManyForAccount, .tooManyForServer, .shuttingDown:
+        case .shuttingDown:
+            // As for a poll parked when shutdown began: nothing new, its cursor, come back soon.
+            write(poll.empty(true), context: context)
+        case .tooManyForAccount, .tooManyForServer:
             write(poll.refused(outcome), context: context)
         }
     }
