@@ -2,7 +2,9 @@
 import PackageDescription
 
 // Dependencies point one way:
-// CSQLite ← SQLiteDB ← StampCore ← StampHTTP ← stampd
+// Storage ← SQLiteDB (CSQLite) ← stampd
+// Storage ← PostgresDB (postgres-nio) ← stampd
+// Storage ← StampCore ← StampHTTP ← stampd
 let package = Package(
     name: "stampd",
     platforms: [.macOS(.v15)],
@@ -18,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.0.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.25.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
     ],
     targets: [
         .systemLibrary(
@@ -26,18 +30,35 @@ let package = Package(
         ),
         .target(name: "Blocking"),
         .target(
+            name: "Storage",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .target(
             name: "SQLiteDB",
             dependencies: [
                 "CSQLite",
                 "Blocking",
-                .product(name: "Crypto", package: "swift-crypto"),
+                "Storage",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "PostgresDB",
+            dependencies: [
+                "Storage",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(
             name: "StampCore",
             dependencies: [
-                "SQLiteDB",
+                "Storage",
                 "Blocking",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -64,7 +85,9 @@ let package = Package(
             dependencies: [
                 "StampHTTP",
                 "StampCore",
+                "Storage",
                 "SQLiteDB",
+                "PostgresDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -83,14 +106,16 @@ let package = Package(
         ),
         .testTarget(
             name: "SQLiteDBTests",
-            dependencies: ["SQLiteDB"]
+            dependencies: ["SQLiteDB", "Storage"]
         ),
         .testTarget(
             name: "StampdTests",
             dependencies: [
                 "StampHTTP",
                 "StampCore",
+                "Storage",
                 "SQLiteDB",
+                "PostgresDB",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

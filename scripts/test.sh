@@ -2,11 +2,14 @@
 # Runs every test of stampd: unit and live-socket (swift test), the OpenAPI document check,
 # the contract fuzzing (schemathesis), the browser end-to-end test (headless Chromium), the
 # reliability checks (crash durability, malformed HTTP, slow clients, storage faults; see
-# RELIABILITY.md) in CI sizes, and the benchmark smoke run. On a fresh machine it first installs what is missing: Debian packages
-# (apt-get, as root) and a Python venv in .venv from Tests/requirements.txt.
+# RELIABILITY.md) in CI sizes, and the benchmark smoke run, on SQLite; then the Swift tests, the
+# contract run and the browser test again on PostgreSQL, in a throwaway server of its own
+# (scripts/postgres.sh) that is stopped at the end. On a fresh machine it first installs what is
+# missing: Debian packages (apt-get, as root) and a Python venv in .venv from Tests/requirements.txt.
 #
 #   scripts/test.sh            everything
-#   SKIP=browser,bench scripts/test.sh   leave stages out (build, swift, openapi, contract, browser, reliability, bench)
+#   SKIP=browser,bench scripts/test.sh   leave stages out (build, swift, openapi, contract, browser,
+#                                        reliability, bench, postgres)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
@@ -66,6 +69,24 @@ stage reliability bash Tests/reliability/run.sh "$binary" --quick
 # The benchmark's smoke run keeps the load client working; its figures mean nothing.
 export BENCH_BIN="$(dirname "$binary")"
 stage bench bash scripts/bench/run.sh --smoke
+
+# --- the same on PostgreSQL -------------------------------------------------------------------
+if [[ $skip != *",postgres,"* ]]; then
+  source scripts/postgres.sh
+  if pg_throwaway_start; then
+    trap pg_throwaway_stop EXIT
+    stage swift-postgres env STAMPD_TEST_POSTGRES_URL="$PG_THROWAWAY_URL" swift test --skip-build
+    stage contract-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb contract)" bash Tests/contract/run.sh "$binary"
+    stage browser-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb browser)" bash Tests/browser/run.sh "$binary"
+    pg_throwaway_stop
+    trap - EXIT
+  else
+    failed=$((failed + 1))
+    failures+=("postgres (the throwaway server did not start)")
+  fi
+else
+  say "postgres: skipped"
+fi
 
 say "summary"
 ((failed)) && echo "failed: ${failures[*]}"

@@ -1,5 +1,6 @@
 // One SQLite connection, used by one thread at a time, with its cache of prepared statements.
 import CSQLite
+import Storage
 
 // Not safe for concurrent use: `Database` hands each connection to one thread at a time,
 // which is the only reason it may cross threads.
@@ -56,6 +57,10 @@ public final class Connection: @unchecked Sendable {
 
     @discardableResult
     public func run(_ sql: String, parameters: [any SQLBindable]) throws -> Int {
+        try runNow(sql, parameters: parameters)
+    }
+
+    private func runNow(_ sql: String, parameters: [any SQLBindable]) throws -> Int {
         let statement = try prepared(sql)
         try statement.bind(parameters)
         defer { statement.reset() }
@@ -69,12 +74,16 @@ public final class Connection: @unchecked Sendable {
     }
 
     public func query<T>(_ sql: String, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) throws -> [T] {
+        try queryNow(sql, parameters: parameters, row: map)
+    }
+
+    private func queryNow<T>(_ sql: String, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) throws -> [T] {
         let statement = try prepared(sql)
         try statement.bind(parameters)
         defer { statement.reset() }
         var results: [T] = []
         while try statement.step() {
-            results.append(try map(Row(statement: statement.handle)))
+            results.append(try map(Row(statement)))
         }
         return results
     }
@@ -85,11 +94,15 @@ public final class Connection: @unchecked Sendable {
     }
 
     public func queryFirst<T>(_ sql: String, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) throws -> T? {
+        try queryFirstNow(sql, parameters: parameters, row: map)
+    }
+
+    private func queryFirstNow<T>(_ sql: String, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) throws -> T? {
         let statement = try prepared(sql)
         try statement.bind(parameters)
         defer { statement.reset() }
         guard try statement.step() else { return nil }
-        return try map(Row(statement: statement.handle))
+        return try map(Row(statement))
     }
 
     /// The rowid of the last row inserted on this connection.
@@ -117,11 +130,11 @@ public final class Connection: @unchecked Sendable {
     /// `unitRollbackFailed` is set and the caller must roll the whole transaction back.
     /// While the body runs, it cannot end or undo the transaction or the savepoint itself
     /// (once `guardTransactionControl()` was called): such statements fail to prepare.
-    public func savepoint<T>(_ body: () throws -> T) throws -> T {
+    public func savepoint<T>(_ body: () async throws -> T) async throws -> T {
         try execute("SAVEPOINT unit")
         transactionControl.inUnit = true
         do {
-            let result = try body()
+            let result = try await body()
             transactionControl.inUnit = false
             try execute("RELEASE unit")
             return result
@@ -174,4 +187,24 @@ public final class Connection: @unchecked Sendable {
         return SQLiteError(extendedCode: extended != 0 ? extended : code,
                            message: String(cString: sqlite3_errmsg(handle)), sql: sql)
     }
+}
+
+// The use cases' view of a connection. The calls do not suspend: a body runs on the thread
+// that owns the connection (the engine's executor), so SQLite's blocking calls stay there.
+extension Connection: SQLSession {
+    @discardableResult
+    public func run(_ sql: SQL, parameters: [any SQLBindable]) async throws -> Int {
+        try runNow(sql.sqlite, parameters: parameters)
+    }
+
+    public func query<T>(_ sql: SQL, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) async throws -> [T] {
+        try queryNow(sql.sqlite, parameters: parameters, row: map)
+    }
+
+    public func queryFirst<T>(_ sql: SQL, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) async throws -> T? {
+        try queryFirstNow(sql.sqlite, parameters: parameters, row: map)
+    }
+
+    /// One writer commits at a time: commit order is already the order of the writes.
+    public func holdUntilCommit(_ keys: [String]) async throws {}
 }

@@ -1,12 +1,16 @@
-// The database: one writer connection on its own thread, with group commit, and reader
-// connections on threads of their own. Async callers suspend; no SQLite call ever runs
-// on a NIO event loop or on Swift's cooperative pool.
+// The SQLite engine: one writer connection on its own thread, with group commit, and reader
+// connections on threads of their own. Read and write bodies run on those threads (the pools'
+// task executors), so no SQLite call ever runs on a NIO event loop or on Swift's cooperative pool.
 import Blocking
+import Foundation
 import Logging
+import Storage
 import Synchronization
 
-public final class Database: @unchecked Sendable {
+public final class Database: Storage, @unchecked Sendable {
     public let path: String
+    public var engine: String { "sqlite" }
+    public var location: String { path }
 
     /// When every `write` that returned has been made durable by `fsync`: WAL with
     /// `synchronous = FULL` syncs the log at each commit, so a 2xx survives a power loss,
@@ -19,22 +23,31 @@ public final class Database: @unchecked Sendable {
     // `writer` is touched only on `writerThread`, each reader only while checked out on a reader thread.
     private let writer: Connection
     private let writerThread: BlockingPool
+    private let writerExecutor: PoolExecutor
     private let readerThreads: BlockingPool?
-    private let idleReaders: Mutex<[Connection]>
+    private let readerExecutor: PoolExecutor?
+    private let readers: ReaderLine
     private let queue = Mutex(PendingWrites())
     private let logger: Logger
 
     private struct PendingWrites {
         var jobs: [WriteJob] = []
         var draining = false
+        /// Set by `close`: later writes fail at once.
+        var closed = false
+        /// `close` waits here for the queued writes to finish.
+        var drainWatchers: [CheckedContinuation<Void, Never>] = []
     }
 
     private struct WriteJob: Sendable {
         /// Runs the body in a savepoint; returns what to do once the transaction's fate is known.
-        let run: @Sendable (Connection) -> @Sendable (_ commitError: (any Error)?) -> Void
+        let run: @Sendable (Connection) async -> @Sendable (_ commitError: (any Error)?) -> Void
         /// Fails the job without running it.
         let fail: @Sendable (any Error) -> Void
     }
+
+    /// Writes waiting for the writer, not yet begun.
+    public var queuedWrites: Int { queue.withLock { $0.jobs.count } }
 
     /// Opens the database at `path` (`:memory:` for a private in-memory one) with WAL,
     /// `synchronous = FULL`, a busy timeout and foreign keys. `readers` threads serve reads
@@ -59,6 +72,7 @@ public final class Database: @unchecked Sendable {
         writer.guardTransactionControl()
         self.writer = writer
         self.writerThread = BlockingPool(name: "sqlite-writer", threads: 1)
+        self.writerExecutor = PoolExecutor(pool: writerThread)
         if readers > 0 && !inMemory {
             var connections: [Connection] = []
             for _ in 0..<readers {
@@ -68,35 +82,43 @@ public final class Database: @unchecked Sendable {
                 try reader.execute("PRAGMA query_only = 1; SELECT count(*) FROM sqlite_master;")
                 connections.append(reader)
             }
-            self.idleReaders = Mutex(connections)
-            self.readerThreads = BlockingPool(name: "sqlite-reader", threads: readers)
+            self.readers = ReaderLine(connections)
+            let threads = BlockingPool(name: "sqlite-reader", threads: readers)
+            self.readerThreads = threads
+            self.readerExecutor = PoolExecutor(pool: threads)
         } else {
-            self.idleReaders = Mutex([])
+            self.readers = ReaderLine([])
             self.readerThreads = nil
+            self.readerExecutor = nil
         }
     }
 
-    /// Runs a read on a reader connection; sees every write that has returned.
-    public func read<T: Sendable>(_ body: @escaping @Sendable (Connection) throws -> T) async throws -> T {
-        guard let readerThreads else {
-            return try await writerThread.run { [writer] in try body(writer) }
+    /// Runs a read on a reader connection, on a reader thread; sees every write that has returned.
+    public func read<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
+        guard let readerExecutor else {
+            return try await write(body)
         }
-        return try await readerThreads.run {
-            // There are as many connections as threads, so one is always idle here.
-            let connection = self.idleReaders.withLock { $0.removeLast() }
-            defer { self.idleReaders.withLock { $0.append(connection) } }
-            return try body(connection)
+        return try await withTaskExecutorPreference(readerExecutor) {
+            let connection = await readers.checkOut()
+            defer { readers.checkIn(connection) }
+            return try await body(connection)
         }
     }
 
     /// Runs `body` inside a write transaction and returns once it is committed and durable.
     /// Concurrent writes share one transaction (group commit), each in its own savepoint:
     /// when a body throws, only its own changes are undone and only its caller sees the error.
-    public func write<T: Sendable>(_ body: @escaping @Sendable (Connection) throws -> T) async throws -> T {
+    @discardableResult
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             let job = WriteJob(
                 run: { connection in
-                    let result = Result { try connection.savepoint { try body(connection) } }
+                    let result: Result<T, any Error>
+                    do {
+                        result = .success(try await connection.savepoint { try await body(connection) })
+                    } catch {
+                        result = .failure(error)
+                    }
                     return { commitError in
                         if let commitError, case .success = result {
                             continuation.resume(throwing: commitError)
@@ -107,43 +129,45 @@ public final class Database: @unchecked Sendable {
                 },
                 fail: { continuation.resume(throwing: $0) }
             )
-            let startDrain = queue.withLock { state -> Bool in
+            let start = queue.withLock { state -> Bool? in
+                if state.closed { return nil }
                 state.jobs.append(job)
                 if state.draining { return false }
                 state.draining = true
                 return true
             }
-            if startDrain, !writerThread.submit({ self.drain() }) {
-                // Closed: fail what waits instead of leaving it suspended for ever.
-                let waiting = queue.withLock { state -> [WriteJob] in
-                    defer { state.jobs.removeAll() }
-                    state.draining = false
-                    return state.jobs
-                }
-                waiting.forEach { $0.fail(BlockingPoolError.shutDown) }
+            switch start {
+            case nil: job.fail(BlockingPoolError.shutDown)
+            case true?: Task(executorPreference: writerExecutor) { await self.drain() }
+            case false?: break
             }
         }
     }
 
+
     /// Runs the pending writes in batches until none is left. Only on the writer thread.
-    private func drain() {
+    private func drain() async {
         while true {
-            let batch = queue.withLock { state -> [WriteJob] in
+            let (batch, watchers) = queue.withLock { state -> ([WriteJob], [CheckedContinuation<Void, Never>]) in
                 if state.jobs.isEmpty {
                     state.draining = false
-                    return []
+                    defer { state.drainWatchers.removeAll() }
+                    return ([], state.drainWatchers)
                 }
                 let count = min(state.jobs.count, Self.maximumBatch)
                 let batch = Array(state.jobs.prefix(count))
                 state.jobs.removeFirst(count)
-                return batch
+                return (batch, [])
             }
-            if batch.isEmpty { return }
-            commit(batch[...])
+            if batch.isEmpty {
+                watchers.forEach { $0.resume() }
+                return
+            }
+            await commit(batch[...])
         }
     }
 
-    private func commit(_ batch: ArraySlice<WriteJob>) {
+    private func commit(_ batch: ArraySlice<WriteJob>) async {
         do {
             try writer.execute("BEGIN IMMEDIATE")
         } catch {
@@ -155,7 +179,7 @@ public final class Database: @unchecked Sendable {
         finishers.reserveCapacity(batch.count)
         var index = batch.startIndex
         while index < batch.endIndex {
-            let finish = batch[index].run(writer)
+            let finish = await batch[index].run(writer)
             index += 1
             if writer.isInTransaction && !writer.unitRollbackFailed {
                 finishers.append(finish)
@@ -173,7 +197,7 @@ public final class Database: @unchecked Sendable {
             let lost = SQLiteError(extendedCode: ResultCode.ioError.rawValue, message: message)
             finish(lost)
             finishers.forEach { $0(lost) }
-            commit(batch[index...])
+            await commit(batch[index...])
             return
         }
         do {
@@ -187,18 +211,92 @@ public final class Database: @unchecked Sendable {
         finishers.forEach { $0(nil) }
     }
 
-    /// Applies the migrations in `directory`; see `Migrator`.
+    /// Applies the migrations of `folder` (the SQLite ones); see `Migrator`.
     @discardableResult
-    public func migrate(directory: String) async throws -> [Migration] {
-        let migrator = try Migrator(directory: directory)
-        return try await writerThread.run { [writer] in try migrator.migrate(writer) }
+    public func migrate(folder: String) async throws -> [Migration] {
+        let migrator = try Migrator(directory: folder)
+        return try await writerThread.run { [writer] in try Self.migrate(migrator, on: writer) }
+    }
+
+    private static func migrate(_ migrator: Migrator, on connection: Connection) throws -> [Migration] {
+        try connection.execute("""
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                checksum TEXT NOT NULL,
+                applied_at INTEGER NOT NULL
+            ) STRICT;
+            """)
+        let applied = try connection.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version") { row in
+            Migrator.Applied(version: try row.get(0), name: try row.get(1), checksum: try row.get(2))
+        }
+        let pending = try migrator.pending(applied: applied)
+        for migration in pending {
+            try connection.transaction {
+                try connection.execute(migration.sql)
+                try connection.run(
+                    "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
+                    migration.version, migration.name, migration.checksum,
+                    Int64(Date().timeIntervalSince1970 * 1000))
+            }
+        }
+        return pending
     }
 
     /// Finishes queued writes, then closes every connection. The database is unusable afterwards.
-    public func close() {
+    public func close() async {
+        // The writes already queued were accepted: let them finish first.
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            let wait = queue.withLock { state -> Bool in
+                state.closed = true
+                if state.draining { state.drainWatchers.append(done) }
+                return state.draining
+            }
+            if !wait { done.resume() }
+        }
         writerThread.shutdown()
         readerThreads?.shutdown()
         writer.close()
-        idleReaders.withLock { readers in readers.forEach { $0.close() } }
+        readers.closeAll()
+    }
+}
+
+/// The idle reader connections, handed to one read at a time. A read waits here only when a
+/// body suspended and another read took its thread; with bodies that do not suspend there is
+/// always one idle connection per idle thread.
+private final class ReaderLine: Sendable {
+    private struct State {
+        var idle: [Connection]
+        var waiting: [CheckedContinuation<Connection, Never>] = []
+    }
+    private let state: Mutex<State>
+
+    init(_ connections: [Connection]) {
+        state = Mutex(State(idle: connections))
+    }
+
+    func checkOut() async -> Connection {
+        if let connection = state.withLock({ $0.idle.popLast() }) { return connection }
+        return await withCheckedContinuation { continuation in
+            let connection = state.withLock { state -> Connection? in
+                if let connection = state.idle.popLast() { return connection }
+                state.waiting.append(continuation)
+                return nil
+            }
+            if let connection { continuation.resume(returning: connection) }
+        }
+    }
+
+    func checkIn(_ connection: Connection) {
+        let next = state.withLock { state -> CheckedContinuation<Connection, Never>? in
+            if !state.waiting.isEmpty { return state.waiting.removeFirst() }
+            state.idle.append(connection)
+            return nil
+        }
+        next?.resume(returning: connection)
+    }
+
+    func closeAll() {
+        state.withLock { state in state.idle.forEach { $0.close() } }
     }
 }

@@ -1,5 +1,6 @@
 // Errors from SQLite, catchable by result code.
 import CSQLite
+import Storage
 
 /// A SQLite result code. Compare with the primary codes, e.g. `error.code == .constraint`.
 public struct ResultCode: Hashable, Sendable, CustomStringConvertible {
@@ -23,7 +24,7 @@ public struct ResultCode: Hashable, Sendable, CustomStringConvertible {
     public var description: String { String(cString: sqlite3_errstr(rawValue)) }
 }
 
-public struct SQLiteError: Error, Sendable, CustomStringConvertible {
+public struct SQLiteError: StorageFault, Sendable, CustomStringConvertible {
     /// The primary result code (extended code with its high bits removed).
     public var code: ResultCode { ResultCode(rawValue: extendedCode & 0xff) }
     /// The extended result code, e.g. SQLITE_CONSTRAINT_UNIQUE.

@@ -1,5 +1,6 @@
 // A prepared statement: bound, stepped, reset for reuse, finalized when released.
 import CSQLite
+import Storage
 
 final class Statement {
     let handle: OpaquePointer

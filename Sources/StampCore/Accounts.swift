@@ -1,6 +1,6 @@
 // Accounts, sign-in sessions and bearer-token authentication.
 import Foundation
-import SQLiteDB
+import Storage
 import Synchronization
 
 public struct SignedIn: Codable, Sendable {
@@ -35,28 +35,28 @@ extension StampService {
         let expiresAt = now.addingTimeInterval(settings.tokenLifetime)
         let limits = settings.limits
         let outcome = try await write { connection, outbox -> Result<Account, StampError> in
-            if try connection.queryFirst("SELECT 1 FROM accounts WHERE login_key IN (?, ?)", key, legacyKey,
+            if try await connection.queryFirst("SELECT 1 FROM accounts WHERE login_key IN (?, ?)", key, legacyKey,
                                          row: { try $0.get(0, as: Int.self) }) != nil {
                 throw StampError(.conflict, "the login is taken", field: "login")
             }
             var claimedStore: String?
             if let code {
-                switch try Self.matchClaimCode(code, phoneKey: key, field: "claimCode", limits: limits, now: now, on: connection) {
+                switch try await Self.matchClaimCode(code, phoneKey: key, field: "claimCode", limits: limits, now: now, on: connection) {
                 case .failure(let refusal): return .failure(refusal)
                 case .success(let store): claimedStore = store
                 }
             }
             do {
-                try connection.run("""
+                try await connection.run("""
                     INSERT INTO accounts (id, role, login, login_key, name, password_hash, created_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?)
                     """, account.id, role.rawValue, login, key, name, hash, now.millis)
-            } catch let error as SQLiteError where error.isUniqueViolation {
+            } catch let error as any StorageFault where error.isUniqueViolation {
                 throw StampError(.conflict, "the login is taken", field: "login")
             }
-            try Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
+            try await Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
             if let claimedStore {
-                _ = try Self.moveHeldCard(store: claimedStore, phoneKey: key, into: account.id, now: now,
+                _ = try await Self.moveHeldCard(store: claimedStore, phoneKey: key, into: account.id, now: now,
                                           on: connection, outbox: &outbox)
             }
             return .success(account)
@@ -75,7 +75,7 @@ extension StampService {
         let now = clock.now()
         let account = try await checkingPassword(from: clientAddress, loginKey: key, now: now) { () -> (Account?, SignInGuard.Outcome) in
             let found = try await read { connection in
-                try connection.queryFirst("""
+                try await connection.queryFirst("""
                     SELECT id, role, login, name, created_at, password_hash FROM accounts
                     WHERE login_key IN (?, ?) AND walk_in = 0 ORDER BY login_key = ? DESC LIMIT 1
                     """, key, legacyKey, key) { row in (try Self.account(row), try row.get(5, as: String.self)) }
@@ -91,7 +91,7 @@ extension StampService {
         let token = BearerToken.generate()
         let expiresAt = now.addingTimeInterval(settings.tokenLifetime)
         try await write { connection, _ in
-            try Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
+            try await Self.insertSession(token: token, account: account.id, now: now, expiresAt: expiresAt, on: connection)
         }
         return SignedIn(account: account, token: token, expiresAt: expiresAt)
     }
@@ -119,7 +119,7 @@ extension StampService {
         let (remembered, revocations) = sessions.principal(for: digest, now: now)
         if let remembered { return remembered }
         let found = try await read { connection in
-            try connection.queryFirst("""
+            try await connection.queryFirst("""
                 SELECT a.id, a.role, a.login, a.name, a.created_at, s.expires_at
                 FROM sessions s JOIN accounts a ON a.id = s.account_id
                 WHERE s.token_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?
@@ -145,10 +145,10 @@ extension StampService {
         // Forgotten before and after the write; a read that overlaps it is not remembered.
         sessions.forget(digest)
         let account = try await write { connection, _ -> String? in
-            let account = try connection.queryFirst("SELECT account_id FROM sessions WHERE token_hash = ?", digest) {
+            let account = try await connection.queryFirst("SELECT account_id FROM sessions WHERE token_hash = ?", digest) {
                 try $0.get(0, as: String.self)
             }
-            try connection.run("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL", now, digest)
+            try await connection.run("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL", now, digest)
             return account
         }
         sessions.forget(digest)
@@ -170,7 +170,7 @@ extension StampService {
         try await requireOwnPassword(principal, current, field: "currentPassword", clientAddress: clientAddress)
         let hash = try await hasher.hash(password, for: clientAddress)
         try await write { connection, _ in
-            try connection.run("UPDATE accounts SET password_hash = ? WHERE id = ?", hash, principal.id)
+            try await connection.run("UPDATE accounts SET password_hash = ? WHERE id = ?", hash, principal.id)
         }
         try await revokeSessions(of: principal.id, except: principal.session)
     }
@@ -183,24 +183,24 @@ extension StampService {
         try await requireOwnPassword(principal, password, field: "password", clientAddress: clientAddress)
         let now = clock.now()
         try await write { connection, outbox in
-            if try connection.queryFirst("SELECT 1 FROM stores WHERE owner_id = ?", principal.id, row: { try $0.get(0, as: Int.self) }) != nil {
+            if try await connection.queryFirst("SELECT 1 FROM stores WHERE owner_id = ?", principal.id, row: { try $0.get(0, as: Int.self) }) != nil {
                 throw StampError(.conflict, "close your stores before deleting the account")
             }
             let erased = "deleted:" + principal.id
-            try connection.run("""
+            try await connection.run("""
                 UPDATE accounts SET login = ?, login_key = ?, name = 'Deleted customer', password_hash = '!' WHERE id = ?
                 """, erased, erased, principal.id)
-            try connection.run("UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL", now.millis, principal.id)
-            try connection.run("DELETE FROM member_codes WHERE account_id = ?", principal.id)
-            try connection.run("DELETE FROM idempotency_keys WHERE account_id = ?", principal.id)
-            try connection.run("DELETE FROM events WHERE account_id = ?", principal.id)
+            try await connection.run("UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL", now.millis, principal.id)
+            try await connection.run("DELETE FROM member_codes WHERE account_id = ?", principal.id)
+            try await connection.run("DELETE FROM idempotency_keys WHERE account_id = ?", principal.id)
+            try await connection.run("DELETE FROM events WHERE account_id = ?", principal.id)
             // Requests still waiting are withdrawn (nobody is there to be stamped), and their stores
             // are told, as for any cancellation.
-            let waiting = try connection.query(Self.requestSelect + " WHERE r.customer_id = ? AND r.status = 'pending'",
+            let waiting = try await connection.query(Self.requestSelect + " WHERE r.customer_id = ? AND r.status = 'pending'",
                                                principal.id) { try Self.requestRow($0) }
             for (request, owner) in waiting {
-                let cancelled = try Self.decide(request, .cancelled, reason: nil, now: now, on: connection)
-                try outbox.emit("request.cancelled", to: [owner], data: RequestChange(request: cancelled), at: now, on: connection)
+                let cancelled = try await Self.decide(request, .cancelled, reason: nil, now: now, on: connection)
+                try outbox.emit("request.cancelled", to: [owner], data: RequestChange(request: cancelled), at: now)
             }
         }
         sessions.forget(account: principal.id)
@@ -212,7 +212,7 @@ extension StampService {
     private func requireOwnPassword(_ principal: Principal, _ password: String, field: String,
                                     clientAddress: String) async throws {
         let stored = try await read { connection in
-            try connection.queryFirst("SELECT password_hash FROM accounts WHERE id = ?", principal.id) { try $0.get(0, as: String.self) }
+            try await connection.queryFirst("SELECT password_hash FROM accounts WHERE id = ?", principal.id) { try $0.get(0, as: String.self) }
         }
         let right = try await checkingPassword(from: clientAddress, loginKey: Login.key(principal.account.login),
                                                now: clock.now()) { () -> (Bool, SignInGuard.Outcome) in
@@ -226,24 +226,26 @@ extension StampService {
         let now = clock.now().millis
         sessions.forget(account: account)
         let revoked = try await write { connection, _ -> [[UInt8]] in
-            let digests = try connection.query("SELECT token_hash FROM sessions WHERE account_id = ? AND revoked_at IS NULL",
+            let digests = try await connection.query("SELECT token_hash FROM sessions WHERE account_id = ? AND revoked_at IS NULL",
                                                account) { try $0.get(0, as: [UInt8].self) }.filter { $0 != kept }
-            try connection.run("UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS NOT ?",
-                               now, account, kept ?? [])
+            try await connection.run(SQL(
+                sqlite: "UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS NOT ?",
+                postgres: "UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS DISTINCT FROM ?"),
+                now, account, kept ?? [])
             return digests
         }
         sessions.forget(account: account)
         hub.revoke(account: account, sessions: Set(revoked))
     }
 
-    static func insertSession(token: String, account: String, now: Date, expiresAt: Date, on connection: Connection) throws {
-        try connection.run("""
+    static func insertSession(token: String, account: String, now: Date, expiresAt: Date, on connection: any SQLSession) async throws {
+        try await connection.run("""
             INSERT INTO sessions (token_hash, account_id, created_at, expires_at) VALUES (?, ?, ?, ?)
             """, BearerToken.digest(token), account, now.millis, expiresAt.millis)
     }
 
-    static func loadAccount(_ id: String, on connection: Connection) throws -> Account {
-        guard let account = try connection.queryFirst("SELECT id, role, login, name, created_at FROM accounts WHERE id = ?",
+    static func loadAccount(_ id: String, on connection: any SQLSession) async throws -> Account {
+        guard let account = try await connection.queryFirst("SELECT id, role, login, name, created_at FROM accounts WHERE id = ?",
                                                       id, row: { try Self.account($0) }) else {
             throw StampError.notFound("account")
         }

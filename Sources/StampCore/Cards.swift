@@ -1,6 +1,6 @@
 // Stamp cards and their ledger: a card always equals the sum of its ledger rows.
 import Foundation
-import SQLiteDB
+import Storage
 
 /// The data of a `card.updated` event: the card after the change, and why it changed.
 public struct CardChange: Codable, Sendable, Equatable {
@@ -25,7 +25,7 @@ extension StampService {
     public func cards(_ principal: Principal) async throws -> [Card] {
         guard principal.role == .customer else { throw StampError(.forbidden, "only customers have cards") }
         return try await read { connection in
-            try connection.query(Self.cardSelect + " WHERE c.customer_id = ? ORDER BY c.updated_at DESC, c.store_id",
+            try await connection.query(Self.cardSelect + " WHERE c.customer_id = ? ORDER BY c.updated_at DESC, c.store_id",
                                  principal.id) { try Self.cardRow($0) }
         }
     }
@@ -33,8 +33,8 @@ extension StampService {
     public func ledger(_ principal: Principal, storeId: String) async throws -> [LedgerEntry] {
         guard principal.role == .customer else { throw StampError(.forbidden, "only customers have cards") }
         let entries = try await read { connection -> [LedgerEntry]? in
-            guard try Self.loadCard(customer: principal.id, store: storeId, on: connection) != nil else { return nil }
-            return try connection.query("""
+            guard try await Self.loadCard(customer: principal.id, store: storeId, on: connection) != nil else { return nil }
+            return try await connection.query("""
                 SELECT id, kind, stamps_delta, rewards_delta, request_id, at FROM ledger
                 WHERE customer_id = ? AND store_id = ? ORDER BY id
                 """, principal.id, storeId) { row in
@@ -61,24 +61,30 @@ extension StampService {
              rewards: try row.get(6), updatedAt: Date(millis: try row.get(7)))
     }
 
-    static func loadCard(customer: String, store: String, on connection: Connection) throws -> Card? {
-        try connection.queryFirst(cardSelect + " WHERE c.customer_id = ? AND c.store_id = ?", customer, store) {
+    static func loadCard(customer: String, store: String, on connection: any SQLSession) async throws -> Card? {
+        try await connection.queryFirst(cardSelect + " WHERE c.customer_id = ? AND c.store_id = ?", customer, store) {
             try cardRow($0)
         }
     }
 
-    static func newCard(customer: String, store: String, now: Date, on connection: Connection) throws -> Card {
-        try connection.run("INSERT INTO cards (customer_id, store_id, stamps, rewards, updated_at) VALUES (?, ?, 0, 0, ?)",
+    static func newCard(customer: String, store: String, now: Date, on connection: any SQLSession) async throws -> Card {
+        try await connection.run("INSERT INTO cards (customer_id, store_id, stamps, rewards, updated_at) VALUES (?, ?, 0, 0, ?)",
                            customer, store, now.millis)
-        guard let card = try loadCard(customer: customer, store: store, on: connection) else {
+        guard let card = try await loadCard(customer: customer, store: store, on: connection) else {
             throw StampError.notFound("store")
         }
         return card
     }
 
+    /// The customer's card at the store, made (empty) when there is none.
+    static func loadOrNewCard(customer: String, store: String, now: Date, on connection: any SQLSession) async throws -> Card {
+        if let card = try await loadCard(customer: customer, store: store, on: connection) { return card }
+        return try await newCard(customer: customer, store: store, now: now, on: connection)
+    }
+
     static func addLedger(_ kind: LedgerKind, card: Card, stamps: Int, rewards: Int, request: String?,
-                          at: Date, on connection: Connection) throws {
-        try connection.run("""
+                          at: Date, on connection: any SQLSession) async throws {
+        try await connection.run("""
             INSERT INTO ledger (customer_id, store_id, kind, stamps_delta, rewards_delta, request_id, at)
             VALUES (?, ?, ?, ?, ?, ?, ?)
             """, card.customerId, card.storeId, kind.rawValue, stamps, rewards, request, at.millis)

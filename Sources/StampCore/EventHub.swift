@@ -42,15 +42,13 @@ public final class EventHub: Sendable {
         var nextID: UInt64 = 0
         var waiters: [UInt64: Waiter] = [:]
         var byAccount: [String: [UInt64]] = [:]
-        /// The newest event id published per account since start: parking with an older
-        /// cursor would miss an event that committed between the poll's read and its park.
+        /// The newest event position per account (seeded at start, then published): parking
+        /// with an older cursor would miss an event that committed between the poll's read and
+        /// its park.
         var latest: [String: Int64] = [:]
         var shuttingDown = false
         /// Set once `seed` has told the hub what the log holds: then `hasNothingAfter` can answer.
         var seeded = false
-        /// The newest event id ever issued, and the highest pruned by retention.
-        var issuedThrough: Int64 = 0
-        var prunedThrough: Int64 = 0
         /// Callers of `waitUntilParked`, with the count each waits for.
         var countWatchers: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
         var shutdownWatchers: [CheckedContinuation<Void, Never>] = []
@@ -95,30 +93,24 @@ public final class EventHub: Sendable {
         return outcome
     }
 
-    /// Tells the hub what the committed log holds at start (newest id per account, newest id
-    /// issued, highest id pruned), so a poll can park without reading when nothing is newer.
-    public func seed(newest: [String: Int64], issuedThrough: Int64, prunedThrough: Int64) {
+    /// Tells the hub what the committed log holds at start: the newest position of each account
+    /// (accounts with no events are at 0), so a poll can park without reading when nothing is newer.
+    public func seed(newest: [String: Int64]) {
         state.withLock { state in
-            for (account, id) in newest where id > state.latest[account, default: 0] { state.latest[account] = id }
-            state.issuedThrough = max(state.issuedThrough, issuedThrough)
-            state.prunedThrough = max(state.prunedThrough, prunedThrough)
+            for (account, position) in newest where position > state.latest[account, default: 0] {
+                state.latest[account] = position
+            }
             state.seeded = true
         }
     }
 
-    public func markPruned(through id: Int64) {
-        state.withLock { $0.prunedThrough = max($0.prunedThrough, id) }
-    }
-
-    /// True when the log certainly holds no event for `account` after `cursor`, and the cursor is
-    /// neither pruned nor beyond the log: the poll may park without reading. An event that commits
-    /// meanwhile is published after its commit, which wakes the parked poll, or makes `park` say
-    /// `.ready` if it came first.
+    /// True when the log certainly holds no event for `account` after `cursor` and the cursor is
+    /// the account's newest position (so neither pruned, which stays at or below it, nor beyond
+    /// the stream): the poll may park without reading. An event that commits meanwhile is
+    /// published after its commit, which wakes the parked poll, or makes `park` say `.ready` if
+    /// it came first.
     public func hasNothingAfter(_ cursor: Int64, for account: String) -> Bool {
-        state.withLock { state in
-            state.seeded && cursor >= state.prunedThrough && cursor <= state.issuedThrough
-                && state.latest[account, default: 0] <= cursor
-        }
+        state.withLock { state in state.seeded && state.latest[account, default: 0] == cursor }
     }
 
     /// Removes the waiter and resumes it with `reason`. False when it was already resumed.
@@ -131,7 +123,7 @@ public final class EventHub: Sendable {
         return true
     }
 
-    /// Called after a transaction commits, with the newest event id written per recipient.
+    /// Called after a transaction commits, with the newest event position written per recipient.
     public func publish(_ newest: [String: Int64]) {
         guard !newest.isEmpty else { return }
         let now = DispatchTime.now().uptimeNanoseconds
@@ -139,7 +131,6 @@ public final class EventHub: Sendable {
         state.withLock { state in
             for (account, id) in newest {
                 if id > state.latest[account, default: 0] { state.latest[account] = id }
-                if id > state.issuedThrough { state.issuedThrough = id }
                 guard let ids = state.byAccount.removeValue(forKey: account) else { continue }
                 for id in ids {
                     if let waiter = state.waiters.removeValue(forKey: id) { woken.append(waiter) }

@@ -1,6 +1,6 @@
 // Reading the event log by cursor, and pruning it past the retention window.
 import Foundation
-import SQLiteDB
+import Storage
 
 public struct EventBatch: Sendable {
     public var events: [Event]
@@ -16,70 +16,64 @@ public struct EventBatch: Sendable {
 }
 
 extension StampService {
-    /// The caller's events after `cursor` (all retained ones when nil), oldest first.
+    /// The caller's events after `cursor` (all retained ones when nil), oldest first. Positions
+    /// count each account's own events, so the cursor is a position in the caller's stream.
     public func events(for account: String, after cursor: Int64?, limit: Int) async throws -> EventBatch {
-        try await read { connection in
-            let prunedThrough = try connection.queryFirst("SELECT pruned_through FROM event_retention") {
-                try $0.get(0, as: Int64.self)
-            } ?? 0
-            // A cursor this log never issued (ahead of its newest id, e.g. from a restored backup)
-            // is reset too: answering "nothing new" would hide the events that reuse those ids.
-            let issuedThrough = try connection.queryFirst("SELECT seq FROM sqlite_sequence WHERE name = 'events'") {
-                try $0.get(0, as: Int64.self)
-            } ?? 0
-            if let cursor, cursor < prunedThrough || cursor > issuedThrough {
-                let newest = try connection.queryFirst("SELECT max(id) FROM events WHERE account_id = ?", account) {
-                    try $0.optional(0, as: Int64.self)
-                } ?? nil
-                return EventBatch(events: [], cursor: max(prunedThrough, newest ?? 0, cursor > issuedThrough ? issuedThrough : 0),
-                                  reset: true)
+        try await read { session in
+            // The newest position is the newest event's, or the pruned mark when all were pruned.
+            let (newest, prunedThrough) = try await session.queryFirst("""
+                SELECT coalesce((SELECT max(seq) FROM events WHERE account_id = ?), 0),
+                       coalesce((SELECT pruned_through FROM event_positions WHERE account_id = ?), 0)
+                """, account, account) { (try $0.get(0, as: Int64.self), try $0.get(1, as: Int64.self)) } ?? (0, 0)
+            let issued = max(newest, prunedThrough)
+            // A cursor below the pruned mark may have missed events; one beyond the newest position
+            // was never issued (a restored backup, another server's cursor): answering "nothing new"
+            // would hide the events that reuse those positions. Both reset: the client reloads.
+            if let cursor, cursor < prunedThrough || cursor > issued {
+                return EventBatch(events: [], cursor: issued, reset: true)
             }
-            let events = try connection.query("""
-                SELECT id, type, at, data FROM events WHERE account_id = ? AND id > ? ORDER BY id LIMIT ?
+            let events = try await session.query("""
+                SELECT seq, type, at, data FROM events WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?
                 """, account, cursor ?? 0, limit) { row in
                 Event(id: try row.get(0), type: try row.get(1), at: Date(millis: try row.get(2)), data: try row.get(3))
             }
-            // A first poll (no cursor) with nothing yet continues from the newest id issued, not
-            // from 0: a later read from 0 would be older than any pruning and answer a reset.
-            return EventBatch(events: events, cursor: events.last?.id ?? cursor ?? issuedThrough, reset: false)
+            return EventBatch(events: events, cursor: events.last?.id ?? cursor ?? issued, reset: false)
         }
     }
 
-    /// Tells the event hub what the log holds, so polls with an up-to-date cursor park without a read.
-    /// Call once at start, before serving.
+    /// Tells the event hub the newest position of every account, so that polls with an
+    /// up-to-date cursor park without a read. Call once at start, before serving.
     public func prepareEventHub() async throws {
-        let (newest, issued, pruned) = try await read { connection in
-            let newest = try connection.query("SELECT account_id, max(id) FROM events GROUP BY account_id") {
-                (try $0.get(0, as: String.self), try $0.get(1, as: Int64.self))
-            }
-            let issued = try connection.queryFirst("SELECT seq FROM sqlite_sequence WHERE name = 'events'") {
-                try $0.get(0, as: Int64.self)
-            } ?? 0
-            let pruned = try connection.queryFirst("SELECT pruned_through FROM event_retention") {
-                try $0.get(0, as: Int64.self)
-            } ?? 0
-            return (newest, issued, pruned)
+        let newest = try await read { session in
+            try await session.query("""
+                SELECT account_id, max(seq) FROM events GROUP BY account_id
+                UNION ALL SELECT account_id, pruned_through FROM event_positions
+                """) { (try $0.get(0, as: String.self), try $0.get(1, as: Int64.self)) }
         }
-        hub.seed(newest: Dictionary(newest, uniquingKeysWith: max), issuedThrough: issued, prunedThrough: pruned)
+        hub.seed(newest: Dictionary(newest, uniquingKeysWith: max))
     }
 
-    /// Deletes up to `batch` events older than the retention window and moves the reset mark
-    /// past them. It reads only the oldest `batch` rows by id (ids and times grow together), so
-    /// it never scans the table; `pruneExpired` repeats it until nothing is left.
+    /// Deletes up to `batch` events older than the retention window and moves each recipient's
+    /// pruned mark past its removed events. It reads only the oldest `batch` rows by id (ids and
+    /// times grow together), so it never scans the table; `pruneExpired` repeats it until nothing
+    /// is left. An account's ids grow with its positions, so "every id up to the last" removes
+    /// a prefix of each account's stream.
     @discardableResult
     public func pruneEvents(batch: Int = 5_000) async throws -> Int {
         let now = clock.now()
         let cutoff = now.addingTimeInterval(-settings.eventRetention).millis
-        let removed: (count: Int, through: Int64) = try await write { connection, _ in
-            guard let last = try connection.queryFirst("""
-                SELECT max(id) FROM (SELECT id, at FROM events ORDER BY id LIMIT ?) WHERE at < ?
-                """, batch, cutoff, row: { try $0.optional(0, as: Int64.self) }) ?? nil else { return (0, 0) }
-            let removed = try connection.run("DELETE FROM events WHERE id <= ?", last)
-            try connection.run("UPDATE event_retention SET pruned_through = max(pruned_through, ?)", last)
-            return (removed, last)
+        return try await write { session, _ in
+            guard let last = try await session.queryFirst("""
+                SELECT max(id) FROM (SELECT id, at FROM events ORDER BY id LIMIT ?) AS oldest WHERE at < ?
+                """, batch, cutoff, row: { try $0.optional(0, as: Int64.self) }) ?? nil else { return 0 }
+            try await session.run("""
+                INSERT INTO event_positions (account_id, pruned_through)
+                SELECT account_id, max(seq) FROM events WHERE id <= ? GROUP BY account_id
+                ON CONFLICT (account_id) DO UPDATE SET pruned_through = excluded.pruned_through
+                WHERE excluded.pruned_through > event_positions.pruned_through
+                """, last)
+            return try await session.run("DELETE FROM events WHERE id <= ?", last)
         }
-        if removed.through > 0 { hub.markPruned(through: removed.through) }
-        return removed.count
     }
 
     /// Everything past its time, each kind in batches of its own transaction so that other
@@ -97,7 +91,7 @@ extension StampService {
         let now = clock.now().millis
         let keysCutoff = now - Int64(settings.idempotencyWindow * 1000)
         let dayAgo = now - 86_400_000
-        let sweeps: [(String, [any SQLBindable])] = [
+        let sweeps: [(SQL, [any SQLBindable])] = [
             ("""
              DELETE FROM idempotency_keys WHERE (account_id, key) IN
                 (SELECT account_id, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)
@@ -114,7 +108,9 @@ extension StampService {
              """, [now, batch]),
             ("DELETE FROM member_codes WHERE code_hash IN (SELECT code_hash FROM member_codes WHERE expires_at < ? LIMIT ?)",
              [now, batch]),
-            ("DELETE FROM rate_events WHERE rowid IN (SELECT rowid FROM rate_events WHERE at < ? LIMIT ?)", [dayAgo, batch]),
+            (SQL(sqlite: "DELETE FROM rate_events WHERE rowid IN (SELECT rowid FROM rate_events WHERE at < ? LIMIT ?)",
+                 postgres: "DELETE FROM rate_events WHERE ctid IN (SELECT ctid FROM rate_events WHERE at < ? LIMIT ?)"),
+             [dayAgo, batch]),
             ("""
              DELETE FROM request_counts WHERE (customer_id, store_id, hour) IN
                 (SELECT customer_id, store_id, hour FROM request_counts WHERE hour < ? LIMIT ?)
@@ -122,7 +118,7 @@ extension StampService {
         ]
         for (sql, parameters) in sweeps {
             while true {
-                let removed = try await write { connection, _ in try connection.run(sql, parameters: parameters) }
+                let removed = try await write { session, _ in try await session.run(sql, parameters: parameters) }
                 total += removed
                 if removed < batch { break }
             }

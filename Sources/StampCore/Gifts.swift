@@ -1,6 +1,6 @@
 // Stamp gifts: a customer gives stamps of one store's card to another customer, atomically.
 import Foundation
-import SQLiteDB
+import Storage
 
 public struct Gift: Codable, Sendable, Equatable {
     public var id: String
@@ -30,12 +30,12 @@ extension StampService {
         let outcome = try await write { connection, outbox -> Result<Gift, StampError> in
             // A retry of a gift that went through answers it again, before any check that its own
             // success changed (the balance, the allowance).
-            try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+            try await Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
                 let scope = "gift:" + principal.id
-                if let wait = try Self.secondsUntilAllowed(scope, limit: limit, window: Self.hour, now: now, on: connection) {
+                if let wait = try await Self.secondsUntilAllowed(scope, limit: limit, window: Self.hour, now: now, on: connection) {
                     throw StampError(.rateLimited, "at most \(limit) gifts an hour", retryAfter: wait)
                 }
-                guard var sender = try Self.loadCard(customer: principal.id, store: storeId, on: connection) else {
+                guard var sender = try await Self.loadCard(customer: principal.id, store: storeId, on: connection) else {
                     throw StampError.notFound("card")
                 }
                 guard sender.stamps >= count else {
@@ -43,31 +43,30 @@ extension StampService {
                 }
                 // Held cards and erased accounts have keys no login can spell (they hold a `:` that
                 // `Login.validate` refuses), so only living customers receive.
-                guard let receiver = try connection.queryFirst("""
+                guard let receiver = try await connection.queryFirst("""
                     SELECT id, name FROM accounts WHERE login_key IN (?, ?) AND role = 'customer' AND walk_in = 0
                     ORDER BY login_key = ? DESC LIMIT 1
                     """, key, legacyKey, key, row: { (try $0.get(0, as: String.self), try $0.get(1, as: String.self)) }) else {
                     // Returned, not thrown, so that the counted attempt commits.
-                    try Self.recordAction(scope, now: now, on: connection)
+                    try await Self.recordAction(scope, now: now, on: connection)
                     return .failure(StampError(.notFound, "no customer has that login", field: "to"))
                 }
                 guard receiver.0 != principal.id else { throw StampError.invalid("to", "a gift goes to someone else") }
-                try Self.recordAction(scope, now: now, on: connection)
-                var receiving = try Self.loadCard(customer: receiver.0, store: storeId, on: connection)
-                    ?? Self.newCard(customer: receiver.0, store: storeId, now: now, on: connection)
-                try Self.addLedger(.giftSent, card: sender, stamps: -count, rewards: 0, request: nil, at: now, on: connection)
-                sender = try Self.convertAndSave(sender, adding: -count, now: now, on: connection)
-                try Self.addLedger(.giftReceived, card: receiving, stamps: count, rewards: 0, request: nil, at: now, on: connection)
-                receiving = try Self.convertAndSave(receiving, adding: count, now: now, on: connection)
+                try await Self.recordAction(scope, now: now, on: connection)
+                var receiving = try await Self.loadOrNewCard(customer: receiver.0, store: storeId, now: now, on: connection)
+                try await Self.addLedger(.giftSent, card: sender, stamps: -count, rewards: 0, request: nil, at: now, on: connection)
+                sender = try await Self.convertAndSave(sender, adding: -count, now: now, on: connection)
+                try await Self.addLedger(.giftReceived, card: receiving, stamps: count, rewards: 0, request: nil, at: now, on: connection)
+                receiving = try await Self.convertAndSave(receiving, adding: count, now: now, on: connection)
                 let gift = Gift(id: Identifier.make("gft"), storeId: storeId, toName: receiver.1, count: count, at: now, card: sender)
-                try connection.run("INSERT INTO gifts (id, store_id, from_id, to_id, count, at) VALUES (?, ?, ?, ?, ?, ?)",
+                try await connection.run("INSERT INTO gifts (id, store_id, from_id, to_id, count, at) VALUES (?, ?, ?, ?, ?, ?)",
                                    gift.id, storeId, principal.id, receiver.0, count, now.millis)
                 try outbox.emit("card.updated", to: [principal.id],
                                 data: CardChange(card: sender, reason: "giftSent", stamps: -count, counterpart: receiver.1),
-                                at: now, on: connection)
+                                at: now)
                 try outbox.emit("card.updated", to: [receiver.0],
                                 data: CardChange(card: receiving, reason: "giftReceived", stamps: count, counterpart: senderName),
-                                at: now, on: connection)
+                                at: now)
                 return .success(gift)
             }
         }

@@ -2,7 +2,7 @@
 // the write it limits, so it holds across restarts and however many requests arrive at once
 // (writes are serialised by the writer).
 import Foundation
-import SQLiteDB
+import Storage
 
 /// The numbers behind every per-party limit; each refusal is 429 with `Retry-After`.
 public struct PartyLimits: Sendable {
@@ -38,18 +38,18 @@ extension StampService {
     /// Refuses (429) when `scope` already counted `limit` actions within `window`; otherwise
     /// counts this one. A refusal counts nothing.
     static func countAction(_ scope: String, limit: Int, window: TimeInterval, what: String, now: Date,
-                            on connection: Connection) throws {
-        if let wait = try secondsUntilAllowed(scope, limit: limit, window: window, now: now, on: connection) {
+                            on connection: any SQLSession) async throws {
+        if let wait = try await secondsUntilAllowed(scope, limit: limit, window: window, now: now, on: connection) {
             throw StampError(.rateLimited, "at most \(what); try again in \(wait) s", retryAfter: wait)
         }
-        try recordAction(scope, now: now, on: connection)
+        try await recordAction(scope, now: now, on: connection)
     }
 
     /// Seconds until `scope` may act again, or nil when it may act now.
     static func secondsUntilAllowed(_ scope: String, limit: Int, window: TimeInterval, now: Date,
-                                    on connection: Connection) throws -> Int? {
+                                    on connection: any SQLSession) async throws -> Int? {
         let since = now.millis - Int64(window * 1000)
-        guard let (count, oldest) = try connection.queryFirst(
+        guard let (count, oldest) = try await connection.queryFirst(
             "SELECT count(*), min(at) FROM rate_events WHERE scope = ? AND at > ?", scope, since, row: {
                 (try $0.get(0, as: Int.self), try $0.optional(1, as: Int64.self))
             }), count >= limit else { return nil }
@@ -57,7 +57,7 @@ extension StampService {
         return max(1, Int((reopens - now.millis + 999) / 1000))
     }
 
-    static func recordAction(_ scope: String, now: Date, on connection: Connection) throws {
-        try connection.run("INSERT INTO rate_events (scope, at) VALUES (?, ?)", scope, now.millis)
+    static func recordAction(_ scope: String, now: Date, on connection: any SQLSession) async throws {
+        try await connection.run("INSERT INTO rate_events (scope, at) VALUES (?, ?)", scope, now.millis)
     }
 }

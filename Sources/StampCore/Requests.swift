@@ -1,7 +1,7 @@
 // Stamp and reward requests: the state machine pending → approved | rejected | cancelled | expired.
 import Crypto
 import Foundation
-import SQLiteDB
+import Storage
 
 public struct Approval: Codable, Sendable, Equatable {
     public var request: StampRequest
@@ -41,11 +41,11 @@ extension StampService {
         let window = settings.idempotencyWindow
         let limits = settings.limits
         return try await write { connection, outbox in
-            try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
-                guard let store = try Self.loadStore(storeId, on: connection) else { throw StampError.notFound("store") }
-                try Self.checkRequestLimits(customer: principal.id, store: storeId, limits: limits, now: now, on: connection)
+            try await Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                guard let store = try await Self.loadStore(storeId, on: connection) else { throw StampError.notFound("store") }
+                try await Self.checkRequestLimits(customer: principal.id, store: storeId, limits: limits, now: now, on: connection)
                 if kind == .reward {
-                    let rewards = try Self.loadCard(customer: principal.id, store: storeId, on: connection)?.rewards ?? 0
+                    let rewards = try await Self.loadCard(customer: principal.id, store: storeId, on: connection)?.rewards ?? 0
                     guard rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
                 }
                 let request = StampRequest(
@@ -53,20 +53,20 @@ extension StampService {
                     customerId: principal.id, customerName: principal.account.name, kind: kind, count: count,
                     status: .pending, reason: nil, createdAt: now,
                     expiresAt: now.addingTimeInterval(TimeInterval(store.requestTtlSeconds)), decidedAt: nil)
-                try connection.run("""
+                try await connection.run("""
                     INSERT INTO requests (id, store_id, customer_id, kind, count, status, created_at, expires_at)
                     VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)
                     """, request.id, request.storeId, request.customerId, kind.rawValue, count,
                     now.millis, request.expiresAt.millis)
                 try outbox.emit("request.created", to: [store.ownerId], data: RequestChange(request: request),
-                                at: now, on: connection)
+                                at: now)
                 return request
             }
         }
     }
 
     public func request(_ principal: Principal, id: String) async throws -> StampRequest {
-        let found = try await read { connection in try Self.loadRequest(id, on: connection) }
+        let found = try await read { connection in try await Self.loadRequest(id, on: connection) }
         guard let (request, owner) = found, request.customerId == principal.id || owner == principal.id else {
             throw StampError.notFound("request")
         }
@@ -80,24 +80,27 @@ extension StampService {
         let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
         let principalID = principal.id
         var requests = try await read { connection -> [StampRequest] in
-            guard let owner = try connection.queryFirst("SELECT owner_id FROM stores WHERE id = ?", storeId, row: {
+            guard let owner = try await connection.queryFirst("SELECT owner_id FROM stores WHERE id = ?", storeId, row: {
                 try $0.get(0, as: String.self)
             }) else { throw StampError.notFound("store") }
             guard owner == principalID else { throw StampError(.forbidden, "only the store's owner sees its requests") }
-            var sql = Self.requestSelect + " WHERE r.store_id = ?"
+            var sql = SQL(Self.requestSelect + " WHERE r.store_id = ?")
             var parameters: [any SQLBindable] = [storeId]
             if status == .pending {
                 // The partial index of pending requests holds a store's few pending rows; without
-                // the hint the planner may walk the store's whole history by date instead.
-                sql = Self.requestSelect.replacingOccurrences(of: "FROM requests r", with: "FROM requests r INDEXED BY requests_pending")
-                    + " WHERE r.store_id = ? AND r.status = 'pending'"
+                // the hint SQLite's planner may walk the store's whole history by date instead.
+                // PostgreSQL's planner weighs the partial index by its statistics and needs none.
+                let pending = " WHERE r.store_id = ? AND r.status = 'pending'"
+                sql = SQL(sqlite: Self.requestSelect.replacingOccurrences(of: "FROM requests r",
+                                                                          with: "FROM requests r INDEXED BY requests_pending") + pending,
+                          postgres: Self.requestSelect + pending)
             } else if let status {
-                sql += " AND r.status = ?"
+                sql = sql + " AND r.status = ?"
                 parameters.append(status.rawValue)
             }
-            sql += " ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?"
+            sql = sql + " ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?"
             parameters += [limit + 1, offset]
-            return try connection.query(sql, parameters: parameters) { try Self.requestRow($0).0 }
+            return try await connection.query(sql, parameters: parameters) { try Self.requestRow($0).0 }
         }
         let more = requests.count > limit
         if more { requests.removeLast() }
@@ -108,29 +111,28 @@ extension StampService {
     public func approve(_ principal: Principal, requestId: String) async throws -> Approval {
         let now = clock.now()
         let outcome = try await write { connection, outbox -> Decided<Approval> in
-            let (request, owner) = try Self.requestToDecide(requestId, by: principal, on: connection)
-            if let expired = try Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
+            let (request, owner) = try await Self.requestToDecide(requestId, by: principal, on: connection)
+            if let expired = try await Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
                 return .expired(expired)
             }
-            var card = try Self.loadCard(customer: request.customerId, store: request.storeId, on: connection)
-                ?? Self.newCard(customer: request.customerId, store: request.storeId, now: now, on: connection)
+            var card = try await Self.loadOrNewCard(customer: request.customerId, store: request.storeId, now: now, on: connection)
             switch request.kind {
             case .stamp:
-                try Self.addLedger(.stampAdded, card: card, stamps: request.count, rewards: 0, request: request.id,
+                try await Self.addLedger(.stampAdded, card: card, stamps: request.count, rewards: 0, request: request.id,
                                    at: now, on: connection)
-                card = try Self.convertAndSave(card, adding: request.count, request: request.id, now: now, on: connection)
+                card = try await Self.convertAndSave(card, adding: request.count, request: request.id, now: now, on: connection)
             case .reward:
                 guard card.rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
-                try Self.addLedger(.rewardUsed, card: card, stamps: 0, rewards: -1, request: request.id,
+                try await Self.addLedger(.rewardUsed, card: card, stamps: 0, rewards: -1, request: request.id,
                                    at: now, on: connection)
                 card.rewards -= 1
                 card.updatedAt = now
-                try connection.run("UPDATE cards SET rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
+                try await connection.run("UPDATE cards SET rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
                                    card.rewards, now.millis, card.customerId, card.storeId)
             }
-            let approved = try Self.decide(request, .approved, reason: nil, now: now, on: connection)
+            let approved = try await Self.decide(request, .approved, reason: nil, now: now, on: connection)
             let approval = Approval(request: approved, card: card)
-            try outbox.emit("request.approved", to: [request.customerId, owner], data: approval, at: now, on: connection)
+            try outbox.emit("request.approved", to: [request.customerId, owner], data: approval, at: now)
             return .decided(approval)
         }
         return try outcome.get()
@@ -140,13 +142,13 @@ extension StampService {
         let reason = try Validate.optionalText(reason, field: "reason", max: 300)
         let now = clock.now()
         let outcome = try await write { connection, outbox -> Decided<StampRequest> in
-            let (request, owner) = try Self.requestToDecide(requestId, by: principal, on: connection)
-            if let expired = try Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
+            let (request, owner) = try await Self.requestToDecide(requestId, by: principal, on: connection)
+            if let expired = try await Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
                 return .expired(expired)
             }
-            let rejected = try Self.decide(request, .rejected, reason: reason, now: now, on: connection)
+            let rejected = try await Self.decide(request, .rejected, reason: reason, now: now, on: connection)
             try outbox.emit("request.rejected", to: [request.customerId, owner], data: RequestChange(request: rejected),
-                            at: now, on: connection)
+                            at: now)
             return .decided(rejected)
         }
         return try outcome.get()
@@ -156,7 +158,7 @@ extension StampService {
     public func cancel(_ principal: Principal, requestId: String) async throws -> StampRequest {
         let now = clock.now()
         let outcome = try await write { connection, outbox -> Decided<StampRequest> in
-            guard let (request, owner) = try Self.loadRequest(requestId, on: connection),
+            guard let (request, owner) = try await Self.loadRequest(requestId, on: connection),
                   request.customerId == principal.id || owner == principal.id else {
                 throw StampError.notFound("request")
             }
@@ -164,11 +166,11 @@ extension StampService {
                 throw StampError(.forbidden, "only the customer who asked may cancel a request")
             }
             try Self.requirePending(request)
-            if let expired = try Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
+            if let expired = try await Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
                 return .expired(expired)
             }
-            let cancelled = try Self.decide(request, .cancelled, reason: nil, now: now, on: connection)
-            try outbox.emit("request.cancelled", to: [owner], data: RequestChange(request: cancelled), at: now, on: connection)
+            let cancelled = try await Self.decide(request, .cancelled, reason: nil, now: now, on: connection)
+            try outbox.emit("request.cancelled", to: [owner], data: RequestChange(request: cancelled), at: now)
             return .decided(cancelled)
         }
         return try outcome.get()
@@ -179,11 +181,11 @@ extension StampService {
     public func expireDueRequests(batch: Int = 500) async throws -> Int {
         let now = clock.now()
         return try await write { connection, outbox in
-            let due = try connection.query(Self.requestSelect + """
+            let due = try await connection.query(Self.requestSelect + """
                  WHERE r.status = 'pending' AND r.expires_at <= ? ORDER BY r.expires_at LIMIT ?
                 """, now.millis, batch) { try Self.requestRow($0) }
             for (request, owner) in due {
-                _ = try Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox)
+                _ = try await Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox)
             }
             return due.count
         }
@@ -195,8 +197,8 @@ extension StampService {
     /// store, and make only so many there in a clock hour (a replay of an idempotent create is not
     /// counted). Counts the request it lets through.
     static func checkRequestLimits(customer: String, store: String, limits: PartyLimits, now: Date,
-                                   on connection: Connection) throws {
-        let pending = try connection.queryFirst("""
+                                   on connection: any SQLSession) async throws {
+        let pending = try await connection.queryFirst("""
             SELECT count(*) FROM requests WHERE customer_id = ? AND store_id = ? AND status = 'pending' AND expires_at > ?
             """, customer, store, now.millis) { try $0.get(0, as: Int.self) } ?? 0
         if pending >= limits.pendingRequestsPerCustomerPerStore {
@@ -206,16 +208,16 @@ extension StampService {
         // requests there were (a window that slides would read them all).
         let limit = limits.requestsPerCustomerPerStorePerHour
         let hour = now.millis / 3_600_000
-        let counted = try connection.queryFirst("""
+        let counted = try await connection.queryFirst("""
             SELECT count FROM request_counts WHERE customer_id = ? AND store_id = ? AND hour = ?
             """, customer, store, hour) { try $0.get(0, as: Int.self) } ?? 0
         if counted >= limit {
             let wait = max(1, Int(((hour + 1) * 3_600_000 - now.millis + 999) / 1000))
             throw StampError(.rateLimited, "at most \(limit) requests an hour at one store", retryAfter: wait)
         }
-        try connection.run("""
+        try await connection.run("""
             INSERT INTO request_counts (customer_id, store_id, hour, count) VALUES (?, ?, ?, 1)
-            ON CONFLICT (customer_id, store_id, hour) DO UPDATE SET count = count + 1
+            ON CONFLICT (customer_id, store_id, hour) DO UPDATE SET count = request_counts.count + 1
             """, customer, store, hour)
     }
 
@@ -234,8 +236,8 @@ extension StampService {
     }
 
     static func requestToDecide(_ id: String, by principal: Principal,
-                                on connection: Connection) throws -> (StampRequest, owner: String) {
-        guard let (request, owner) = try loadRequest(id, on: connection) else { throw StampError.notFound("request") }
+                                on connection: any SQLSession) async throws -> (StampRequest, owner: String) {
+        guard let (request, owner) = try await loadRequest(id, on: connection) else { throw StampError.notFound("request") }
         if owner != principal.id {
             if request.customerId == principal.id {
                 throw StampError(.forbidden, "only the store's owner decides a request")
@@ -252,19 +254,19 @@ extension StampService {
         }
     }
 
-    static func expireIfDue(_ request: StampRequest, owner: String, now: Date, on connection: Connection,
-                            outbox: inout Outbox) throws -> StampRequest? {
+    static func expireIfDue(_ request: StampRequest, owner: String, now: Date, on connection: any SQLSession,
+                            outbox: inout Outbox) async throws -> StampRequest? {
         guard request.status == .pending, request.expiresAt <= now else { return nil }
-        let expired = try decide(request, .expired, reason: nil, now: now, on: connection)
+        let expired = try await decide(request, .expired, reason: nil, now: now, on: connection)
         try outbox.emit("request.expired", to: [request.customerId, owner], data: RequestChange(request: expired),
-                        at: now, on: connection)
+                        at: now)
         return expired
     }
 
     static func decide(_ request: StampRequest, _ status: RequestStatus, reason: String?, now: Date,
-                       on connection: Connection) throws -> StampRequest {
+                       on connection: any SQLSession) async throws -> StampRequest {
         // The status guard makes a concurrent second decision change nothing.
-        let changed = try connection.run("""
+        let changed = try await connection.run("""
             UPDATE requests SET status = ?, reason = ?, decided_at = ? WHERE id = ? AND status = 'pending'
             """, status.rawValue, reason, now.millis, request.id)
         guard changed == 1 else { throw StampError(.conflict, "the request is no longer pending") }
@@ -281,8 +283,8 @@ extension StampService {
         FROM requests r JOIN stores s ON s.id = r.store_id JOIN accounts a ON a.id = r.customer_id
         """
 
-    static func loadRequest(_ id: String, on connection: Connection) throws -> (StampRequest, owner: String)? {
-        try connection.queryFirst(requestSelect + " WHERE r.id = ?", id) { try requestRow($0) }
+    static func loadRequest(_ id: String, on connection: any SQLSession) async throws -> (StampRequest, owner: String)? {
+        try await connection.queryFirst(requestSelect + " WHERE r.id = ?", id) { try requestRow($0) }
     }
 
     static func requestRow(_ row: borrowing Row) throws -> (StampRequest, owner: String) {
@@ -301,8 +303,8 @@ extension StampService {
     /// operation and body; 422 when it was used with another; nil when it is new (or stale, and
     /// then forgotten).
     static func replay<T: Codable & Sendable>(_ idempotency: IdempotencyKey, account: String, now: Date,
-                                              window: TimeInterval, on connection: Connection) throws -> T? {
-        let stored = try connection.queryFirst("""
+                                              window: TimeInterval, on connection: any SQLSession) async throws -> T? {
+        let stored = try await connection.queryFirst("""
             SELECT fingerprint, response, created_at FROM idempotency_keys WHERE account_id = ? AND key = ?
             """, account, idempotency.key) { row in
             (try row.get(0, as: [UInt8].self), try row.get(1, as: String.self), try row.get(2, as: Int64.self))
@@ -314,7 +316,7 @@ extension StampService {
             }
             return try StampJSON.decoder().decode(T.self, from: Data(response.utf8))
         }
-        try connection.run("DELETE FROM idempotency_keys WHERE account_id = ? AND key = ?", account, idempotency.key)
+        try await connection.run("DELETE FROM idempotency_keys WHERE account_id = ? AND key = ?", account, idempotency.key)
         return nil
     }
 
@@ -329,25 +331,25 @@ extension StampService {
     /// Runs `create` once per (account, key) within the window: a retry with the same operation
     /// and body gets the first answer back and creates nothing; a different one is 422.
     static func idempotent<T: Codable & Sendable>(_ idempotency: IdempotencyKey?, account: String, now: Date,
-                                                   window: TimeInterval, on connection: Connection,
-                                                   create: () throws -> T) throws -> T {
-        try idempotent(idempotency, account: account, now: now, window: window, on: connection) {
-            Result<T, StampError>.success(try create())
+                                                   window: TimeInterval, on connection: any SQLSession,
+                                                   create: () async throws -> T) async throws -> T {
+        try await idempotent(idempotency, account: account, now: now, window: window, on: connection) {
+            Result<T, StampError>.success(try await create())
         }.get()
     }
 
     /// The same for a body that may refuse by returning a failure (so that what it counted
     /// commits): a replay comes before anything the body checks, and only a success is kept.
     static func idempotent<T: Codable & Sendable>(_ idempotency: IdempotencyKey?, account: String, now: Date,
-                                                   window: TimeInterval, on connection: Connection,
-                                                   create: () throws -> Result<T, StampError>) throws -> Result<T, StampError> {
-        guard let idempotency else { return try create() }
-        if let replayed: T = try replay(idempotency, account: account, now: now, window: window, on: connection) {
+                                                   window: TimeInterval, on connection: any SQLSession,
+                                                   create: () async throws -> Result<T, StampError>) async throws -> Result<T, StampError> {
+        guard let idempotency else { return try await create() }
+        if let replayed: T = try await replay(idempotency, account: account, now: now, window: window, on: connection) {
             return .success(replayed)
         }
-        let outcome = try create()
+        let outcome = try await create()
         if case .success(let value) = outcome {
-            try connection.run("""
+            try await connection.run("""
                 INSERT INTO idempotency_keys (account_id, key, operation, fingerprint, status, response, created_at)
                 VALUES (?, ?, ?, ?, 201, ?, ?)
                 """, account, idempotency.key, idempotency.operation, fingerprint(idempotency), try StampJSON.encode(value),

@@ -1,5 +1,5 @@
 // The failures a use case reports, each meaning one HTTP status at the edge.
-import SQLiteDB
+import Storage
 
 public struct StampError: Error, Sendable, Equatable, CustomStringConvertible {
     public enum Kind: Sendable, Equatable {

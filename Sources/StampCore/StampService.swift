@@ -3,7 +3,7 @@
 import Blocking
 import Foundation
 import Logging
-import SQLiteDB
+import Storage
 
 public struct StampSettings: Sendable {
     public var tokenLifetime: TimeInterval = 30 * 24 * 3600
@@ -27,7 +27,7 @@ public struct StampSettings: Sendable {
 }
 
 public final class StampService: Sendable {
-    public let database: Database
+    public let database: any Storage
     public let hub: EventHub
     public let hasher: PasswordHasher
     public let clock: any StampClock
@@ -36,7 +36,7 @@ public final class StampService: Sendable {
     let sessions = SessionCache()
     let logger: Logger
 
-    public init(database: Database, hub: EventHub, hasher: PasswordHasher,
+    public init(database: any Storage, hub: EventHub, hasher: PasswordHasher,
                 clock: any StampClock = SystemClock(), settings: StampSettings = StampSettings(),
                 logger: Logger = Logger(label: "stampd.core")) {
         self.database = database
@@ -48,11 +48,11 @@ public final class StampService: Sendable {
         self.logger = logger
     }
 
-    /// Reads through a reader connection; storage faults become `unavailable`.
-    func read<T: Sendable>(_ body: @escaping @Sendable (Connection) throws -> T) async throws -> T {
+    /// Reads; storage faults become `unavailable`.
+    func read<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
         do {
             return try await database.read(body)
-        } catch let error as SQLiteError where error.isStorageUnavailable {
+        } catch let error as any StorageFault where error.isStorageUnavailable {
             throw StampError(.unavailable, "the database is unavailable", retryAfter: 1)
         } catch BlockingPoolError.shutDown {
             throw StampError(.unavailable, "the server is shutting down", retryAfter: 1)
@@ -60,43 +60,81 @@ public final class StampService: Sendable {
     }
 
     /// Writes in one transaction with the events the body adds to its outbox; once it is
-    /// committed, the recipients' parked polls wake.
-    func write<T: Sendable>(_ body: @escaping @Sendable (Connection, inout Outbox) throws -> T) async throws -> T {
-        let (value, outbox): (T, Outbox)
+    /// committed, the recipients' parked polls wake. The body may run more than once (an engine
+    /// that runs writers concurrently retries a conflict), each time with an empty outbox.
+    func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession, inout Outbox) async throws -> T) async throws -> T {
+        let (value, newest): (T, [String: Int64])
         do {
-            (value, outbox) = try await database.write { connection in
+            (value, newest) = try await database.write { session in
                 var outbox = Outbox()
-                let value = try body(connection, &outbox)
-                return (value, outbox)
+                let value = try await body(session, &outbox)
+                return (value, try await outbox.commit(on: session))
             }
-        } catch let error as SQLiteError where error.isStorageUnavailable {
+        } catch let error as any StorageFault where error.isStorageUnavailable {
             logger.warning("write refused by storage", metadata: ["error": "\(error)"])
             throw StampError(.unavailable, "the database cannot take writes right now", retryAfter: 1)
         } catch BlockingPoolError.shutDown {
             throw StampError(.unavailable, "the server is shutting down", retryAfter: 1)
         }
-        hub.publish(outbox.newest)
+        hub.publish(newest)
         return value
     }
 
     /// Whether the database answers a query.
     public func isReady() async -> Bool {
-        (try? await database.read { try $0.queryFirst("SELECT 1") { try $0.get(0, as: Int.self) } }) == 1
+        (try? await database.read { try await $0.queryFirst("SELECT 1") { try $0.get(0, as: Int.self) } }) == 1
     }
 }
 
-/// The events a write transaction adds, to publish once it commits.
+/// The events a write transaction adds. They are written at the end of the transaction, where
+/// each recipient's next positions are taken: the engine holds each recipient's key until the
+/// commit (`holdUntilCommit`), so that one account's positions commit in increasing order even
+/// when writers run concurrently, and a cursor never skips an event that commits late.
 struct Outbox: Sendable {
     init() {}
-    private(set) var newest: [String: Int64] = [:]
 
-    mutating func emit<Data: Encodable>(_ type: String, to recipients: [String], data: Data, at: Date,
-                                        on connection: Connection) throws {
+    private struct Pending: Sendable {
+        let type: String
+        let at: Int64
+        let data: String
+    }
+
+    private var pending: [String: [Pending]] = [:]
+
+    mutating func emit<Data: Encodable>(_ type: String, to recipients: [String], data: Data, at: Date) throws {
         let json = try StampJSON.encode(data)
         for account in Set(recipients) {
-            try connection.run("INSERT INTO events (account_id, type, at, data) VALUES (?, ?, ?, ?)",
-                               account, type, at.millis, json)
-            newest[account] = connection.lastInsertRowID
+            pending[account, default: []].append(Pending(type: type, at: at.millis, data: json))
         }
+    }
+
+    /// SQLite, one writer at a time: the account's newest position (or its pruned mark) + 1.
+    /// PostgreSQL: the next number of events_seq, taken while the account's lock is held.
+    static let insertEvent = SQL(
+        sqlite: """
+            INSERT INTO events (type, at, data, account_id, seq)
+            SELECT ?, ?, ?, a.id, max(coalesce((SELECT max(seq) FROM events WHERE account_id = a.id), 0),
+                                      coalesce((SELECT pruned_through FROM event_positions WHERE account_id = a.id), 0)) + 1
+            FROM (SELECT ? AS id) AS a
+            RETURNING seq
+            """,
+        postgres: "INSERT INTO events (type, at, data, account_id, seq) VALUES (?, ?, ?, ?, nextval('events_seq')) RETURNING seq")
+
+    /// Writes the events; returns the newest position per recipient, to publish after the commit.
+    func commit(on session: any SQLSession) async throws -> [String: Int64] {
+        guard !pending.isEmpty else { return [:] }
+        let accounts = pending.keys.sorted()
+        try await session.holdUntilCommit(accounts.map { "events:" + $0 })
+        var newest: [String: Int64] = [:]
+        for account in accounts {
+            for event in pending[account]! {
+                guard let position = try await session.queryFirst(Self.insertEvent, event.type, event.at, event.data, account,
+                                                                  row: { try $0.get(0, as: Int64.self) }) else {
+                    throw StorageError(.unavailable, "no event position was returned for \(account)")
+                }
+                newest[account] = position
+            }
+        }
+        return newest
     }
 }

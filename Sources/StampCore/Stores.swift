@@ -1,6 +1,6 @@
 // Stores: created and changed by their owner, found by everyone signed in.
 import Foundation
-import SQLiteDB
+import Storage
 
 public struct StoreDraft: Sendable {
     public var name: String
@@ -56,28 +56,28 @@ extension StampService {
         let window = settings.idempotencyWindow
         let storesPerOwner = settings.limits.storesPerOwner
         return try await write { connection, _ in
-            try Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
-                let owned = try connection.queryFirst("SELECT count(*) FROM stores WHERE owner_id = ?", principal.id) {
+            try await Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                let owned = try await connection.queryFirst("SELECT count(*) FROM stores WHERE owner_id = ?", principal.id) {
                     try $0.get(0, as: Int.self)
                 } ?? 0
                 if owned >= storesPerOwner {
                     throw StampError(.rateLimited, "an owner may have at most \(storesPerOwner) stores", retryAfter: 3600)
                 }
-                try connection.run("""
+                try await connection.run("""
                     INSERT INTO stores (id, owner_id, name, stamps_per_reward, reward_item, address, latitude,
                                         longitude, open_hours, request_ttl_seconds, created_at, updated_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """, created.id, created.ownerId, created.name, created.stampsPerReward, created.rewardItem,
                     created.address, created.latitude, created.longitude, created.openHours,
                     created.requestTtlSeconds, now.millis, now.millis)
-                try Self.replaceMenu(created.menu, of: created.id, on: connection)
+                try await Self.replaceMenu(created.menu, of: created.id, on: connection)
                 return created
             }
         }
     }
 
     public func store(_ principal: Principal, id: String) async throws -> Store {
-        let store = try await read { connection in try Self.loadStore(id, on: connection) }
+        let store = try await read { connection in try await Self.loadStore(id, on: connection) }
         guard let store else { throw StampError.notFound("store") }
         return store
     }
@@ -103,9 +103,9 @@ extension StampService {
         }
         let changesPerHour = settings.limits.storeChangesPerHour
         let (store, more) = try await write { connection, outbox -> (Store, Bool) in
-            guard var store = try Self.loadStore(id, on: connection) else { throw StampError.notFound("store") }
+            guard var store = try await Self.loadStore(id, on: connection) else { throw StampError.notFound("store") }
             guard store.ownerId == principal.id else { throw StampError(.forbidden, "only the store's owner may change it") }
-            try Self.countAction("store-change:" + id, limit: changesPerHour, window: Self.hour,
+            try await Self.countAction("store-change:" + id, limit: changesPerHour, window: Self.hour,
                                  what: "\(changesPerHour) changes an hour per store", now: now, on: connection)
             if let name { store.name = name }
             if let perReward { store.stampsPerReward = perReward }
@@ -117,18 +117,18 @@ extension StampService {
             if let ttl { store.requestTtlSeconds = ttl }
             try Self.checkCoordinates(store)
             store.updatedAt = now
-            try connection.run("""
+            try await connection.run("""
                 UPDATE stores SET name = ?, stamps_per_reward = ?, reward_item = ?, address = ?, latitude = ?,
                     longitude = ?, open_hours = ?, request_ttl_seconds = ?, updated_at = ? WHERE id = ?
                 """, store.name, store.stampsPerReward, store.rewardItem, store.address, store.latitude,
                 store.longitude, store.openHours, store.requestTtlSeconds, now.millis, store.id)
             if let menu {
-                try Self.replaceMenu(menu, of: store.id, on: connection)
+                try await Self.replaceMenu(menu, of: store.id, on: connection)
                 store.menu = menu
             }
             // The first cards convert with the change; the rest follow in batches of their own
             // transactions (below), so that a store with many cards does not stall other writes.
-            let converted = try Self.convertExcessStamps(of: store.id, limit: Self.conversionBatch, now: now,
+            let converted = try await Self.convertExcessStamps(of: store.id, limit: Self.conversionBatch, now: now,
                                                          on: connection, outbox: &outbox)
             return (store, converted == Self.conversionBatch)
         }
@@ -147,7 +147,7 @@ extension StampService {
         while true {
             let now = clock.now()
             let converted = try await write { connection, outbox in
-                try Self.convertExcessStamps(of: storeId, limit: Self.conversionBatch, now: now, on: connection, outbox: &outbox)
+                try await Self.convertExcessStamps(of: storeId, limit: Self.conversionBatch, now: now, on: connection, outbox: &outbox)
             }
             total += converted
             if converted < Self.conversionBatch { return total }
@@ -158,7 +158,7 @@ extension StampService {
     /// how many cards it converted.
     public func convertPendingCards() async throws -> Int {
         let stores = try await read { connection in
-            try connection.query("""
+            try await connection.query("""
                 SELECT DISTINCT c.store_id FROM cards c JOIN stores s ON s.id = c.store_id WHERE c.stamps >= s.stamps_per_reward
                 """) { try $0.get(0, as: String.self) }
         }
@@ -183,8 +183,8 @@ extension StampService {
         if let query {
             let pattern = "%" + Self.escapeLike(query) + "%"
             sql += """
-                 WHERE s.name LIKE ? ESCAPE '\\' OR EXISTS (
-                    SELECT 1 FROM menu_items m WHERE m.store_id = s.id AND m.name LIKE ? ESCAPE '\\')
+                 WHERE s.name {LIKE} ? ESCAPE '\\' OR EXISTS (
+                    SELECT 1 FROM menu_items m WHERE m.store_id = s.id AND m.name {LIKE} ? ESCAPE '\\')
                 """
             parameters += [pattern, pattern]
         }
@@ -197,16 +197,20 @@ extension StampService {
                 """
             parameters += [latitude, latitude, longitude, scale, longitude, scale]
         } else {
-            sql += " ORDER BY s.name COLLATE NOCASE, s.id"
+            sql += " ORDER BY {NAME}, s.id"
         }
         sql += " LIMIT ? OFFSET ?"
         parameters += [limit + 1, offset]
-        let finalSQL = sql
+        // Case-insensitive matching and order: SQLite's LIKE and NOCASE fold ASCII; PostgreSQL
+        // spells them ILIKE and lower() (the stores_name index is on lower(name) there).
+        let finalSQL = SQL(
+            sqlite: sql.replacingOccurrences(of: "{LIKE}", with: "LIKE").replacingOccurrences(of: "{NAME}", with: "s.name COLLATE NOCASE"),
+            postgres: sql.replacingOccurrences(of: "{LIKE}", with: "ILIKE").replacingOccurrences(of: "{NAME}", with: "lower(s.name)"))
         let finalParameters = parameters
         // Two queries whatever the page size: the stores, then all their menus.
         var stores = try await read { connection -> [Store] in
-            let stores = try connection.query(finalSQL, parameters: finalParameters) { try Self.storeRow($0) }
-            return try Self.withMenus(stores, on: connection)
+            let stores = try await connection.query(finalSQL, parameters: finalParameters) { try Self.storeRow($0) }
+            return try await Self.withMenus(stores, on: connection)
         }
         let more = stores.count > limit
         if more { stores.removeLast() }
@@ -233,17 +237,17 @@ extension StampService {
               updatedAt: Date(millis: try row.get(11)), distanceMeters: nil)
     }
 
-    static func loadStore(_ id: String, on connection: Connection) throws -> Store? {
-        guard let store = try connection.queryFirst(storeSelect + " WHERE s.id = ?", id, row: { try storeRow($0) }) else { return nil }
-        return try withMenus([store], on: connection)[0]
+    static func loadStore(_ id: String, on connection: any SQLSession) async throws -> Store? {
+        guard let store = try await connection.queryFirst(storeSelect + " WHERE s.id = ?", id, row: { try storeRow($0) }) else { return nil }
+        return try await withMenus([store], on: connection)[0]
     }
 
     /// The stores with their menus filled in, by one query.
-    static func withMenus(_ stores: [Store], on connection: Connection) throws -> [Store] {
+    static func withMenus(_ stores: [Store], on connection: any SQLSession) async throws -> [Store] {
         guard !stores.isEmpty else { return stores }
         let placeholders = Array(repeating: "?", count: stores.count).joined(separator: ", ")
         var menus: [String: [MenuItem]] = [:]
-        for (store, item) in try connection.query("""
+        for (store, item) in try await connection.query("""
             SELECT store_id, name, price FROM menu_items WHERE store_id IN (\(placeholders)) ORDER BY store_id, position
             """, parameters: stores.map(\.id), row: { (try $0.get(0, as: String.self), MenuItem(name: try $0.get(1), price: try $0.get(2))) }) {
             menus[store, default: []].append(item)
@@ -258,24 +262,24 @@ extension StampService {
     /// After `stampsPerReward` is lowered, cards holding that many stamps or more turn them into
     /// rewards (up to `limit` cards per call), so 0 ≤ stamps < stampsPerReward holds for every
     /// card once the batches are done. Reads the store's current rule, whoever changed it last.
-    static func convertExcessStamps(of storeId: String, limit: Int, now: Date, on connection: Connection,
-                                    outbox: inout Outbox) throws -> Int {
-        let cards = try connection.query(cardSelect + " WHERE c.store_id = ? AND c.stamps >= s.stamps_per_reward LIMIT ?",
+    static func convertExcessStamps(of storeId: String, limit: Int, now: Date, on connection: any SQLSession,
+                                    outbox: inout Outbox) async throws -> Int {
+        let cards = try await connection.query(cardSelect + " WHERE c.store_id = ? AND c.stamps >= s.stamps_per_reward LIMIT ?",
                                          storeId, limit) { try cardRow($0) }
         for card in cards {
-            let card = try convertAndSave(card, adding: 0, now: now, on: connection)
-            if try !isHeld(card.customerId, on: connection) {
+            let card = try await convertAndSave(card, adding: 0, now: now, on: connection)
+            if try await !isHeld(card.customerId, on: connection) {
                 try outbox.emit("card.updated", to: [card.customerId], data: CardChange(card: card, reason: "stampsPerRewardLowered"),
-                                at: now, on: connection)
+                                at: now)
             }
         }
         return cards.count
     }
 
-    static func replaceMenu(_ menu: [MenuItem], of store: String, on connection: Connection) throws {
-        try connection.run("DELETE FROM menu_items WHERE store_id = ?", store)
+    static func replaceMenu(_ menu: [MenuItem], of store: String, on connection: any SQLSession) async throws {
+        try await connection.run("DELETE FROM menu_items WHERE store_id = ?", store)
         for (position, item) in menu.enumerated() {
-            try connection.run("INSERT INTO menu_items (store_id, position, name, price) VALUES (?, ?, ?, ?)",
+            try await connection.run("INSERT INTO menu_items (store_id, position, name, price) VALUES (?, ?, ?, ?)",
                                store, position, item.name, item.price)
         }
     }

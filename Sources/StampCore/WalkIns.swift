@@ -3,7 +3,7 @@
 // the person claims the card with the code the store gave them at the counter.
 import Crypto
 import Foundation
-import SQLiteDB
+import Storage
 
 public struct CustomerSummary: Codable, Sendable, Equatable {
     public var id: String
@@ -63,24 +63,27 @@ extension StampService {
         let legacyKey = loginText.map(Login.legacyKey)
         let namePart = try name.map { try Validate.text($0, field: "name", min: 2, max: 100) }
         return try await read { connection in
-            try Self.requireOwner(principal, of: storeId, on: connection)
+            try await Self.requireOwner(principal, of: storeId, on: connection)
             let select = """
                 SELECT a.id, a.name, a.login, a.walk_in FROM cards c JOIN accounts a ON a.id = c.customer_id
                 WHERE c.store_id = ?
                 """
             if let phoneSuffix {
-                return try connection.query(select + """
-                     AND (a.login_key LIKE 'tel:%' OR a.walk_in = 1) AND substr(a.login_key, -?) = ?
-                    ORDER BY a.name LIMIT 20
-                    """, storeId, phoneSuffix.count, phoneSuffix) { try Self.customerRow($0) }
+                let phoneOrder = " AND (a.login_key LIKE 'tel:%' OR a.walk_in = 1) AND %@ = ? ORDER BY a.name LIMIT 20"
+                return try await connection.query(SQL(
+                    sqlite: select + phoneOrder.replacingOccurrences(of: "%@", with: "substr(a.login_key, -?)"),
+                    postgres: select + phoneOrder.replacingOccurrences(of: "%@", with: "right(a.login_key, CAST(? AS integer))")
+                ), storeId, phoneSuffix.count, phoneSuffix) { try Self.customerRow($0) }
             }
             if let loginKey, let legacyKey {
-                return try connection.query(select + " AND a.login_key IN (?, ?, ?)",
+                return try await connection.query(select + " AND a.login_key IN (?, ?, ?)",
                                             storeId, loginKey, legacyKey, Self.heldKey(store: storeId, phoneKey: loginKey)) {
                     try Self.customerRow($0)
                 }
             }
-            return try connection.query(select + " AND a.name LIKE ? ESCAPE '\\' ORDER BY a.name LIMIT 20",
+            // LIKE folds ASCII case in SQLite; PostgreSQL's ILIKE does the same (and more).
+            return try await connection.query(SQL(sqlite: select + " AND a.name LIKE ? ESCAPE '\\' ORDER BY a.name LIMIT 20",
+                                                  postgres: select + " AND a.name ILIKE ? ESCAPE '\\' ORDER BY a.name LIMIT 20"),
                                         storeId, "%" + Self.escapeLike(namePart!) + "%") { try Self.customerRow($0) }
         }
     }
@@ -98,20 +101,20 @@ extension StampService {
         let code = Self.newDigits(6)
         let limits = settings.limits
         return try await write { connection, _ in
-            try Self.requireOwner(principal, of: storeId, on: connection)
+            try await Self.requireOwner(principal, of: storeId, on: connection)
             let phoneKey = "tel:" + digits
             let heldKey = Self.heldKey(store: storeId, phoneKey: phoneKey)
-            if try connection.queryFirst("SELECT 1 FROM accounts WHERE login_key = ?", heldKey, row: { try $0.get(0, as: Int.self) }) != nil {
+            if try await connection.queryFirst("SELECT 1 FROM accounts WHERE login_key = ?", heldKey, row: { try $0.get(0, as: Int.self) }) != nil {
                 throw StampError(.conflict, "this store already holds a card for this phone number: find it by phone", field: "phone")
             }
-            try Self.countAction("walk-in:" + storeId, limit: limits.walkInsPerStorePerDay, window: Self.day,
+            try await Self.countAction("walk-in:" + storeId, limit: limits.walkInsPerStorePerDay, window: Self.day,
                                  what: "\(limits.walkInsPerStorePerDay) walk-ins a day per store", now: now, on: connection)
-            try connection.run("""
+            try await connection.run("""
                 INSERT INTO accounts (id, role, login, login_key, name, password_hash, created_at, walk_in)
                 VALUES (?, 'customer', ?, ?, ?, '!', ?, 1)
                 """, id, phone, heldKey, name, now.millis)
-            _ = try Self.newCard(customer: id, store: storeId, now: now, on: connection)
-            let claim = try Self.storeClaimCode(code, store: storeId, phoneKey: phoneKey, now: now, on: connection)
+            _ = try await Self.newCard(customer: id, store: storeId, now: now, on: connection)
+            let claim = try await Self.storeClaimCode(code, store: storeId, phoneKey: phoneKey, now: now, on: connection)
             return CustomerAdded(customer: CustomerSummary(id: id, name: name, login: phone, walkIn: true), claim: claim)
         }
     }
@@ -124,28 +127,28 @@ extension StampService {
         let now = clock.now()
         let limits = settings.limits
         let outcome = try await write { connection, outbox -> Result<CustomerAdded, StampError> in
-            try Self.requireOwner(principal, of: storeId, on: connection)
+            try await Self.requireOwner(principal, of: storeId, on: connection)
             let missScope = "member-miss:" + storeId
-            if let wait = try Self.secondsUntilAllowed(missScope, limit: limits.memberCodeMissesPerStorePerHour,
+            if let wait = try await Self.secondsUntilAllowed(missScope, limit: limits.memberCodeMissesPerStorePerHour,
                                                        window: Self.hour, now: now, on: connection) {
                 throw StampError(.rateLimited, "too many unknown member codes; try again in \(wait) s", retryAfter: wait)
             }
-            guard let customer = try connection.queryFirst("""
+            guard let customer = try await connection.queryFirst("""
                 SELECT a.id, a.name, a.login, a.walk_in FROM member_codes m JOIN accounts a ON a.id = m.account_id
                 WHERE m.code_hash = ? AND m.expires_at > ?
                 """, Self.memberDigest(code), now.millis, row: { try Self.customerRow($0) }) else {
                 // Returned, not thrown, so that the counted miss commits.
-                try Self.recordAction(missScope, now: now, on: connection)
+                try await Self.recordAction(missScope, now: now, on: connection)
                 return .failure(StampError(.unprocessable, "this member code is unknown or has expired: ask for a fresh one",
                                            field: "memberCode"))
             }
             // Used once: a code seen over someone's shoulder adds them nowhere else.
-            try connection.run("DELETE FROM member_codes WHERE code_hash = ?", Self.memberDigest(code))
-            if try Self.loadCard(customer: customer.id, store: storeId, on: connection) == nil {
+            try await connection.run("DELETE FROM member_codes WHERE code_hash = ?", Self.memberDigest(code))
+            if try await Self.loadCard(customer: customer.id, store: storeId, on: connection) == nil {
                 // The new (empty) card shows on the person's phone at once.
-                let card = try Self.newCard(customer: customer.id, store: storeId, now: now, on: connection)
+                let card = try await Self.newCard(customer: customer.id, store: storeId, now: now, on: connection)
                 try outbox.emit("card.updated", to: [customer.id], data: CardChange(card: card, reason: "added"),
-                                at: now, on: connection)
+                                at: now)
             }
             return .success(CustomerAdded(customer: customer, claim: nil))
         }
@@ -159,18 +162,18 @@ extension StampService {
         let expiresAt = now.addingTimeInterval(Self.memberCodeLifetime)
         let limits = settings.limits
         return try await write { connection, _ in
-            try Self.countAction("member-code:" + principal.id, limit: limits.memberCodesPerAccountPerHour, window: Self.hour,
+            try await Self.countAction("member-code:" + principal.id, limit: limits.memberCodesPerAccountPerHour, window: Self.hour,
                                  what: "\(limits.memberCodesPerAccountPerHour) member codes an hour", now: now, on: connection)
-            try connection.run("DELETE FROM member_codes WHERE account_id = ?", principal.id)
+            try await connection.run("DELETE FROM member_codes WHERE account_id = ?", principal.id)
             // Codes are random; a collision with a live one (rare) draws again.
             for _ in 0..<8 {
                 let code = Self.newDigits(8)
-                do {
-                    try connection.run("INSERT INTO member_codes (code_hash, account_id, expires_at) VALUES (?, ?, ?)",
-                                       Self.memberDigest(code), principal.id, expiresAt.millis)
+                // A statement that fails aborts a PostgreSQL transaction: the collision is skipped, not caught.
+                if try await connection.run("""
+                    INSERT INTO member_codes (code_hash, account_id, expires_at) VALUES (?, ?, ?)
+                    ON CONFLICT (code_hash) DO NOTHING
+                    """, Self.memberDigest(code), principal.id, expiresAt.millis) == 1 {
                     return MemberCode(code: code, expiresAt: expiresAt)
-                } catch let error as SQLiteError where error.isUniqueViolation {
-                    continue
                 }
             }
             throw StampError(.unavailable, "no member code could be drawn; try again", retryAfter: 1)
@@ -183,8 +186,8 @@ extension StampService {
         let code = Self.newDigits(6)
         let limits = settings.limits
         return try await write { connection, _ in
-            try Self.requireOwner(principal, of: storeId, on: connection)
-            guard let (key, walkIn) = try connection.queryFirst("""
+            try await Self.requireOwner(principal, of: storeId, on: connection)
+            guard let (key, walkIn) = try await connection.queryFirst("""
                 SELECT a.login_key, a.walk_in FROM accounts a JOIN cards c ON c.customer_id = a.id AND c.store_id = ?
                 WHERE a.id = ?
                 """, storeId, customerId, row: { (try $0.get(0, as: String.self), try $0.get(1, as: Bool.self)) }) else {
@@ -194,9 +197,9 @@ extension StampService {
             guard walkIn, key.hasPrefix(prefix) else {
                 throw StampError(.conflict, "this customer has their own account: there is nothing to claim")
             }
-            try Self.countAction("claim-code:" + storeId, limit: limits.claimCodesPerStorePerHour, window: Self.hour,
+            try await Self.countAction("claim-code:" + storeId, limit: limits.claimCodesPerStorePerHour, window: Self.hour,
                                  what: "\(limits.claimCodesPerStorePerHour) claim codes an hour per store", now: now, on: connection)
-            return try Self.storeClaimCode(code, store: storeId, phoneKey: String(key.dropFirst(prefix.count)), now: now,
+            return try await Self.storeClaimCode(code, store: storeId, phoneKey: String(key.dropFirst(prefix.count)), now: now,
                                            on: connection)
         }
     }
@@ -213,10 +216,10 @@ extension StampService {
         let now = clock.now()
         let limits = settings.limits
         let outcome = try await write { connection, outbox -> Result<Claimed, StampError> in
-            switch try Self.matchClaimCode(code, phoneKey: phoneKey, field: "code", limits: limits, now: now, on: connection) {
+            switch try await Self.matchClaimCode(code, phoneKey: phoneKey, field: "code", limits: limits, now: now, on: connection) {
             case .failure(let refusal): return .failure(refusal)
             case .success(let store):
-                let card = try Self.moveHeldCard(store: store, phoneKey: phoneKey, into: principal.id, now: now,
+                let card = try await Self.moveHeldCard(store: store, phoneKey: phoneKey, into: principal.id, now: now,
                                                  on: connection, outbox: &outbox)
                 return .success(Claimed(card: card))
             }
@@ -231,22 +234,22 @@ extension StampService {
         let now = clock.now()
         let limits = settings.limits
         return try await write { connection, outbox in
-            try Self.requireOwner(principal, of: storeId, on: connection)
-            guard var card = try Self.loadCard(customer: customerId, store: storeId, on: connection) else {
+            try await Self.requireOwner(principal, of: storeId, on: connection)
+            guard var card = try await Self.loadCard(customer: customerId, store: storeId, on: connection) else {
                 throw StampError(.notFound, "this person has no card here: add them with the member code their phone shows",
                                  field: "customerId")
             }
             if count < 0 && card.stamps < -count {
                 throw StampError(.conflict, "the card has only \(Self.stamps(card.stamps)) to remove", field: "count")
             }
-            try Self.countAction("stamp:" + storeId, limit: limits.directStampsPerStorePerHour, window: Self.hour,
+            try await Self.countAction("stamp:" + storeId, limit: limits.directStampsPerStorePerHour, window: Self.hour,
                                  what: "\(limits.directStampsPerStorePerHour) direct stamp changes an hour per store",
                                  now: now, on: connection)
-            try Self.addLedger(.manualStamp, card: card, stamps: count, rewards: 0, request: nil, at: now, on: connection)
-            card = try Self.convertAndSave(card, adding: count, now: now, on: connection)
-            if try !Self.isHeld(customerId, on: connection) {
+            try await Self.addLedger(.manualStamp, card: card, stamps: count, rewards: 0, request: nil, at: now, on: connection)
+            card = try await Self.convertAndSave(card, adding: count, now: now, on: connection)
+            if try await !Self.isHeld(customerId, on: connection) {
                 try outbox.emit("card.updated", to: [customerId],
-                                data: CardChange(card: card, reason: "ownerStamped", stamps: count), at: now, on: connection)
+                                data: CardChange(card: card, reason: "ownerStamped", stamps: count), at: now)
             }
             return card
         }
@@ -257,8 +260,8 @@ extension StampService {
     /// "1 stamp", "3 stamps".
     static func stamps(_ count: Int) -> String { count == 1 ? "1 stamp" : "\(count) stamps" }
 
-    static func requireOwner(_ principal: Principal, of storeId: String, on connection: Connection) throws {
-        guard let owner = try connection.queryFirst("SELECT owner_id FROM stores WHERE id = ?", storeId, row: {
+    static func requireOwner(_ principal: Principal, of storeId: String, on connection: any SQLSession) async throws {
+        guard let owner = try await connection.queryFirst("SELECT owner_id FROM stores WHERE id = ?", storeId, row: {
             try $0.get(0, as: String.self)
         }) else { throw StampError.notFound("store") }
         guard owner == principal.id else { throw StampError(.forbidden, "only the store's owner may do this") }
@@ -272,64 +275,64 @@ extension StampService {
     /// (logins have no `:`), so holding a card never reserves the number.
     static func heldKey(store: String, phoneKey: String) -> String { "held:\(store):\(phoneKey)" }
 
-    static func isHeld(_ account: String, on connection: Connection) throws -> Bool {
-        try connection.queryFirst("SELECT walk_in FROM accounts WHERE id = ?", account, row: { try $0.get(0, as: Bool.self) }) ?? false
+    static func isHeld(_ account: String, on connection: any SQLSession) async throws -> Bool {
+        try await connection.queryFirst("SELECT walk_in FROM accounts WHERE id = ?", account, row: { try $0.get(0, as: Bool.self) }) ?? false
     }
 
     /// The store whose live claim code for `phoneKey` is `code`. A wrong code counts against every
     /// live code of the phone and against the phone's daily allowance; it is returned, not thrown,
     /// so that the counts commit with the write.
     static func matchClaimCode(_ code: String, phoneKey: String, field: String, limits: PartyLimits, now: Date,
-                               on connection: Connection) throws -> Result<String, StampError> {
+                               on connection: any SQLSession) async throws -> Result<String, StampError> {
         let missScope = "claim-miss:" + phoneKey
-        if let wait = try secondsUntilAllowed(missScope, limit: limits.claimFailuresPerPhonePerDay, window: day,
+        if let wait = try await secondsUntilAllowed(missScope, limit: limits.claimFailuresPerPhonePerDay, window: day,
                                               now: now, on: connection) {
             throw StampError(.rateLimited, "too many wrong claim codes for this phone number today", retryAfter: wait)
         }
-        let live = try connection.query("""
+        let live = try await connection.query("""
             SELECT store_id, code_hash FROM claim_codes WHERE phone_key = ? AND expires_at > ? AND attempts < ?
             """, phoneKey, now.millis, limits.claimAttemptsPerCode) {
             (try $0.get(0, as: String.self), try $0.get(1, as: [UInt8].self))
         }
         for (store, stored) in live where constantTimeEqual(claimDigest(code, store: store, phoneKey: phoneKey), stored) {
-            try connection.run("DELETE FROM claim_codes WHERE store_id = ? AND phone_key = ?", store, phoneKey)
+            try await connection.run("DELETE FROM claim_codes WHERE store_id = ? AND phone_key = ?", store, phoneKey)
             return .success(store)
         }
-        try connection.run("UPDATE claim_codes SET attempts = attempts + 1 WHERE phone_key = ? AND expires_at > ?",
+        try await connection.run("UPDATE claim_codes SET attempts = attempts + 1 WHERE phone_key = ? AND expires_at > ?",
                            phoneKey, now.millis)
-        try recordAction(missScope, now: now, on: connection)
+        try await recordAction(missScope, now: now, on: connection)
         return .failure(StampError(.unprocessable, "the claim code is wrong or has expired: ask the cafe for a new one",
                                    field: field))
     }
 
     /// Moves the card `store` holds for `phoneKey` into `account`'s card there: its ledger rows
     /// move with it, so the card still equals its ledger; then the holder row goes.
-    static func moveHeldCard(store: String, phoneKey: String, into account: String, now: Date, on connection: Connection,
-                             outbox: inout Outbox) throws -> Card {
-        guard let holder = try connection.queryFirst("SELECT id FROM accounts WHERE login_key = ? AND walk_in = 1",
+    static func moveHeldCard(store: String, phoneKey: String, into account: String, now: Date, on connection: any SQLSession,
+                             outbox: inout Outbox) async throws -> Card {
+        guard let holder = try await connection.queryFirst("SELECT id FROM accounts WHERE login_key = ? AND walk_in = 1",
                                                      heldKey(store: store, phoneKey: phoneKey), row: { try $0.get(0, as: String.self) }),
-              let held = try loadCard(customer: holder, store: store, on: connection) else {
+              let held = try await loadCard(customer: holder, store: store, on: connection) else {
             throw StampError(.conflict, "the store no longer holds a card for this number")
         }
-        var card = try loadCard(customer: account, store: store, on: connection)
-            ?? newCard(customer: account, store: store, now: now, on: connection)
-        try connection.run("UPDATE ledger SET customer_id = ? WHERE customer_id = ? AND store_id = ?", account, holder, store)
+        var card = try await loadOrNewCard(customer: account, store: store, now: now, on: connection)
+        try await connection.run("UPDATE ledger SET customer_id = ? WHERE customer_id = ? AND store_id = ?", account, holder, store)
         card.rewards += held.rewards
-        card = try convertAndSave(card, adding: held.stamps, now: now, on: connection)
-        try connection.run("DELETE FROM cards WHERE customer_id = ? AND store_id = ?", holder, store)
-        try connection.run("DELETE FROM events WHERE account_id = ?", holder)
+        card = try await convertAndSave(card, adding: held.stamps, now: now, on: connection)
+        try await connection.run("DELETE FROM cards WHERE customer_id = ? AND store_id = ?", holder, store)
+        try await connection.run("DELETE FROM events WHERE account_id = ?", holder)
         // A holder from before held cards existed may still hold another store's card: it stays.
-        if try connection.queryFirst("SELECT 1 FROM cards WHERE customer_id = ?", holder, row: { try $0.get(0, as: Int.self) }) == nil {
-            try connection.run("DELETE FROM accounts WHERE id = ?", holder)
+        if try await connection.queryFirst("SELECT 1 FROM cards WHERE customer_id = ?", holder, row: { try $0.get(0, as: Int.self) }) == nil {
+            try await connection.run("DELETE FROM accounts WHERE id = ?", holder)
+            try await connection.run("DELETE FROM event_positions WHERE account_id = ?", holder)
         }
         try outbox.emit("card.updated", to: [account],
-                        data: CardChange(card: card, reason: "claimed", stamps: held.stamps), at: now, on: connection)
+                        data: CardChange(card: card, reason: "claimed", stamps: held.stamps), at: now)
         return card
     }
 
-    static func storeClaimCode(_ code: String, store: String, phoneKey: String, now: Date, on connection: Connection) throws -> ClaimCode {
+    static func storeClaimCode(_ code: String, store: String, phoneKey: String, now: Date, on connection: any SQLSession) async throws -> ClaimCode {
         let expiresAt = now.addingTimeInterval(claimCodeLifetime)
-        try connection.run("""
+        try await connection.run("""
             INSERT INTO claim_codes (store_id, phone_key, code_hash, expires_at, attempts) VALUES (?, ?, ?, ?, 0)
             ON CONFLICT (store_id, phone_key) DO UPDATE SET code_hash = excluded.code_hash, expires_at = excluded.expires_at,
                 attempts = 0
@@ -371,18 +374,18 @@ extension StampService {
     /// Adds `stamps` (after its ledger row is written), turns full sets into rewards with a ledger
     /// row of their own, and saves the card.
     static func convertAndSave(_ card: Card, adding stamps: Int, request: String? = nil, now: Date,
-                               on connection: Connection) throws -> Card {
+                               on connection: any SQLSession) async throws -> Card {
         var card = card
         let total = card.stamps + stamps
         let earned = total / card.stampsPerReward
         if earned > 0 {
-            try addLedger(.rewardEarned, card: card, stamps: -earned * card.stampsPerReward, rewards: earned,
+            try await addLedger(.rewardEarned, card: card, stamps: -earned * card.stampsPerReward, rewards: earned,
                           request: request, at: now, on: connection)
         }
         card.stamps = total - earned * card.stampsPerReward
         card.rewards += earned
         card.updatedAt = now
-        try connection.run("UPDATE cards SET stamps = ?, rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
+        try await connection.run("UPDATE cards SET stamps = ?, rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
                            card.stamps, card.rewards, now.millis, card.customerId, card.storeId)
         return card
     }

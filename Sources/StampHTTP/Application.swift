@@ -15,7 +15,7 @@ public enum Application {
         let alive = Response.json(["status": "ok"])
         router.addImmediate(.GET, "/healthz") { _ in alive }
         router.add(.GET, "/readyz") { _ in
-            if await service.isReady() { return .response(.json(["status": "ready"])) }
+            if await service.isReady() { return .response(.json(["status": "ready", "database": service.database.engine])) }
             return .response(.problem(HTTPError(.serviceUnavailable, detail: "the database does not answer",
                                                 headers: [("Retry-After", "1")])))
         }

@@ -6,8 +6,10 @@ import Logging
 import Metrics
 import NIOCore
 import NIOPosix
+import PostgresDB
 import Prometheus
 import SQLiteDB
+import Storage
 import ServiceLifecycle
 import StampCore
 import StampHTTP
@@ -16,15 +18,19 @@ import StampHTTP
 struct Stampd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stampd",
-        abstract: "A real-time coupon stamp server: REST over HTTP/1.1, long-poll events, SQLite.",
+        abstract: "A real-time coupon stamp server: REST over HTTP/1.1, long-poll events, SQLite or PostgreSQL.",
         discussion: "Every option can also be set with the STAMPD_* environment variable named beside it; a flag wins.")
 
     @Option(help: "Address to listen on. [STAMPD_HOST]") var host: String?
     @Option(help: "Port to listen on; 0 picks a free one. [STAMPD_PORT]") var port: Int?
     @Option(help: "Address of the metrics listener (GET /metrics); keep it private. [STAMPD_METRICS_HOST]") var metricsHost: String?
     @Option(help: "Port of the metrics listener; 0 picks a free one (logged). [STAMPD_METRICS_PORT]") var metricsPort: Int?
-    @Option(help: "SQLite database file, or :memory:. [STAMPD_DATABASE]") var database: String?
-    @Option(help: "Folder of NNNN_name.sql migrations. [STAMPD_MIGRATIONS]") var migrations: String?
+    @Option(help: "A SQLite database file (or :memory:), or a postgres:// URL (postgres://user:password@host:port/db). [STAMPD_DATABASE]")
+    var database: String?
+    @Option(help: "Folder holding sqlite/ and postgres/, each of NNNN_name.sql migrations. [STAMPD_MIGRATIONS]") var migrations: String?
+    @Option(help: "PostgreSQL: most pooled connections. [STAMPD_DB_POOL_SIZE]") var dbPoolSize: Int?
+    @Option(help: "PostgreSQL: seconds one connection attempt may take. [STAMPD_DB_CONNECT_TIMEOUT]") var dbConnectTimeout: Int?
+    @Option(help: "PostgreSQL: TLS mode, disable, prefer or require (a sslmode in the URL wins). [STAMPD_DB_TLS]") var dbTls: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical. [STAMPD_LOG_LEVEL]") var logLevel: String?
     @Option(help: "Largest request body in bytes (413 above). [STAMPD_MAX_BODY_BYTES]") var maxBodyBytes: Int?
     @Option(help: "Largest request header block in bytes (431 above). [STAMPD_MAX_HEADER_BYTES]") var maxHeaderBytes: Int?
@@ -71,16 +77,34 @@ struct Stampd: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
 
-        let databasePath = try setting(database, "DATABASE", "./stampd.sqlite")
-        let migrationsPath = try migrations ?? env["STAMPD_MIGRATIONS"] ?? Self.defaultMigrationsFolder()
-        let db: Database
+        let databaseSetting = try setting(database, "DATABASE", "./stampd.sqlite")
+        let migrationsPath = migrations ?? env["STAMPD_MIGRATIONS"] ?? Self.defaultMigrationsFolder()
+        let db: any Storage
         do {
-            db = try Database(path: databasePath, readers: try setting(dbReaders, "DB_READERS", 2),
-                              logger: Logger(label: "stampd.db"))
-            let applied = try await db.migrate(directory: migrationsPath)
+            if PostgresConfiguration.isPostgresURL(databaseSetting) {
+                let tlsText = try setting(dbTls, "DB_TLS", "prefer")
+                guard let tls = PostgresConfiguration.TLSMode(rawValue: tlsText) else {
+                    throw ValidationError("--db-tls must be disable, prefer or require")
+                }
+                let configuration = try PostgresConfiguration(
+                    url: databaseSetting, tls: tls, poolSize: try setting(dbPoolSize, "DB_POOL_SIZE", 20),
+                    connectTimeout: .seconds(try setting(dbConnectTimeout, "DB_CONNECT_TIMEOUT", 10)))
+                let postgres = PostgresStorage(configuration: configuration, logger: Logger(label: "stampd.db"))
+                // A database that is down at start is waited for (logged, with backoff), not a crash.
+                try await postgres.waitUntilReachable()
+                db = postgres
+            } else {
+                db = try Database(path: databaseSetting, readers: try setting(dbReaders, "DB_READERS", 2),
+                                  logger: Logger(label: "stampd.db"))
+            }
+            let applied = try await db.migrate(folder: migrationsPath + "/" + db.engine)
             logger.info("database ready", metadata: [
-                "database.path": "\(databasePath)", "migrations.path": "\(migrationsPath)",
+                "database.engine": "\(db.engine)", "database": "\(db.location)", "migrations.path": "\(migrationsPath)",
                 "migrations.applied": "\(applied.map(\.name))"])
+        } catch let error as ValidationError {
+            throw error
+        } catch let error as PostgresConfigurationError {
+            throw ValidationError("--database: \(error)")
         } catch let error as MigrationError {
             logger.critical("refusing to start: migrations do not match the database", metadata: ["error": "\(error)"])
             throw ExitCode(3)
@@ -158,7 +182,7 @@ struct Stampd: AsyncParsableCommand {
             logger: logger)
         try await group.run()
         hasher.shutdown()
-        db.close()
+        await db.close()
         logger.info("database closed; exiting")
     }
 
@@ -175,7 +199,7 @@ struct Stampd: AsyncParsableCommand {
             executable.appendingPathComponent("migrations"),
             executable.appendingPathComponent("../share/stampd/migrations"),
         ]
-        for candidate in candidates where fileManager.fileExists(atPath: candidate.appendingPathComponent("0001_initial.sql").path) {
+        for candidate in candidates where fileManager.fileExists(atPath: candidate.appendingPathComponent("sqlite/0001_initial.sql").path) {
             return candidate.standardizedFileURL.path
         }
         return "./migrations"

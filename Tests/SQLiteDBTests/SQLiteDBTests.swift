@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import SQLiteDB
+import Storage
 
 /// A fresh database file in its own temporary folder.
 func temporaryDatabasePath() -> String {
@@ -30,14 +31,14 @@ func temporaryDatabasePath() -> String {
         let db = try Connection(path: ":memory:")
         #expect {
             _ = try db.queryFirst("SELECT NULL") { try $0.get(0, as: Int.self) }
-        } throws: { ($0 as? SQLiteError)?.code == .mismatch }
+        } throws: { ($0 as? StorageError)?.kind == .mismatch }
     }
 
     @Test func readingTextAsAnIntegerIsAMismatch() throws {
         let db = try Connection(path: ":memory:")
         #expect {
             _ = try db.queryFirst("SELECT 'x'") { try $0.get(0, as: Int.self) }
-        } throws: { ($0 as? SQLiteError)?.code == .mismatch }
+        } throws: { ($0 as? StorageError)?.kind == .mismatch }
     }
 
     @Test func constraintViolationsAreCatchableByCode() throws {
@@ -93,11 +94,11 @@ func temporaryDatabasePath() -> String {
 @Suite(.timeLimit(.minutes(1))) struct DatabaseTests {
     @Test func opensInWALWithFullSyncAndForeignKeys() async throws {
         let db = try Database(path: temporaryDatabasePath())
-        defer { db.close() }
+        defer { Task { await db.close() } }
         let settings = try await db.write { connection in
-            (try connection.queryFirst("PRAGMA journal_mode") { try $0.get(0, as: String.self) },
-             try connection.queryFirst("PRAGMA synchronous") { try $0.get(0, as: Int.self) },
-             try connection.queryFirst("PRAGMA foreign_keys") { try $0.get(0, as: Int.self) })
+            (try await connection.queryFirst("PRAGMA journal_mode") { try $0.get(0, as: String.self) },
+             try await connection.queryFirst("PRAGMA synchronous") { try $0.get(0, as: Int.self) },
+             try await connection.queryFirst("PRAGMA foreign_keys") { try $0.get(0, as: Int.self) })
         }
         #expect(settings.0 == "wal")
         #expect(settings.1 == 2)  // FULL
@@ -106,11 +107,11 @@ func temporaryDatabasePath() -> String {
 
     @Test func aWriteIsVisibleToReadersOnceItReturns() async throws {
         let db = try Database(path: temporaryDatabasePath(), readers: 2)
-        defer { db.close() }
-        try await db.write { try $0.execute("CREATE TABLE t (v INTEGER)") }
+        defer { Task { await db.close() } }
+        try await db.write { try await $0.executeAll("CREATE TABLE t (v INTEGER)") }
         for value in 1...20 {
-            try await db.write { try $0.run("INSERT INTO t VALUES (?)", value) }
-            let count = try await db.read { try $0.queryFirst("SELECT count(*) FROM t") { try $0.get(0, as: Int.self) } }
+            try await db.write { try await $0.run("INSERT INTO t VALUES (?)", value) }
+            let count = try await db.read { try await $0.queryFirst("SELECT count(*) FROM t") { try $0.get(0, as: Int.self) } }
             #expect(count == value)
         }
     }
@@ -118,14 +119,14 @@ func temporaryDatabasePath() -> String {
     @Test func concurrentWritesThatFailUndoOnlyThemselves() async throws {
         struct Refused: Error {}
         let db = try Database(path: temporaryDatabasePath())
-        defer { db.close() }
-        try await db.write { try $0.execute("CREATE TABLE t (v INTEGER)") }
+        defer { Task { await db.close() } }
+        try await db.write { try await $0.executeAll("CREATE TABLE t (v INTEGER)") }
         let outcomes = await withTaskGroup(of: Bool.self) { group in
             for value in 0..<200 {
                 group.addTask {
                     do {
                         try await db.write { connection in
-                            try connection.run("INSERT INTO t VALUES (?)", value)
+                            try await connection.run("INSERT INTO t VALUES (?)", value)
                             if value % 3 == 0 { throw Refused() }
                         }
                         return true
@@ -137,7 +138,7 @@ func temporaryDatabasePath() -> String {
             return await group.reduce(into: [Bool]()) { $0.append($1) }
         }
         let committed = outcomes.filter { $0 }.count
-        let rows = try await db.read { try $0.query("SELECT v FROM t") { try $0.get(0, as: Int.self) } }
+        let rows = try await db.read { try await $0.query("SELECT v FROM t") { try $0.get(0, as: Int.self) } }
         #expect(committed == 133)
         #expect(rows.count == committed)
         #expect(rows.allSatisfy { $0 % 3 != 0 })
@@ -151,26 +152,26 @@ func temporaryDatabasePath() -> String {
 
     @Test func aWriteBodyCannotCommitOrUndoTheGroupsTransaction() async throws {
         let db = try Database(path: temporaryDatabasePath())
-        defer { db.close() }
-        try await db.write { try $0.execute("CREATE TABLE t (v INTEGER)") }
+        defer { Task { await db.close() } }
+        try await db.write { try await $0.executeAll("CREATE TABLE t (v INTEGER)") }
         for statement in ["COMMIT", "ROLLBACK", "RELEASE unit", "ROLLBACK TO unit", "BEGIN", "SAVEPOINT other"] {
             await #expect(throws: SQLiteError.self, "\(statement)") {
                 try await db.write { connection in
-                    try connection.run("INSERT INTO t VALUES (1)")
-                    try connection.execute(statement)
+                    try await connection.run("INSERT INTO t VALUES (1)")
+                    try await connection.executeAll(statement)
                 }
             }
         }
-        try await db.write { try $0.run("INSERT INTO t VALUES (2)") }
-        let rows = try await db.read { try $0.query("SELECT v FROM t") { try $0.get(0, as: Int.self) } }
+        try await db.write { try await $0.run("INSERT INTO t VALUES (2)") }
+        let rows = try await db.read { try await $0.query("SELECT v FROM t") { try $0.get(0, as: Int.self) } }
         #expect(rows == [2])
     }
 
     @Test func anInMemoryDatabaseWorksThroughItsWriter() async throws {
         let db = try Database(path: ":memory:")
-        defer { db.close() }
-        try await db.write { try $0.execute("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (7);") }
-        #expect(try await db.read { try $0.queryFirst("SELECT v FROM t") { try $0.get(0, as: Int.self) } } == 7)
+        defer { Task { await db.close() } }
+        try await db.write { try await $0.executeAll("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (7);") }
+        #expect(try await db.read { try await $0.queryFirst("SELECT v FROM t") { try $0.get(0, as: Int.self) } } == 7)
     }
 }
 
@@ -187,48 +188,48 @@ func temporaryDatabasePath() -> String {
 
     @Test func aFreshDatabaseGetsEveryMigrationInOrder() async throws {
         let db = try Database(path: temporaryDatabasePath())
-        defer { db.close() }
-        let applied = try await db.migrate(directory: try folder(first))
-        #expect(applied.map(\.version) == [1, 2])
-        let pets = try await db.read { try $0.query("SELECT name FROM pets") { try $0.get(0, as: String.self) } }
+        defer { Task { await db.close() } }
+        let applied = try await db.migrate(folder: try folder(first))
+        #expect(applied.map { $0.version } == [1, 2])
+        let pets = try await db.read { try await $0.query("SELECT name FROM pets") { try $0.get(0, as: String.self) } }
         #expect(pets == ["rex"])
     }
 
     @Test func runningAgainChangesNothing() async throws {
         let db = try Database(path: temporaryDatabasePath())
-        defer { db.close() }
+        defer { Task { await db.close() } }
         let path = try folder(first)
-        try await db.migrate(directory: path)
-        #expect(try await db.migrate(directory: path).isEmpty)
-        let pets = try await db.read { try $0.queryFirst("SELECT count(*) FROM pets") { try $0.get(0, as: Int.self) } }
+        try await db.migrate(folder: path)
+        #expect(try await db.migrate(folder: path).isEmpty)
+        let pets = try await db.read { try await $0.queryFirst("SELECT count(*) FROM pets") { try $0.get(0, as: Int.self) } }
         #expect(pets == 1)
     }
 
     @Test func aNewFileIsAppliedAfterTheOldOnes() async throws {
         let db = try Database(path: temporaryDatabasePath())
-        defer { db.close() }
-        try await db.migrate(directory: try folder(first))
+        defer { Task { await db.close() } }
+        try await db.migrate(folder: try folder(first))
         var more = first
         more["0003_toys.sql"] = "CREATE TABLE toys (name TEXT);"
-        #expect(try await db.migrate(directory: try folder(more)).map(\.version) == [3])
+        #expect(try await db.migrate(folder: try folder(more)).map { $0.version } == [3])
     }
 
     @Test func anEditedAppliedMigrationIsRefused() async throws {
         let db = try Database(path: temporaryDatabasePath())
-        defer { db.close() }
-        try await db.migrate(directory: try folder(first))
+        defer { Task { await db.close() } }
+        try await db.migrate(folder: try folder(first))
         var edited = first
         edited["0001_people.sql"] = "CREATE TABLE people (name TEXT, age INTEGER);"
-        let error = await #expect(throws: MigrationError.self) { try await db.migrate(directory: try folder(edited)) }
+        let error = await #expect(throws: MigrationError.self) { try await db.migrate(folder: try folder(edited)) }
         #expect(error?.description.contains("0001_people.sql was edited") == true)
     }
 
     @Test func aRemovedAppliedMigrationIsRefused() async throws {
         let db = try Database(path: temporaryDatabasePath())
-        defer { db.close() }
-        try await db.migrate(directory: try folder(first))
+        defer { Task { await db.close() } }
+        try await db.migrate(folder: try folder(first))
         let error = await #expect(throws: MigrationError.self) {
-            try await db.migrate(directory: try folder(["0001_people.sql": first["0001_people.sql"]!]))
+            try await db.migrate(folder: try folder(["0001_people.sql": first["0001_people.sql"]!]))
         }
         #expect(error?.description.contains("0002_pets.sql is missing") == true)
     }
@@ -239,12 +240,20 @@ func temporaryDatabasePath() -> String {
 
     @Test func aFailingMigrationLeavesNoTrace() async throws {
         let db = try Database(path: temporaryDatabasePath())
-        defer { db.close() }
+        defer { Task { await db.close() } }
         let broken = ["0001_half.sql": "CREATE TABLE half (v INTEGER); INSERT INTO nowhere VALUES (1);"]
-        await #expect(throws: SQLiteError.self) { try await db.migrate(directory: try folder(broken)) }
+        await #expect(throws: SQLiteError.self) { try await db.migrate(folder: try folder(broken)) }
         let tables = try await db.read {
-            try $0.query("SELECT name FROM sqlite_master WHERE name = 'half'") { try $0.get(0, as: String.self) }
+            try await $0.query("SELECT name FROM sqlite_master WHERE name = 'half'") { try $0.get(0, as: String.self) }
         }
         #expect(tables.isEmpty)
+    }
+}
+
+extension SQLSession {
+    /// Several statements at once, as migrations run them: only SQLite sessions here.
+    func executeAll(_ sql: String) async throws {
+        let connection = self as! Connection
+        try connection.execute(sql)
     }
 }

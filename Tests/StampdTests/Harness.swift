@@ -1,10 +1,13 @@
-// A real stampd in the test process (real sockets on port 0, a real SQLite file) and a small
-// raw HTTP/1.1 client that can send anything, well-formed or not.
+// A real stampd in the test process (real sockets on port 0, a real SQLite file, or a schema of
+// its own in the PostgreSQL of STAMPD_TEST_POSTGRES_URL) and a small raw HTTP/1.1 client that
+// can send anything, well-formed or not.
 import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import PostgresDB
 import SQLiteDB
+import Storage
 import ServiceLifecycle
 import StampCore
 import StampHTTP
@@ -14,8 +17,9 @@ import Testing
 final class TestServer: Sendable {
     let service: StampService
     let hub: EventHub
-    let database: Database
+    let database: any Storage
     let clock: ManualClock
+    /// Where the data is: a SQLite file, or a PostgreSQL schema. Start another server on it to restart.
     let databasePath: String
     let port: Int
     private let group: ServiceGroup
@@ -29,9 +33,9 @@ final class TestServer: Sendable {
     static func start(databasePath: String? = nil, clock: ManualClock = ManualClock(Date()),
                       configure: (inout ServerConfiguration, inout StampSettings) -> Void = { _, _ in },
                       maximumPollsPerAccount: Int = 16) async throws -> TestServer {
-        let path = databasePath ?? temporaryDatabasePath()
-        let database = try Database(path: path)
-        try await database.migrate(directory: migrations)
+        let path = databasePath ?? TestStorage.newLocation()
+        let database = try await TestStorage.open(path)
+        try await database.migrate(folder: migrations + "/" + database.engine)
         var configuration = ServerConfiguration()
         configuration.port = 0
         configuration.shutdownGracePeriod = .seconds(5)
@@ -48,7 +52,8 @@ final class TestServer: Sendable {
                                    clock: clock, settings: settings)
         try await service.prepareEventHub()
         var logger = Logger(label: "test")
-        logger.logLevel = .critical
+        // STAMPD_TEST_LOG_LEVEL=error shows what a failing test's server logged.
+        logger.logLevel = ProcessInfo.processInfo.environment["STAMPD_TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
         let responder = Application.responder(service: service, logger: logger)
         let server = HTTPServer(configuration: configuration, responder: responder, hub: hub, logger: logger)
         let group = ServiceGroup(services: [server], gracefulShutdownSignals: [], logger: logger)
@@ -58,7 +63,7 @@ final class TestServer: Sendable {
                           port: address.port!, group: group, task: task)
     }
 
-    private init(service: StampService, hub: EventHub, database: Database, clock: ManualClock, databasePath: String,
+    private init(service: StampService, hub: EventHub, database: any Storage, clock: ManualClock, databasePath: String,
                  port: Int, group: ServiceGroup, task: Task<Void, any Error>) {
         self.service = service
         self.hub = hub
@@ -79,7 +84,7 @@ final class TestServer: Sendable {
     func stop() async throws {
         await group.triggerGracefulShutdown()
         try await task.value
-        database.close()
+        await database.close()
     }
 
     func connect(from address: String? = nil) async throws -> TestClient {
@@ -125,6 +130,32 @@ final class TestServer: Sendable {
         let client = try await connect()
         defer { client.close() }
         return try await client.request("POST", "/v1/requests/\(request)/approve", token: owner.token)
+    }
+}
+
+/// The engine the storage tests run on: SQLite, or PostgreSQL when STAMPD_TEST_POSTGRES_URL is
+/// set (`scripts/test.sh` runs the suite once on each).
+enum TestStorage {
+    static let postgresURL: String? = {
+        guard let url = ProcessInfo.processInfo.environment["STAMPD_TEST_POSTGRES_URL"], !url.isEmpty else { return nil }
+        return url
+    }()
+
+    static var isPostgres: Bool { postgresURL != nil }
+
+    /// A new, empty place for one server's data: a file, or a schema.
+    static func newLocation() -> String {
+        isPostgres ? "test_" + UUID().uuidString.prefix(12).lowercased().replacingOccurrences(of: "-", with: "")
+            : temporaryDatabasePath()
+    }
+
+    static func open(_ location: String) async throws -> any Storage {
+        guard let url = postgresURL else { return try Database(path: location) }
+        var configuration = try PostgresConfiguration(url: url, tls: .disable, poolSize: 3)
+        configuration.schema = location
+        let storage = PostgresStorage(configuration: configuration)
+        try await storage.write { try await $0.run("CREATE SCHEMA IF NOT EXISTS \(location)") }
+        return storage
     }
 }
 

@@ -154,7 +154,7 @@ import Testing
         }
         let ids = try await seen
         let committed = try await server.database.read { connection in
-            try connection.query("SELECT id FROM events WHERE account_id = ? ORDER BY id", owner.id) { try $0.get(0, as: Int64.self) }
+            try await connection.query("SELECT seq FROM events WHERE account_id = ? ORDER BY seq", owner.id) { try $0.get(0, as: Int64.self) }
         }
         #expect(ids == committed)
         #expect(ids.count == total)

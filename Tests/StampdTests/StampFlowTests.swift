@@ -1,6 +1,7 @@
 // The stamp and reward request flow over real sockets, each test named for the rule it pins.
 import Foundation
 import SQLiteDB
+import Storage
 import Testing
 
 @Suite(.timeLimit(.minutes(1))) struct StampFlowTests {
@@ -368,7 +369,8 @@ import Testing
         let client = try await server.connect()
         #expect(try await client.request("GET", "/v1/me", token: customer.token).status == 200)
         let stored = try await server.database.read { connection in
-            try connection.query("SELECT hex(token_hash) FROM sessions") { try $0.get(0, as: String.self) }
+            try await connection.query(SQL(sqlite: "SELECT hex(token_hash) FROM sessions",
+                                           postgres: "SELECT upper(encode(token_hash, 'hex')) FROM sessions")) { try $0.get(0, as: String.self) }
         }
         #expect(stored.count == 1)
         #expect(!stored[0].contains(customer.token))
@@ -390,7 +392,7 @@ import Testing
 
     func expectCardsEqualTheirLedger(_ server: TestServer) async throws {
         let mismatches = try await server.database.read { connection in
-            try connection.query("""
+            try await connection.query("""
                 SELECT c.customer_id FROM cards c
                 WHERE c.stamps != (SELECT coalesce(sum(stamps_delta), 0) FROM ledger l WHERE l.customer_id = c.customer_id AND l.store_id = c.store_id)
                    OR c.rewards != (SELECT coalesce(sum(rewards_delta), 0) FROM ledger l WHERE l.customer_id = c.customer_id AND l.store_id = c.store_id)

@@ -45,7 +45,7 @@ if [[ -n "${STAMPD_WEB_DIR:-}" ]]; then
   export STAMPD_WEB_DIR
   echo "run.sh: pages served from $STAMPD_WEB_DIR"
 fi
-"$binary" --host 127.0.0.1 --port "$port" --database "$workdir/db.sqlite" \
+"$binary" --host 127.0.0.1 --port "$port" --database "${STAMPD_TEST_DATABASE:-$workdir/db.sqlite}" \
   --migrations "$repo/migrations" --insecure-fast-password-hashing --metrics-port "$metrics_port" \
   --sign-ins-per-address 1000000 --sign-ins-at-once-per-address 100000 --sign-ups-per-address 1000000 --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 >"$workdir/server.log" 2>&1 &
 server_pid=$!

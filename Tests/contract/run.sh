@@ -83,7 +83,7 @@ base=http://127.0.0.1:$port
 
 # Starts (or restarts, on the same database) the server and waits for /healthz.
 start_server() {
-    "$binary" --host 127.0.0.1 --port "$port" --database "$work/db.sqlite" --migrations "$repo/migrations" \
+    "$binary" --host 127.0.0.1 --port "$port" --database "${STAMPD_TEST_DATABASE:-$work/db.sqlite}" --migrations "$repo/migrations" \
         --insecure-fast-password-hashing --log-level warning --hash-queue 1000 --metrics-port 0 \
         --sign-ins-per-address 1000000 --sign-ups-per-address 1000000 --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 >>"$work/server.log" 2>&1 &
     server_pid=$!

@@ -324,7 +324,7 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
 
         event_problems = []
         for account in accounts:
-            in_db = [r[0] for r in db.execute("SELECT id FROM events WHERE account_id = ? ORDER BY id", (account,))]
+            in_db = [r[0] for r in db.execute("SELECT seq FROM events WHERE account_id = ? ORDER BY seq", (account,))]
             kind, got = served.get(account, ("error", "poll did not finish"))
             if kind != "ok":
                 event_problems.append((account, got))

@@ -75,8 +75,8 @@ def case_locked(args, workdir, tally):
 
         holder = sqlite3.connect(db_path, isolation_level=None, timeout=0)
         holder.execute("BEGIN EXCLUSIVE")
-        holder.execute("INSERT INTO event_retention (singleton, pruned_through) VALUES (1, 0) "
-                       "ON CONFLICT (singleton) DO UPDATE SET pruned_through = pruned_through")
+        holder.execute("INSERT INTO event_positions (account_id, issued) VALUES ('lock-holder', 0) "
+                       "ON CONFLICT (account_id) DO NOTHING")
         locked_at = time.monotonic()
         results = {}
 

@@ -1,5 +1,6 @@
-// Applies the numbered SQL files of a folder in order, each in its own transaction,
-// and refuses to run when a file that was applied has since been edited or removed.
+// The numbered SQL files of an engine's migrations folder, and the check that refuses to run
+// when a file that was applied has since been edited or removed. Each engine applies the rest
+// in order, each file in its own transaction, and records it in `schema_migrations`.
 import Crypto
 import Foundation
 
@@ -8,7 +9,7 @@ public struct Migration: Sendable, Equatable {
     public let version: Int
     public let name: String
     public let checksum: String
-    let sql: String
+    public let sql: String
 
     static func fileName(version: Int, name: String) -> String {
         let digits = String(version)
@@ -54,20 +55,20 @@ public struct Migrator: Sendable {
         self.migrations = migrations
     }
 
-    /// Checks the applied migrations against the files, then applies the new ones in order.
-    /// Returns the migrations applied by this call.
-    public func migrate(_ connection: Connection) throws -> [Migration] {
-        try connection.execute("""
-            CREATE TABLE IF NOT EXISTS schema_migrations (
-                version INTEGER PRIMARY KEY,
-                name TEXT NOT NULL,
-                checksum TEXT NOT NULL,
-                applied_at INTEGER NOT NULL
-            ) STRICT;
-            """)
-        let applied = try connection.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version") { row in
-            (version: try row.get(0, as: Int.self), name: try row.get(1, as: String.self), checksum: try row.get(2, as: String.self))
+    /// What `schema_migrations` records of an applied file.
+    public struct Applied: Sendable {
+        public let version: Int
+        public let name: String
+        public let checksum: String
+        public init(version: Int, name: String, checksum: String) {
+            self.version = version
+            self.name = name
+            self.checksum = checksum
         }
+    }
+
+    /// Checks the applied migrations against the files; returns the files still to apply, in order.
+    public func pending(applied: [Applied]) throws -> [Migration] {
         let files = Dictionary(uniqueKeysWithValues: migrations.map { ($0.version, $0) })
         for record in applied {
             let label = Migration.fileName(version: record.version, name: record.name)
@@ -79,17 +80,6 @@ public struct Migrator: Sendable {
             }
         }
         let appliedVersions = Set(applied.map(\.version))
-        var done: [Migration] = []
-        for migration in migrations where !appliedVersions.contains(migration.version) {
-            try connection.transaction {
-                try connection.execute(migration.sql)
-                try connection.run(
-                    "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
-                    migration.version, migration.name, migration.checksum,
-                    Int64(Date().timeIntervalSince1970 * 1000))
-            }
-            done.append(migration)
-        }
-        return done
+        return migrations.filter { !appliedVersions.contains($0.version) }
     }
 }

@@ -1,0 +1,197 @@
+// The PostgreSQL engine: postgres-nio's client and its pool, NIO-native (no thread waits on the
+// network). Every write is one SERIALIZABLE transaction, so the use cases, written as if each
+// ran alone, stay correct when PostgreSQL runs them concurrently; a conflict PostgreSQL detects
+// (serialization failure, deadlock) runs the body again, a bounded number of times. Commits are
+// synchronous (`synchronous_commit` is set on for each session), so a returned write is durable.
+import Foundation
+import Logging
+import NIOSSL
+import PostgresNIO
+import Storage
+import Synchronization
+
+public final class PostgresStorage: Storage {
+    public let configuration: PostgresConfiguration
+    public var engine: String { "postgres" }
+    public var location: String { configuration.location }
+
+    private let client: PostgresClient
+    private let running: Task<Void, Never>
+    private let logger: Logger
+    private let texts = StatementTexts()
+
+    /// Starts the pool. No connection is made until the first call; `waitUntilReachable` waits for one.
+    public init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "stampd.db")) {
+        self.configuration = configuration
+        self.logger = logger
+        let tls: PostgresClient.Configuration.TLS
+        switch configuration.tls {
+        case .disable: tls = .disable
+        case .prefer: tls = .prefer(.makeClientConfiguration())
+        case .require: tls = .require(.makeClientConfiguration())
+        }
+        var options = PostgresClient.Configuration(host: configuration.host, port: configuration.port,
+                                                   username: configuration.username, password: configuration.password,
+                                                   database: configuration.database, tls: tls)
+        options.options.maximumConnections = configuration.poolSize
+        options.options.connectTimeout = configuration.connectTimeout
+        // Each connection commits synchronously whatever the server's default: a 2xx means durable.
+        options.options.additionalStartupParameters = [("synchronous_commit", "on"),
+                                                       ("application_name", "stampd")]
+            + (configuration.schema.map { [("search_path", $0)] } ?? [])
+        let client = PostgresClient(configuration: options, backgroundLogger: logger)
+        self.client = client
+        self.running = Task { await client.run() }
+    }
+
+    public func read<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
+        do {
+            return try await client.withConnection { connection in
+                try await body(PostgresSession(connection: connection, texts: self.texts, logger: self.logger))
+            }
+        } catch {
+            throw PostgresFault.classify(error)
+        }
+    }
+
+    @discardableResult
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
+        var attempt = 0
+        while true {
+            do {
+                return try await client.withConnection { connection in
+                    try await self.transaction(on: connection, body)
+                }
+            } catch {
+                let fault = PostgresFault.classify(error)
+                // A unique violation that the body did not handle is a concurrent writer's row
+                // (two first cards of one customer, one Idempotency-Key at once): run again, as
+                // if after it. A body that expects one (a login taken) turns it into its own error.
+                guard let fault = fault as? PostgresFault, fault.isConflict || fault.isUniqueViolation else { throw fault }
+                attempt += 1
+                guard attempt <= configuration.conflictRetries else {
+                    logger.warning("write kept conflicting; giving up", metadata: ["attempts": "\(attempt)"])
+                    throw StorageError(.contention, "the write conflicted with concurrent writes \(attempt) times")
+                }
+                // Jittered, growing: conflicting writers spread out instead of meeting again.
+                let ceiling = min(100, 1 << min(attempt, 7))
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 0...ceiling)))
+            }
+        }
+    }
+
+    private func transaction<T: Sendable>(on connection: PostgresConnection,
+                                          _ body: @Sendable (any SQLSession) async throws -> T) async throws -> T {
+        let session = PostgresSession(connection: connection, texts: texts, logger: logger)
+        try await session.simple("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        let value: T
+        do {
+            value = try await body(session)
+        } catch {
+            // A connection that failed needs no rollback: the server ends its transaction.
+            try? await session.simple("ROLLBACK")
+            throw error
+        }
+        // A COMMIT refused by the server (a serialization failure found at commit) committed
+        // nothing and is retried; one lost with the connection has an unknown outcome, which
+        // reaches the caller as unavailable and is never run again here.
+        try await session.simple("COMMIT")
+        return value
+    }
+
+    /// Waits until a connection answers, retrying with backoff and logging each failure; a
+    /// database that is down at start is waited for, not a crash. Gives up after `attempts`.
+    public func waitUntilReachable(attempts: Int = .max) async throws {
+        var delay = 0.25
+        for attempt in 1... {
+            do {
+                _ = try await read { try await $0.queryFirst("SELECT 1") { try $0.get(0, as: Int.self) } }
+                if attempt > 1 { logger.info("database reachable", metadata: ["database": "\(location)"]) }
+                return
+            } catch {
+                if attempt >= attempts || Task.isCancelled { throw error }
+                logger.warning("database not reachable; retrying", metadata: [
+                    "database": "\(location)", "attempt": "\(attempt)", "retry.seconds": "\(delay)", "error": "\(error)"])
+                try await Task.sleep(for: .seconds(delay))
+                delay = min(delay * 2, 10)
+            }
+        }
+    }
+
+    /// Applies the migrations of `folder` (the PostgreSQL ones), each in its own transaction,
+    /// under an advisory lock so that instances starting together migrate one after the other.
+    @discardableResult
+    public func migrate(folder: String) async throws -> [Migration] {
+        let migrator = try Migrator(directory: folder)
+        do {
+            return try await client.withConnection { connection in
+                let session = PostgresSession(connection: connection, texts: self.texts, logger: self.logger)
+                try await session.simple("SELECT pg_advisory_lock(\(Self.migrationLock))")
+                do {
+                    let applied = try await Self.migrate(migrator, on: session)
+                    try await session.simple("SELECT pg_advisory_unlock(\(Self.migrationLock))")
+                    return applied
+                } catch {
+                    try? await session.simple("ROLLBACK")
+                    try? await session.simple("SELECT pg_advisory_unlock(\(Self.migrationLock))")
+                    throw error
+                }
+            }
+        } catch let error as MigrationError {
+            throw error
+        } catch {
+            throw PostgresFault.classify(error)
+        }
+    }
+
+    /// The advisory lock key of migrations ("stampd" in ASCII).
+    static let migrationLock: Int64 = 0x7374_616d_7064
+
+    private static func migrate(_ migrator: Migrator, on session: PostgresSession) async throws -> [Migration] {
+        try await session.simple("""
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version bigint PRIMARY KEY,
+                name text NOT NULL,
+                checksum text NOT NULL,
+                applied_at bigint NOT NULL
+            )
+            """)
+        let applied = try await session.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version") { row in
+            Migrator.Applied(version: try row.get(0), name: try row.get(1), checksum: try row.get(2))
+        }
+        let pending = try migrator.pending(applied: applied)
+        for migration in pending {
+            try await session.simple("BEGIN")
+            for statement in Statements.split(migration.sql) { try await session.simple(statement) }
+            try await session.run("INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
+                                  migration.version, migration.name, migration.checksum,
+                                  Int64(Date().timeIntervalSince1970 * 1000))
+            try await session.simple("COMMIT")
+        }
+        return pending
+    }
+
+    public func close() async {
+        running.cancel()
+        await running.value
+    }
+}
+
+/// The translated text of each statement, made once: `?` numbered as `$1`, `$2`, …
+final class StatementTexts: Sendable {
+    private let cache = Mutex<[String: String]>([:])
+    /// Statements are constants of the code, with few built at run time; a bound keeps a
+    /// mistake that builds one per call from growing without end.
+    private static let capacity = 4_096
+
+    func text(_ sql: SQL) -> String {
+        let source = sql.postgres
+        if let known = cache.withLock({ $0[source] }) { return known }
+        let numbered = Placeholders.numbered(source)
+        cache.withLock { cache in
+            if cache.count >= Self.capacity { cache.removeAll(keepingCapacity: true) }
+            cache[source] = numbered
+        }
+        return numbered
+    }
+}

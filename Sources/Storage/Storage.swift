@@ -1,0 +1,86 @@
+// The storage interface the use cases are written against: reads, and write transactions that
+// commit durably before they return. The SQLite and PostgreSQL engines implement it.
+
+/// What a read or write body runs statements on. Used only inside that body, by one task.
+public protocol SQLSession: AnyObject {
+    /// Runs a statement with bound parameters; returns the number of rows it changed.
+    @discardableResult
+    func run(_ sql: SQL, parameters: [any SQLBindable]) async throws -> Int
+
+    /// Runs a query and maps every row.
+    func query<T>(_ sql: SQL, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) async throws -> [T]
+
+    /// Runs a query and maps its first row, if any.
+    func queryFirst<T>(_ sql: SQL, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) async throws -> T?
+
+    /// In a write: takes a lock per key, held until the transaction ends, so that writers naming
+    /// the same key commit one after the other, in the order they took it. Takes them in sorted
+    /// order (two writers never wait for each other). Nothing to do for an engine that commits
+    /// one writer at a time.
+    func holdUntilCommit(_ keys: [String]) async throws
+}
+
+extension SQLSession {
+    @discardableResult
+    public func run(_ sql: SQL, _ parameters: any SQLBindable...) async throws -> Int {
+        try await run(sql, parameters: parameters)
+    }
+
+    @discardableResult
+    public func run(_ sql: String, _ parameters: any SQLBindable...) async throws -> Int {
+        try await run(SQL(sql), parameters: parameters)
+    }
+
+    @discardableResult
+    public func run(_ sql: String, parameters: [any SQLBindable]) async throws -> Int {
+        try await run(SQL(sql), parameters: parameters)
+    }
+
+    public func query<T>(_ sql: SQL, _ parameters: any SQLBindable..., row map: (borrowing Row) throws -> T) async throws -> [T] {
+        try await query(sql, parameters: parameters, row: map)
+    }
+
+    public func query<T>(_ sql: String, _ parameters: any SQLBindable..., row map: (borrowing Row) throws -> T) async throws -> [T] {
+        try await query(SQL(sql), parameters: parameters, row: map)
+    }
+
+    public func query<T>(_ sql: String, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) async throws -> [T] {
+        try await query(SQL(sql), parameters: parameters, row: map)
+    }
+
+    public func queryFirst<T>(_ sql: SQL, _ parameters: any SQLBindable..., row map: (borrowing Row) throws -> T) async throws -> T? {
+        try await queryFirst(sql, parameters: parameters, row: map)
+    }
+
+    public func queryFirst<T>(_ sql: String, _ parameters: any SQLBindable..., row map: (borrowing Row) throws -> T) async throws -> T? {
+        try await queryFirst(SQL(sql), parameters: parameters, row: map)
+    }
+
+    public func queryFirst<T>(_ sql: String, parameters: [any SQLBindable], row map: (borrowing Row) throws -> T) async throws -> T? {
+        try await queryFirst(SQL(sql), parameters: parameters, row: map)
+    }
+}
+
+/// A database the use cases read and write.
+///
+/// Every write body runs as if alone (serializable): the engine either runs writes one at a
+/// time (SQLite's single writer) or detects a conflict and runs the body again, so a body must
+/// have no effect outside the database and may run more than once. It returns only once its
+/// transaction is durable.
+public protocol Storage: Sendable {
+    /// `sqlite` or `postgres`.
+    var engine: String { get }
+    /// Where the data is, for logs and `/readyz` (a path, or host, port and database; no password).
+    var location: String { get }
+
+    func read<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T
+    @discardableResult
+    func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T
+
+    /// Checks the applied migrations of `folder` (this engine's own) and applies the new ones.
+    @discardableResult
+    func migrate(folder: String) async throws -> [Migration]
+
+    /// Finishes what is queued and releases the connections; unusable afterwards.
+    func close() async
+}
