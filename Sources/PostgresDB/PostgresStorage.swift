@@ -39,14 +39,18 @@ public final class PostgresStorage: Storage {
         options.options.additionalStartupParameters = [("synchronous_commit", "on"),
                                                        ("application_name", "stampd")]
             + (configuration.schema.map { [("search_path", $0)] } ?? [])
-        let client = PostgresClient(configuration: options, backgroundLogger: logger)
+        // The pool logs every failed connection attempt at info; waitUntilReachable and the 503s
+        // already say the database is down, so the pool's own lines start at warning.
+        var background = logger
+        background.logLevel = max(logger.logLevel, .warning)
+        let client = PostgresClient(configuration: options, backgroundLogger: background)
         self.client = client
         self.running = Task { await client.run() }
     }
 
     public func read<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
         do {
-            return try await client.withConnection { connection in
+            return try await withPooledConnection { connection in
                 try await body(PostgresSession(connection: connection, texts: self.texts, logger: self.logger))
             }
         } catch {
@@ -59,7 +63,7 @@ public final class PostgresStorage: Storage {
         var attempt = 0
         while true {
             do {
-                return try await client.withConnection { connection in
+                return try await withPooledConnection { connection in
                     try await self.transaction(on: connection, body)
                 }
             } catch {
@@ -77,6 +81,38 @@ public final class PostgresStorage: Storage {
                 let ceiling = min(100, 1 << min(attempt, 7))
                 try? await Task.sleep(for: .milliseconds(Int.random(in: 0...ceiling)))
             }
+        }
+    }
+
+    /// Runs `body` on a pooled connection, waiting at most `connectTimeout` for one. The pool
+    /// waits for ever by itself (it retries connecting in the background while the database is
+    /// down), which would leave the caller hanging instead of answering 503.
+    private func withPooledConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let leased = LeaseFlag()
+        let timeout = configuration.connectTimeout
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await self.client.withConnection { connection in
+                    leased.set()
+                    return try await body(connection)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            while let outcome = try await group.next() {
+                if let value = outcome {
+                    group.cancelAll()
+                    return value
+                }
+                // The wait ran out: give up unless a connection was leased (its work then finishes).
+                if !leased.isSet {
+                    group.cancelAll()
+                    throw PostgresFault(sqlState: nil, message: "no connection to \(location) within \(timeout)")
+                }
+            }
+            throw CancellationError()
         }
     }
 
@@ -124,7 +160,7 @@ public final class PostgresStorage: Storage {
     public func migrate(folder: String) async throws -> [Migration] {
         let migrator = try Migrator(directory: folder)
         do {
-            return try await client.withConnection { connection in
+            return try await withPooledConnection { connection in
                 let session = PostgresSession(connection: connection, texts: self.texts, logger: self.logger)
                 try await session.simple("SELECT pg_advisory_lock(\(Self.migrationLock))")
                 do {
@@ -175,6 +211,13 @@ public final class PostgresStorage: Storage {
         running.cancel()
         await running.value
     }
+}
+
+/// Set once a connection was leased.
+final class LeaseFlag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }
 
 /// The translated text of each statement, made once: `?` numbered as `$1`, `$2`, …

@@ -172,8 +172,8 @@ extension StampService {
                              limit: Int, cursor: String?) async throws -> Page<Store> {
         let query = try Validate.optionalText(query, field: "q", max: 100)
         let limit = try Validate.range(limit, field: "limit", 1...100)
-        _ = try Validate.coordinate(latitude, field: "lat", limit: 90)
-        _ = try Validate.coordinate(longitude, field: "lon", limit: 180)
+        let latitude = try Validate.coordinate(latitude, field: "lat", limit: 90)
+        let longitude = try Validate.coordinate(longitude, field: "lon", limit: 180)
         if (latitude == nil) != (longitude == nil) {
             throw StampError.invalid(latitude == nil ? "lat" : "lon", "lat and lon go together")
         }

@@ -61,12 +61,15 @@ enum Validate {
         return value
     }
 
+    /// A coordinate in range, kept to 7 decimal places (about 1 cm): finer digits mean nothing
+    /// for a cafe, and a value like 1e-200 would make the distance ordering underflow, which
+    /// PostgreSQL refuses as an error where SQLite rounds to 0.
     static func coordinate(_ value: Double?, field: String, limit: Double) throws -> Double? {
         guard let value else { return nil }
         guard value.isFinite, abs(value) <= limit else {
             throw StampError.invalid(field, "\(field) must be between -\(Int(limit)) and \(Int(limit))")
         }
-        return value
+        return (value * 1e7).rounded() / 1e7
     }
 
     /// The most items a menu holds, and the longest item name: a store's whole answer stays small.

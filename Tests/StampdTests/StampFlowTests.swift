@@ -306,6 +306,23 @@ import Testing
         try await server.stop()
     }
 
+    /// Found by the contract run on PostgreSQL: a coordinate like 1e-200 made the distance
+    /// ordering underflow, an error there. Coordinates are kept to 7 decimal places.
+    @Test func tinyCoordinatesAreKeptToSevenPlacesAndTheNearestSearchStillAnswers() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let customer = try await server.signUp("customer")
+        let store = try await server.createStore(owner, ["name": "Null Island", "latitude": 1e-200, "longitude": 1.23456789])
+        let client = try await server.connect()
+        let found = try await client.request("GET", "/v1/stores?lat=1e-200&lon=1e-150", token: customer.token)
+        #expect(found.status == 200)
+        #expect(found.value("stores", 0, "id") as? String == store)
+        #expect(found.value("stores", 0, "latitude") as? Double == 0)
+        #expect(found.value("stores", 0, "longitude") as? Double == 1.2345679)
+        client.close()
+        try await server.stop()
+    }
+
     @Test func storesAreFoundByMenuItemAndNearestFirst() async throws {
         let server = try await TestServer.start()
         let owner = try await server.signUp("owner")
