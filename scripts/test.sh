@@ -30,7 +30,7 @@ if ((${#missing[@]})); then
   $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || { echo "apt-get could not install ${missing[*]}"; exit 1; }
 fi
-if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import selenium, pytest, schemathesis, openapi_spec_validator' 2>/dev/null; then
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import selenium, pytest, schemathesis, openapi_spec_validator, psycopg' 2>/dev/null; then
   say "preparing .venv"
   python3 -m venv .venv && .venv/bin/pip install -q -r Tests/requirements.txt || { echo "pip install failed"; exit 1; }
 fi
@@ -78,6 +78,8 @@ if [[ $skip != *",postgres,"* ]]; then
     stage swift-postgres env STAMPD_TEST_POSTGRES_URL="$PG_THROWAWAY_URL" swift test --skip-build
     stage contract-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb contract)" bash Tests/contract/run.sh "$binary"
     stage browser-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb browser)" bash Tests/browser/run.sh "$binary"
+    stage crash-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb crash)" \
+      bash Tests/reliability/run.sh "$binary" --quick --only crash
     pg_throwaway_stop
     trap - EXIT
   else

@@ -183,6 +183,9 @@ extension StampService {
         try await requireOwnPassword(principal, password, field: "password", clientAddress: clientAddress)
         let now = clock.now()
         try await write { connection, outbox in
+            // Requests made meanwhile, and stores created meanwhile, are seen (or this runs again).
+            try await Self.claim("requests:" + principal.id, now: now, on: connection)
+            try await Self.claim("stores:" + principal.id, now: now, on: connection)
             if try await connection.queryFirst("SELECT 1 FROM stores WHERE owner_id = ?", principal.id, row: { try $0.get(0, as: Int.self) }) != nil {
                 throw StampError(.conflict, "close your stores before deleting the account")
             }

@@ -106,6 +106,7 @@ extension StampService {
              DELETE FROM claim_codes WHERE (store_id, phone_key) IN
                 (SELECT store_id, phone_key FROM claim_codes WHERE expires_at < ? LIMIT ?)
              """, [now, batch]),
+            ("DELETE FROM scope_claims WHERE scope IN (SELECT scope FROM scope_claims WHERE at < ? LIMIT ?)", [dayAgo, batch]),
             ("DELETE FROM member_codes WHERE code_hash IN (SELECT code_hash FROM member_codes WHERE expires_at < ? LIMIT ?)",
              [now, batch]),
             (SQL(sqlite: "DELETE FROM rate_events WHERE rowid IN (SELECT rowid FROM rate_events WHERE at < ? LIMIT ?)",

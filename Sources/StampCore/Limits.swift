@@ -48,6 +48,7 @@ extension StampService {
     /// Seconds until `scope` may act again, or nil when it may act now.
     static func secondsUntilAllowed(_ scope: String, limit: Int, window: TimeInterval, now: Date,
                                     on connection: any SQLSession) async throws -> Int? {
+        try await claim(scope, now: now, on: connection)
         let since = now.millis - Int64(window * 1000)
         guard let (count, oldest) = try await connection.queryFirst(
             "SELECT count(*), min(at) FROM rate_events WHERE scope = ? AND at > ?", scope, since, row: {
@@ -58,6 +59,20 @@ extension StampService {
     }
 
     static func recordAction(_ scope: String, now: Date, on connection: any SQLSession) async throws {
+        try await claim(scope, now: now, on: connection)
         try await connection.run("INSERT INTO rate_events (scope, at) VALUES (?, ?)", scope, now.millis)
+    }
+
+    /// Marks `scope` as written by this transaction, before the write counts or checks anything
+    /// in it. Two concurrent writers that claim one scope update one row, so under snapshot
+    /// isolation (PostgreSQL) the later cannot commit a decision taken without seeing the
+    /// earlier: it is refused and runs again, and then sees it. Without this, two requests at
+    /// once could each count 2 of a limit of 3 and both go ahead. (On SQLite one writer runs at
+    /// a time and the row costs one small upsert.)
+    static func claim(_ scope: String, now: Date, on connection: any SQLSession) async throws {
+        try await connection.run("""
+            INSERT INTO scope_claims (scope, at) VALUES (?, ?)
+            ON CONFLICT (scope) DO UPDATE SET at = excluded.at
+            """, scope, now.millis)
     }
 }

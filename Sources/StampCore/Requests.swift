@@ -198,6 +198,9 @@ extension StampService {
     /// counted). Counts the request it lets through.
     static func checkRequestLimits(customer: String, store: String, limits: PartyLimits, now: Date,
                                    on connection: any SQLSession) async throws {
+        // One customer's requests are one scope: two made at once (at one store or several) see
+        // each other's, and so does a deletion of the account.
+        try await claim("requests:" + customer, now: now, on: connection)
         let pending = try await connection.queryFirst("""
             SELECT count(*) FROM requests WHERE customer_id = ? AND store_id = ? AND status = 'pending' AND expires_at > ?
             """, customer, store, now.millis) { try $0.get(0, as: Int.self) } ?? 0

@@ -57,6 +57,7 @@ extension StampService {
         let storesPerOwner = settings.limits.storesPerOwner
         return try await write { connection, _ in
             try await Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                try await Self.claim("stores:" + principal.id, now: now, on: connection)
                 let owned = try await connection.queryFirst("SELECT count(*) FROM stores WHERE owner_id = ?", principal.id) {
                     try $0.get(0, as: Int.self)
                 } ?? 0

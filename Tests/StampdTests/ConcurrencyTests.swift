@@ -102,6 +102,23 @@ import Testing
         try await server.stop()
     }
 
+    /// A limit counted in rate_events (here: walk-ins a store may register a day) holds when the
+    /// registrations arrive at once: each claims the store's scope before it counts.
+    @Test func aCountedLimitHoldsForActionsMadeAtOnce() async throws {
+        let server = try await TestServer.start { _, settings in settings.limits.walkInsPerStorePerDay = 3 }
+        let owner = try await server.signUp("owner")
+        let store = try await server.createStore(owner)
+        let phones = Mutex(0)
+        let answers = try await atOnce(10, { client in
+            let n = phones.withLock { $0 += 1; return $0 }
+            return try await client.request("POST", "/v1/stores/\(store)/customers", token: owner.token,
+                                            json: ["phone": "+1 555 010 \(1000 + n)"])
+        }, on: server)
+        #expect(answers.filter { $0.status == 201 }.count == 3)
+        #expect(answers.filter { $0.status == 429 }.count == 7)
+        try await server.stop()
+    }
+
     /// The cursor never skips: a write that took the lower position of an account and is still
     /// open keeps a later write for the same account from committing first, so a poller sees
     /// both, in order, once each. (A global id from a sequence could commit out of order.)

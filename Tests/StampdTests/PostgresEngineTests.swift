@@ -3,6 +3,7 @@
 import Foundation
 @testable import PostgresDB
 import Storage
+import Synchronization
 import Testing
 
 @Suite(.timeLimit(.minutes(1))) struct PostgresEngineTests {
@@ -50,4 +51,96 @@ import Testing
         #expect(Date().timeIntervalSince(started) >= 0.25)  // one pause between the two attempts
         await storage.close()
     }
+}
+
+/// What the engine does when concurrent writers conflict: retried a bounded number of times,
+/// then refused as unavailable (503), never committed twice.
+@Suite(.timeLimit(.minutes(1)), .enabled(if: TestStorage.isPostgres, "needs STAMPD_TEST_POSTGRES_URL"))
+struct PostgresConflictTests {
+    /// Opens the test schema `schema` with `retries` conflict retries and one counter row.
+    func counter(retries: Int) async throws -> PostgresStorage {
+        let schema = TestStorage.newLocation()
+        var configuration = try PostgresConfiguration(url: TestStorage.postgresURL!, tls: .disable, poolSize: 4,
+                                                      conflictRetries: retries)
+        configuration.schema = schema
+        let storage = PostgresStorage(configuration: configuration)
+        try await storage.write { session in
+            try await session.run("CREATE SCHEMA \(schema)")
+            try await session.run("CREATE TABLE \(schema).counter (id bigint PRIMARY KEY, n bigint NOT NULL)")
+            try await session.run("INSERT INTO \(schema).counter VALUES (1, 0)")
+        }
+        return storage
+    }
+
+    /// Two writers read the counter, then both try to write it: one of them must lose.
+    func collide(_ storage: PostgresStorage) async -> [Result<Void, any Error>] {
+        let bothRead = AsyncBarrier(count: 2)
+        return await withTaskGroup(of: Result<Void, any Error>.self) { group in
+            for _ in 0..<2 {
+                group.addTask {
+                    let attempts = AttemptCounter()
+                    return await Result {
+                        try await storage.write { session in
+                            let n = try await session.queryFirst("SELECT n FROM counter WHERE id = 1") { try $0.get(0, as: Int.self) }!
+                            // Only the first attempt of each waits for the other: a retry runs alone.
+                            if attempts.next() == 1 { await bothRead.arrive() }
+                            try await session.run("UPDATE counter SET n = ? WHERE id = 1", n + 1)
+                        }
+                    }
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+    }
+
+    @Test func aConflictIsRetriedAndBothWritesCount() async throws {
+        let storage = try await counter(retries: 3)
+        let outcomes = await collide(storage)
+        #expect(outcomes.allSatisfy { if case .success = $0 { true } else { false } })
+        let n = try await storage.read { try await $0.queryFirst("SELECT n FROM counter") { try $0.get(0, as: Int.self) } }
+        #expect(n == 2)
+        await storage.close()
+    }
+
+    @Test func aConflictPastTheRetriesIsUnavailableAndCommitsNothing() async throws {
+        let storage = try await counter(retries: 0)
+        let outcomes = await collide(storage)
+        let failures = outcomes.compactMap { if case .failure(let error) = $0 { error } else { nil } }
+        #expect(failures.count == 1)
+        #expect((failures.first as? StorageError)?.kind == .contention)
+        #expect((failures.first as? any StorageFault)?.isStorageUnavailable == true)
+        let n = try await storage.read { try await $0.queryFirst("SELECT n FROM counter") { try $0.get(0, as: Int.self) } }
+        #expect(n == 1)
+        await storage.close()
+    }
+}
+
+extension Result where Failure == any Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}
+
+/// Lets `count` tasks go on only once all of them arrived.
+final class AsyncBarrier: Sendable {
+    private let state: Mutex<(left: Int, waiting: [CheckedContinuation<Void, Never>])>
+    init(count: Int) { state = Mutex((count, [])) }
+
+    func arrive() async {
+        await withCheckedContinuation { continuation in
+            let released = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.left -= 1
+                state.waiting.append(continuation)
+                guard state.left <= 0 else { return [] }
+                defer { state.waiting.removeAll() }
+                return state.waiting
+            }
+            released.forEach { $0.resume() }
+        }
+    }
+}
+
+final class AttemptCounter: Sendable {
+    private let value = Mutex(0)
+    func next() -> Int { value.withLock { $0 += 1; return $0 } }
 }

@@ -1,8 +1,10 @@
 """Shared pieces of the reliability checks: starting stampd, a small HTTP client, the API set-up,
-reading the SQLite file, and counting passes and failures.
+reading the database (the SQLite file, or PostgreSQL through psycopg), and counting passes and
+failures.
 
-Standard library only. Every loop here is bounded in count and in time; traffic goes only to
-127.0.0.1.
+Standard library only, except psycopg for the PostgreSQL runs (imported only then; see
+Tests/requirements.txt). Every loop here is bounded in count and in time; traffic goes only to
+127.0.0.1 (and to the PostgreSQL server named by $STAMPD_TEST_DATABASE).
 """
 import argparse
 import http.client
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MIGRATIONS = os.path.join(REPO, "migrations")
@@ -234,6 +237,132 @@ def create_store(port, owner_token, name, stamps_per_reward=10):
 def open_db(path):
     """A read-only look at the database file (the server may still run; WAL lets us read beside it)."""
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+
+def is_postgres_url(text):
+    """True for the --database values that select PostgreSQL (as stampd decides)."""
+    return bool(text) and text.startswith(("postgres://", "postgresql://"))
+
+
+def test_database_url():
+    """The PostgreSQL database named by $STAMPD_TEST_DATABASE, or None when it is unset or not a
+    postgres:// URL (the checks then use SQLite files of their own)."""
+    value = os.environ.get("STAMPD_TEST_DATABASE", "").strip()
+    return value if is_postgres_url(value) else None
+
+
+def redact_url(url):
+    """The URL without its password, for printing."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError as error:
+        raise RuntimeError("PostgreSQL checks need psycopg: .venv/bin/pip install 'psycopg[binary]' "
+                           "(see Tests/requirements.txt)") from error
+    return psycopg
+
+
+def _postgres_conninfo(url):
+    """(libpq URL, connect keywords, schema) for a stampd URL: libpq does not know stampd's
+    `?search_path=`, which becomes the session's search_path option instead."""
+    parts = urllib.parse.urlsplit(url)
+    schema = None
+    rest = []
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key == "search_path":
+            schema = value
+        else:
+            rest.append((key, value))
+    conninfo = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest)))
+    options = {"options": f"-c search_path={schema}"} if schema else {}
+    return conninfo, options, schema or "public"
+
+
+class Database:
+    """The checks' read access to the server's database, one interface for both engines: a
+    read-only look at the SQLite file (WAL lets us read beside a running server), or a psycopg
+    connection in autocommit (each query sees what is committed). Queries are written once with
+    SQLite's `?` placeholders; for PostgreSQL they become `%s` (a literal `%` is escaped), and
+    `execute` returns a cursor on both (fetchone, fetchall, iteration). PostgreSQL's sum() of
+    bigint is numeric (a Decimal), which compares equal to the int SQLite gives."""
+
+    def __init__(self, target):
+        self.postgres = is_postgres_url(target)
+        if self.postgres:
+            psycopg = _psycopg()
+            conninfo, options, _ = _postgres_conninfo(target)
+            self.conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10, **options)
+        else:
+            self.conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True, timeout=10)
+
+    def execute(self, sql, params=()):
+        if self.postgres:
+            # Always a tuple: psycopg leaves a query without parameters as it is (`%%` included).
+            return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
+        return self.conn.execute(sql, params)
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_database(target):
+    """A `Database` on a SQLite path or a postgres:// URL."""
+    return Database(target)
+
+
+def reset_postgres(url, keep_as=None):
+    """Empties the schema stampd uses at `url` (public, or the URL's ?search_path=): drops it with
+    all it holds (tables, the events sequence) and creates it again, owned by the connecting role,
+    in one transaction. With `keep_as`, the old schema is renamed to that name instead (an older
+    one of that name is dropped), its tables kept to look at. Refuses a schema that holds tables
+    but no schema_migrations: that is not a database stampd made, and it is not ours to wipe."""
+    psycopg = _psycopg()
+    from psycopg import sql
+    conninfo, _, schema = _postgres_conninfo(url)
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        with conn.transaction():
+            tables = [r[0] for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))]
+            if tables and "schema_migrations" not in tables:
+                raise RuntimeError(f"schema {schema} of {redact_url(url)} holds tables that are not stampd's "
+                                   f"({', '.join(sorted(tables)[:5])}); give an empty database")
+            exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+            if exists and keep_as:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(keep_as)))
+                conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(schema),
+                                                                           sql.Identifier(keep_as)))
+            elif exists:
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+
+
+def postgres_sessions(url, application="stampd", wait=0.0):
+    """How many sessions of `application` are connected to the database of `url` (our own not
+    counted), waiting up to `wait` seconds for none."""
+    psycopg = _psycopg()
+    conninfo, _, _ = _postgres_conninfo(url)
+    deadline = time.monotonic() + wait
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        while True:
+            n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND application_name = %s AND pid <> pg_backend_pid()", (application,)).fetchone()[0]
+            if n == 0 or time.monotonic() >= deadline:
+                return n
+            time.sleep(0.1)
 
 
 def integrity(path):

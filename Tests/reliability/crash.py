@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Crash durability: concurrent customers create stamp requests (with an Idempotency-Key) and owners
 approve them, while the server is killed with SIGKILL at a random moment and restarted on the same
-database file. The clients retry through the crash (same key for creates), then the database and
-the event log are checked:
+database. The clients retry through the crash (same key for creates), then the database and the
+event log are checked:
 
 - every create and every approval answered 2xx is in the database (lost = 0), with its ledger rows;
 - every card equals the sum of its ledger;
@@ -10,9 +10,19 @@ the event log are checked:
   idempotency_keys row replays the id the client got);
 - the events each account is served by GET /v1/events after the restart are exactly the rows of
   the events table, and they match the requests (created + approved per owner, approved per customer);
-- PRAGMA integrity_check is ok, and the restarted server stops cleanly on SIGTERM.
+- the restarted server stops cleanly on SIGTERM; on SQLite PRAGMA integrity_check is ok, on
+  PostgreSQL no connection of the server is left open after its stop.
 
     crash.py [--binary PATH] [--rounds N] [--seed S] [--customers C] [--owners O] [--creates K]
+             [--database postgres://USER:PW@HOST:PORT/DB]
+
+The engine: a SQLite file per round in a temporary folder, or, with --database (default
+$STAMPD_TEST_DATABASE when that is a postgres:// URL), that PostgreSQL database. Its schema
+(public, or the URL's ?search_path=) is dropped and created again before each round, so every
+round starts empty and the database is left empty after a passing run; a round that failed, or
+every round with --keep, is kept as schema crash_round_N. Give it a database of its own: one that
+holds other tables is refused. Events' positions (seq) are compared as they are stored: on
+PostgreSQL they come from a global sequence, increasing per account but not dense.
 """
 import http.client
 import os
@@ -25,7 +35,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (HOST, Server, Tally, base_arguments, check_binary, create_account, create_store,
-                    integrity, make_workdir, open_db, request)
+                    integrity, is_postgres_url, make_workdir, open_database, postgres_sessions, redact_url,
+                    request, reset_postgres, test_database_url)
 
 RETRYABLE = (OSError, http.client.HTTPException)
 OP_DEADLINE = 60.0  # seconds one create or approval may keep retrying
@@ -103,7 +114,10 @@ def run_round(args, number, binary, workdir, tally, rng):
 def _run_round(args, number, binary, workdir, tally, rng, server_box):
     folder = os.path.join(workdir, f"round-{number}")
     os.makedirs(folder)
-    db_path = os.path.join(folder, "db.sqlite")
+    postgres = bool(args.database)
+    # The --database of the server: a file of this round, or the PostgreSQL database that main
+    # emptied for this round.
+    db_path = args.database if postgres else os.path.join(folder, "db.sqlite")
     server = Server(binary, db_path, folder)
     server_box.append(server)
     server.start()
@@ -261,9 +275,9 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
     for t in pollers:
         t.join(timeout=60)
 
-    # The database file.
+    # The database.
     lost_creates, lost_approvals = [], []
-    db = open_db(db_path)
+    db = open_database(db_path)
     try:
         for (customer_id, key), request_id in created.items():
             row = db.execute("SELECT customer_id FROM requests WHERE id = ?", (request_id,)).fetchone()
@@ -357,8 +371,15 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
     code = server.stop()
     tally.check(code == 0, f"round {number}: the restarted server stops cleanly on SIGTERM",
                 f"exit {code}; {server.log_tail(10)}")
-    check = integrity(db_path)
-    tally.check(check == "ok", f"round {number}: PRAGMA integrity_check", check)
+    if postgres:
+        # SIGKILL closed the first server's sockets and SIGTERM should close the pool of the
+        # second: PostgreSQL ends those sessions, none lingers.
+        left = postgres_sessions(db_path, wait=10.0)
+        tally.check(left == 0, f"round {number}: no connection of the server left open after its stop",
+                    f"{left} sessions with application_name stampd after 10 s")
+    else:
+        check = integrity(db_path)
+        tally.check(check == "ok", f"round {number}: PRAGMA integrity_check", check)
 
     figures = {
         "lost": lost,
@@ -367,13 +388,14 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
         "kill_at": kill_info.get("killed_at"),
         "restart": kill_info.get("restart_seconds"),
         "conn_failures": stats.get("connection_failures"),
+        "answered_503": stats.get("answered_503"),
         "replayed_409": stats.get("approve_409_already_approved"),
         "requests": n_requests, "approved": n_approved, "events": n_events, "cards": n_cards,
         "elapsed": elapsed,
     }
     print(f"round {number}: writes answered {figures['writes']} ({figures['before']} before the kill), "
           f"kill at {figures['kill_at'] or float('nan'):.2f} s, restart {figures['restart'] or float('nan'):.2f} s, "
-          f"connection failures {figures['conn_failures']}, approve 409-then-approved {figures['replayed_409']}, "
+          f"connection failures {figures['conn_failures']}, 503 answers {figures['answered_503']}, approve 409-then-approved {figures['replayed_409']}, "
           f"requests {n_requests}, approved {n_approved}, events {n_events}, cards {n_cards}, "
           f"lost={lost}, {elapsed:.1f} s", flush=True)
     return figures
@@ -386,28 +408,47 @@ def main():
     parser.add_argument("--customers", type=int, default=12)
     parser.add_argument("--owners", type=int, default=3)
     parser.add_argument("--creates", type=int, default=40, help="creates per customer per round")
+    parser.add_argument("--database", default=test_database_url(),
+                        help="a postgres:// URL of an empty database to run on PostgreSQL (default: "
+                             "$STAMPD_TEST_DATABASE when it is one; else SQLite files)")
     args = parser.parse_args()
     check_binary(args.binary, "crash")
+    if args.database and not is_postgres_url(args.database):
+        print(f"crash: --database must be a postgres:// URL, not {args.database!r}", file=sys.stderr)
+        return 2
+    engine = f"PostgreSQL {redact_url(args.database)}" if args.database else "SQLite"
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     print(f"crash: {args.rounds} rounds, seed {seed}, {args.customers} customers x {args.creates} creates, "
-          f"{args.owners} owners, binary {args.binary}", flush=True)
+          f"{args.owners} owners, binary {args.binary}, database {engine}", flush=True)
     rng = random.Random(seed)
     workdir = make_workdir("crash", args.keep)
     tally = Tally("crash")
     totals = {"writes": 0, "lost": 0}
+    keep_schema = None  # on PostgreSQL: the name to keep the previous round's schema under
     try:
         for number in range(1, args.rounds + 1):
+            failed_before = tally.failed
             try:
+                if args.database:
+                    reset_postgres(args.database, keep_as=keep_schema)
                 figures = run_round(args, number, args.binary, workdir, tally, rng)
             except Exception as error:  # noqa: BLE001
                 tally.check(False, f"round {number}", repr(error)[:800])
-                continue
+                figures = {}
+            keep_schema = f"crash_round_{number}" if args.keep or tally.failed > failed_before else None
             totals["writes"] += figures.get("writes", 0) or 0
             totals["lost"] += figures.get("lost") or 0
-        print(f"crash: {args.rounds} rounds, {totals['writes']} writes answered, lost={totals['lost']}")
+        on = " on PostgreSQL" if args.database else ""
+        print(f"crash: {args.rounds} rounds{on}, {totals['writes']} writes answered, lost={totals['lost']}")
     finally:
+        if args.database:
+            try:
+                reset_postgres(args.database, keep_as=keep_schema)
+            except Exception as error:  # noqa: BLE001
+                print(f"crash: could not empty {redact_url(args.database)} after the rounds: {error!r}")
         if args.keep or tally.failed:
-            print(f"crash: kept {workdir}")
+            print(f"crash: kept {workdir}" + (" (failed or --keep rounds' tables: schemas crash_round_N)"
+                                              if args.database else ""))
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     return tally.finish()

@@ -2,31 +2,56 @@
 # The reliability checks of issue 7: crash durability, the malformed HTTP corpus, slow and greedy
 # clients, storage faults. See RELIABILITY.md.
 #
-#   Tests/reliability/run.sh [path/to/stampd] [--quick | --local]
+#   Tests/reliability/run.sh [path/to/stampd] [--quick | --local] [--only SUITE[,SUITE...]]
 #
 #   (default)  CI sizes: crash 3 rounds, slowloris 2000 slow connections
 #   --quick    the same CI sizes (kept as a name for scripts)
 #   --local    crash 30 rounds, slowloris 8000 slow connections (several minutes)
+#   --only     run only these of crash, malformed, slowloris, storage (also --only=crash)
 #
 # The binary defaults to $STAMPD_BIN, else .build/debug/stampd. Storage faults need root for the
 # tmpfs and read-only mounts (skipped with a message otherwise). Environment: PYTHON (default
 # .venv/bin/python, else python3), KEEP=1 keeps every temporary folder, CRASH_ROUNDS and
-# SLOW_CONNECTIONS override the sizes. Exits non-zero when any check fails; the last line is
-# `reliability: N passed, M failed`.
+# SLOW_CONNECTIONS override the sizes. STAMPD_TEST_DATABASE=postgres://... runs the crash rounds
+# on that PostgreSQL database (an empty one of their own: its schema is dropped and created
+# again for each round; needs psycopg); the other suites are SQLite-only and ignore it.
+#   STAMPD_TEST_DATABASE=postgres://stampd:pw@127.0.0.1:5432/crash Tests/reliability/run.sh --only crash
+# Exits non-zero when any check fails; the last line is `reliability: N passed, M failed`.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 binary=${STAMPD_BIN:-$repo/.build/debug/stampd}
 mode=ci
-for arg in "$@"; do
-    case $arg in
+all_suites=(crash malformed slowloris storage)
+only=""
+while (($#)); do
+    case $1 in
         --quick) mode=ci ;;
         --local) mode=local ;;
-        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) binary=$arg ;;
+        --only) [[ $# -ge 2 ]] || { echo "reliability: --only needs a suite name" >&2; exit 2; }
+            only+=",$2"; shift ;;
+        --only=*) only+=",${1#--only=}" ;;
+        -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -*) echo "reliability: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) binary=$1 ;;
     esac
+    shift
 done
+selected=()
+if [[ -z $only ]]; then
+    selected=("${all_suites[@]}")
+else
+    IFS=, read -ra wanted <<<"${only#,}"
+    for name in "${wanted[@]}"; do
+        [[ -z $name ]] && continue
+        [[ " ${all_suites[*]} " == *" $name "* ]] \
+            || { echo "reliability: no suite '$name' (one of: ${all_suites[*]})" >&2; exit 2; }
+        [[ " ${selected[*]} " == *" $name "* ]] || selected+=("$name")
+    done
+    ((${#selected[@]})) || { echo "reliability: --only names no suite" >&2; exit 2; }
+fi
+selected_suite() { [[ " ${selected[*]} " == *" $1 "* ]]; }
 if [[ -z ${PYTHON:-} ]]; then
     if [[ -x $repo/.venv/bin/python ]]; then PYTHON=$repo/.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -78,10 +103,17 @@ suite() {
     echo "-- $name: $p passed, $f failed in $((SECONDS - began)) s"
 }
 
-suite crash --rounds "$rounds"
-suite malformed
-suite slowloris "${slow_args[@]}"
-suite storage
+if [[ -n ${STAMPD_TEST_DATABASE:-} ]]; then
+    case $STAMPD_TEST_DATABASE in
+        postgres://*|postgresql://*) echo "reliability: crash rounds on PostgreSQL (STAMPD_TEST_DATABASE); other suites on SQLite" ;;
+        *) echo "reliability: STAMPD_TEST_DATABASE is not a postgres:// URL; ignored (SQLite)" ;;
+    esac
+fi
+
+selected_suite crash && suite crash --rounds "$rounds"
+selected_suite malformed && suite malformed
+selected_suite slowloris && suite slowloris "${slow_args[@]}"
+selected_suite storage && suite storage
 
 printf '\n== summary (%d s)\n' "$((SECONDS - started))"
 ((${#failed_suites[@]})) && echo "failing: ${failed_suites[*]}"

@@ -75,7 +75,7 @@ def case_locked(args, workdir, tally):
 
         holder = sqlite3.connect(db_path, isolation_level=None, timeout=0)
         holder.execute("BEGIN EXCLUSIVE")
-        holder.execute("INSERT INTO event_positions (account_id, issued) VALUES ('lock-holder', 0) "
+        holder.execute("INSERT INTO event_positions (account_id, pruned_through) VALUES ('lock-holder', 0) "
                        "ON CONFLICT (account_id) DO NOTHING")
         locked_at = time.monotonic()
         results = {}

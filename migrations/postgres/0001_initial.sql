@@ -195,3 +195,13 @@ CREATE TABLE event_positions (
     account_id     text PRIMARY KEY,
     pruned_through bigint NOT NULL
 );
+
+-- One row per scope a write counts or limits in (a store's walk-ins, a customer's requests): a
+-- write that reads or counts in a scope first updates its row, so under REPEATABLE READ two
+-- writers of one scope cannot both commit without seeing each other (the later one is refused
+-- with a serialization failure and runs again). Rows untouched for a day are pruned.
+CREATE TABLE scope_claims (
+    scope text PRIMARY KEY,
+    at    bigint NOT NULL
+);
+CREATE INDEX scope_claims_age ON scope_claims (at);
