@@ -1,9 +1,51 @@
+// The statements are written with `?` for each parameter, as SQLite takes them; PostgreSQL
+// numbers its parameters. And a migration file holds several statements, which PostgreSQL's
+// extended protocol takes one at a time. Both read SQL text the same way: what is inside quotes
+// ('text', "name") or a `--` comment is never a parameter or the end of a statement.
 import Foundation
 
-// The statements are written with `?` for each parameter, as SQLite takes them; PostgreSQL
-// numbers its parameters. Quoted text, quoted names and comments keep their question marks.
-// And a migration file holds several statements, which PostgreSQL's extended protocol takes
-// one at a time.
+enum SQLText {
+    enum Part { case code, quoted, comment }
+
+    /// Calls `body` with each character and the part of the text it is in. Dollar quoting and
+    /// /* */ comments are not used in stampd's SQL and not recognised.
+    static func forEachCharacter(in sql: String, _ body: (Character, Part) -> Void) {
+        var quote: Character?
+        var lineComment = false
+        var pendingDash = false  // a "-" that may begin a comment
+        for character in sql {
+            if pendingDash {
+                pendingDash = false
+                if character == "-" {
+                    lineComment = true
+                    body("-", .comment)
+                    body(character, .comment)
+                    continue
+                }
+                body("-", .code)
+            }
+            if lineComment {
+                if character == "\n" {
+                    lineComment = false
+                    body(character, .code)
+                } else {
+                    body(character, .comment)
+                }
+            } else if let open = quote {
+                body(character, .quoted)
+                if character == open { quote = nil }  // a doubled quote closes and reopens: same result
+            } else if character == "'" || character == "\"" {
+                quote = character
+                body(character, .quoted)
+            } else if character == "-" {
+                pendingDash = true
+            } else {
+                body(character, .code)
+            }
+        }
+        if pendingDash { body("-", .code) }
+    }
+}
 
 enum Placeholders {
     /// `SELECT a FROM t WHERE b = ? AND c = '?'` → `SELECT a FROM t WHERE b = $1 AND c = '?'`
@@ -11,32 +53,11 @@ enum Placeholders {
         var out = ""
         out.reserveCapacity(sql.utf8.count + 8)
         var number = 0
-        var quote: Character?
-        var lineComment = false
-        var previous: Character?
-        for character in sql {
-            defer { previous = character }
-            if lineComment {
-                out.append(character)
-                if character == "\n" { lineComment = false }
-                continue
-            }
-            if let open = quote {
-                out.append(character)
-                if character == open { quote = nil }  // a doubled quote closes and reopens: same result
-                continue
-            }
-            switch character {
-            case "'", "\"":
-                quote = character
-                out.append(character)
-            case "-" where previous == "-":
-                lineComment = true
-                out.append(character)
-            case "?":
+        SQLText.forEachCharacter(in: sql) { character, part in
+            if part == .code && character == "?" {
                 number += 1
                 out.append("$\(number)")
-            default:
+            } else {
                 out.append(character)
             }
         }
@@ -45,35 +66,18 @@ enum Placeholders {
 }
 
 enum Statements {
-    /// Splits SQL text at the semicolons that end statements (not those in quotes or comments);
-    /// empty statements and comment-only ones are dropped. Dollar quoting is not supported.
+    /// Splits SQL text at the semicolons that end statements, without its comments; empty
+    /// statements are dropped.
     static func split(_ sql: String) -> [String] {
         var statements: [String] = []
         var current = ""
-        var quote: Character?
-        var lineComment = false
-        var previous: Character?
-        for character in sql {
-            defer { previous = character }
-            if lineComment {
-                if character == "\n" { lineComment = false; current.append(character) }
-                continue
-            }
-            if let open = quote {
-                current.append(character)
-                if character == open { quote = nil }
-                continue
-            }
-            switch character {
-            case "'", "\"":
-                quote = character
-                current.append(character)
-            case "-" where previous == "-":
-                current.removeLast()  // the first dash
-                lineComment = true
-            case ";":
+        SQLText.forEachCharacter(in: sql) { character, part in
+            switch part {
+            case .code where character == ";":
                 statements.append(current)
                 current = ""
+            case .comment:
+                break
             default:
                 current.append(character)
             }
