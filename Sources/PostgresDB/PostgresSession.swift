@@ -46,6 +46,11 @@ final class PostgresSession: SQLSession {
         }
     }
 
+    /// `pg_notify` in the transaction: PostgreSQL delivers it to the listeners at commit.
+    func notify(_ channel: String, _ payload: String) async throws {
+        try await run("SELECT pg_notify(?, ?)", channel, payload)
+    }
+
     /// Runs text without parameters, several statements allowed (transaction control, migrations).
     func simple(_ text: String) async throws {
         _ = try await connection.simpleQuery(text).get()

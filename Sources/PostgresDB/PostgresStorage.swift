@@ -215,6 +215,114 @@ public final class PostgresStorage: Storage {
         running.cancel()
         await running.value
     }
+
+    // MARK: - Several processes on one database
+
+    public var isShared: Bool { true }
+
+    /// How often the listening connection is asked a question, so that one that died quietly
+    /// (a peer gone without a reset) is noticed and replaced.
+    static let listenerCheckInterval: Duration = .seconds(10)
+
+    public func listen(to channels: [String], _ handler: @escaping @Sendable (DatabaseNotice) -> Void) async {
+        var delay = 0.25
+        var connectionNumber = 0
+        while !Task.isCancelled {
+            connectionNumber += 1
+            do {
+                let connection = try await PostgresConnection.connect(
+                    configuration: connectionConfiguration(), id: -connectionNumber, logger: logger)
+                delay = 0.25
+                do {
+                    try await follow(channels, on: connection, handler)
+                } catch {
+                    if !Task.isCancelled {
+                        logger.warning("the notification connection failed; reconnecting", metadata: ["error": "\(error)"])
+                    }
+                }
+                handler(.interrupted)
+                try? await connection.close()
+            } catch {
+                if Task.isCancelled { break }
+                logger.warning("no notification connection; retrying", metadata: [
+                    "database": "\(location)", "retry.seconds": "\(delay)", "error": "\(PostgresFault.classify(error))"])
+            }
+            try? await Task.sleep(for: .seconds(delay))
+            delay = min(delay * 2, 10)
+        }
+    }
+
+    /// Listens to every channel on `connection` and checks it every few seconds; returns (throws)
+    /// when the connection fails or the task is cancelled.
+    private func follow(_ channels: [String], on connection: PostgresConnection,
+                        _ handler: @escaping @Sendable (DatabaseNotice) -> Void) async throws {
+        let registered = Countdown(channels.count)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for channel in channels {
+                group.addTask {
+                    try await connection.listen(on: channel) { notifications in
+                        if registered.tick() { handler(.listening) }
+                        for try await notification in notifications {
+                            handler(.message(channel: channel, payload: notification.payload))
+                        }
+                    }
+                    throw PostgresFault(sqlState: nil, message: "the notifications of \(channel) ended")
+                }
+            }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: Self.listenerCheckInterval)
+                    _ = try await connection.query("SELECT 1", logger: self.logger)
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func connectionConfiguration() -> PostgresConnection.Configuration {
+        let tls: PostgresConnection.Configuration.TLS
+        switch configuration.tls {
+        case .disable: tls = .disable
+        case .prefer: tls = .prefer(try! .init(configuration: .makeClientConfiguration()))
+        case .require: tls = .require(try! .init(configuration: .makeClientConfiguration()))
+        }
+        var options = PostgresConnection.Configuration(host: configuration.host, port: configuration.port,
+                                                       username: configuration.username, password: configuration.password,
+                                                       database: configuration.database, tls: tls)
+        options.options.connectTimeout = .init(configuration.connectTimeout)
+        return options
+    }
+
+    @discardableResult
+    public func exclusively(_ name: String, _ body: @escaping @Sendable () async throws -> Void) async throws -> Bool {
+        do {
+            return try await withPooledConnection { connection in
+                let session = PostgresSession(connection: connection, texts: self.texts, logger: self.logger)
+                // A session-level lock: it ends with the body, or with this connection if the process dies.
+                let key = "SELECT %@(2, hashtext(?))"
+                guard try await session.queryFirst(SQL(key.replacingOccurrences(of: "%@", with: "pg_try_advisory_lock")), name,
+                                                   row: { try $0.get(0, as: Bool.self) }) == true else { return false }
+                do {
+                    try await body()
+                } catch {
+                    _ = try? await session.run(SQL(key.replacingOccurrences(of: "%@", with: "pg_advisory_unlock")), name)
+                    throw error
+                }
+                try await session.run(SQL(key.replacingOccurrences(of: "%@", with: "pg_advisory_unlock")), name)
+                return true
+            }
+        } catch {
+            throw PostgresFault.classify(error)
+        }
+    }
+}
+
+/// Counts down to zero; `tick` is true for the call that reaches it.
+final class Countdown: Sendable {
+    private let left: Mutex<Int>
+    init(_ count: Int) { left = Mutex(count) }
+    func tick() -> Bool { left.withLock { $0 -= 1; return $0 == 0 } }
 }
 
 /// Set once a connection was leased.

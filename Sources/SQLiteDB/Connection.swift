@@ -207,4 +207,7 @@ extension Connection: SQLSession {
 
     /// One writer commits at a time: commit order is already the order of the writes.
     public func holdUntilCommit(_ keys: [String]) async throws {}
+
+    /// One process uses a SQLite file: nobody else to tell.
+    public func notify(_ channel: String, _ payload: String) async throws {}
 }

@@ -243,6 +243,17 @@ public final class Database: Storage, @unchecked Sendable {
         return pending
     }
 
+    /// One process uses a SQLite file (its writer holds the lock): nothing to follow.
+    public var isShared: Bool { false }
+
+    public func listen(to channels: [String], _ handler: @escaping @Sendable (DatabaseNotice) -> Void) async {}
+
+    @discardableResult
+    public func exclusively(_ name: String, _ body: @escaping @Sendable () async throws -> Void) async throws -> Bool {
+        try await body()
+        return true
+    }
+
     /// Finishes queued writes, then closes every connection. The database is unusable afterwards.
     public func close() async {
         // The writes already queued were accepted: let them finish first.

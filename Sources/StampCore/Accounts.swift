@@ -149,6 +149,7 @@ extension StampService {
                 try $0.get(0, as: String.self)
             }
             try await connection.run("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL", now, digest)
+            if let account { try await self.announceRevocation(of: account, sessions: [digest], on: connection) }
             return account
         }
         sessions.forget(digest)
@@ -205,6 +206,7 @@ extension StampService {
                 let cancelled = try await Self.decide(request, .cancelled, reason: nil, now: now, on: connection)
                 try outbox.emit("request.cancelled", to: [owner], data: RequestChange(request: cancelled), at: now)
             }
+            try await self.announceRevocation(of: principal.id, sessions: nil, on: connection)
         }
         sessions.forget(account: principal.id)
         hub.revoke(account: principal.id, sessions: nil)
@@ -235,6 +237,7 @@ extension StampService {
                 sqlite: "UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS NOT ?",
                 postgres: "UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS DISTINCT FROM ?"),
                 now, account, kept ?? [])
+            try await self.announceRevocation(of: account, sessions: digests, on: connection)
             return digests
         }
         sessions.forget(account: account)
@@ -275,6 +278,8 @@ final class SessionCache: Sendable {
 
     private struct State {
         var entries: [[UInt8]: Entry] = [:]
+        /// While another process's revocations may go unheard, nothing is remembered.
+        var suspended = false
         /// Counts revocations: a read that began before one may have seen its session valid.
         var revocations: UInt64 = 0
     }
@@ -287,7 +292,7 @@ final class SessionCache: Sendable {
     /// The remembered principal, or nil and the revocation count to hand back to `remember`.
     func principal(for digest: [UInt8], now: Int64) -> (Principal?, UInt64) {
         state.withLock { state in
-            guard let entry = state.entries[digest] else { return (nil, state.revocations) }
+            guard !state.suspended, let entry = state.entries[digest] else { return (nil, state.revocations) }
             guard entry.expiresAt > now else {
                 state.entries[digest] = nil
                 return (nil, state.revocations)
@@ -299,7 +304,7 @@ final class SessionCache: Sendable {
     /// Remembers a session read from the database, unless a revocation happened since the read began.
     func remember(_ digest: [UInt8], _ principal: Principal, expiresAt: Int64, readSince revocations: UInt64) {
         state.withLock { state in
-            guard state.revocations == revocations else { return }
+            guard state.revocations == revocations, !state.suspended else { return }
             if state.entries.count >= capacity { state.entries.removeAll(keepingCapacity: true) }
             state.entries[digest] = Entry(principal: principal, expiresAt: expiresAt)
         }
@@ -309,6 +314,16 @@ final class SessionCache: Sendable {
         state.withLock { state in
             state.revocations &+= 1
             state.entries[digest] = nil
+        }
+    }
+
+    /// Forgets every session; while `suspend`, remembers none (another process's revocations
+    /// may go unheard), until called again with false.
+    func forgetAll(suspend: Bool) {
+        state.withLock { state in
+            state.revocations &+= 1
+            state.entries.removeAll()
+            state.suspended = suspend
         }
     }
 

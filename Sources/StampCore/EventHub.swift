@@ -47,11 +47,18 @@ public final class EventHub: Sendable {
         /// its park.
         var latest: [String: Int64] = [:]
         var shuttingDown = false
-        /// Set once `seed` has told the hub what the log holds: then `hasNothingAfter` can answer.
+        /// Set once `seed` has told the hub what the whole log holds: then an account it has no
+        /// entry for has no events.
         var seeded = false
+        /// False while writes of another process may go unheard (a shared database whose
+        /// notifications do not flow): then nothing is certain, and every poll reads.
+        var following = true
+        /// Counts the times knowledge was dropped: a read that began before cannot teach the hub.
+        var epoch: UInt64 = 0
         /// Callers of `waitUntilParked`, with the count each waits for.
         var countWatchers: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
         var shutdownWatchers: [CheckedContinuation<Void, Never>] = []
+        var followWatchers: [CheckedContinuation<Void, Never>] = []
 
         mutating func watchersSatisfied() -> [CheckedContinuation<Void, Never>] {
             guard !countWatchers.isEmpty else { return [] }
@@ -110,7 +117,56 @@ public final class EventHub: Sendable {
     /// published after its commit, which wakes the parked poll, or makes `park` say `.ready` if
     /// it came first.
     public func hasNothingAfter(_ cursor: Int64, for account: String) -> Bool {
-        state.withLock { state in state.seeded && state.latest[account, default: 0] == cursor }
+        state.withLock { state in
+            guard state.following else { return false }
+            if let latest = state.latest[account] { return latest == cursor }
+            return state.seeded && cursor == 0
+        }
+    }
+
+    /// Where the hub's knowledge stands; hand it back to `learn`.
+    public var epoch: UInt64 { state.withLock { $0.epoch } }
+
+    /// A read found `newest` to be the account's newest position. Kept only if nothing was
+    /// dropped since the read began (`epoch`): the positions committed later reach the hub by
+    /// `publish`, so from here on it knows the account.
+    public func learn(account: String, newest: Int64, since epoch: UInt64) {
+        state.withLock { state in
+            guard state.following, state.epoch == epoch else { return }
+            if newest > state.latest[account, default: 0] { state.latest[account] = newest }
+        }
+    }
+
+    /// Another process's commits may go unheard from now on: drop what the hub knows of the log.
+    public func notificationsStopped() {
+        state.withLock { state in
+            state.following = false
+            state.seeded = false
+            state.latest.removeAll()
+            state.epoch &+= 1
+        }
+    }
+
+    /// Other processes' commits are heard again (or for the first time): anything committed
+    /// meanwhile may have gone unheard, so every parked poll reads again, and the hub learns
+    /// each account anew from reads and notifications.
+    public func notificationsFlowing() {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let (woken, watchers) = state.withLock { state -> ([Waiter], [CheckedContinuation<Void, Never>]) in
+            state.following = true
+            state.seeded = false
+            state.latest.removeAll()
+            state.epoch &+= 1
+            let all = Array(state.waiters.values)
+            state.waiters.removeAll()
+            state.byAccount.removeAll()
+            defer { state.followWatchers.removeAll() }
+            return (all, state.followWatchers)
+        }
+        watchers.forEach { $0.resume() }
+        guard !woken.isEmpty else { return }
+        parkedChanged()
+        for waiter in woken { waiter.wake(.event(publishedAt: now)) }
     }
 
     /// Removes the waiter and resumes it with `reason`. False when it was already resumed.
@@ -192,6 +248,18 @@ public final class EventHub: Sendable {
         let (count, ready) = state.withLock { state in (state.waiters.count, state.watchersSatisfied()) }
         parkedGauge.record(count)
         ready.forEach { $0.resume() }
+    }
+
+    /// Returns once other processes' commits are heard (at once when there are none to hear).
+    public func waitUntilFollowing() async {
+        await withCheckedContinuation { continuation in
+            let following = state.withLock { state -> Bool in
+                if state.following { return true }
+                state.followWatchers.append(continuation)
+                return false
+            }
+            if following { continuation.resume() }
+        }
     }
 
     /// Returns once `shutdown()` has run: the server has begun to drain its connections.

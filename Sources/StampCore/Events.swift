@@ -19,13 +19,16 @@ extension StampService {
     /// The caller's events after `cursor` (all retained ones when nil), oldest first. Positions
     /// count each account's own events, so the cursor is a position in the caller's stream.
     public func events(for account: String, after cursor: Int64?, limit: Int) async throws -> EventBatch {
-        try await read { session in
+        let epoch = hub.epoch
+        let hub = self.hub
+        return try await read { session in
             // The newest position is the newest event's, or the pruned mark when all were pruned.
             let (newest, prunedThrough) = try await session.queryFirst("""
                 SELECT coalesce((SELECT max(seq) FROM events WHERE account_id = ?), 0),
                        coalesce((SELECT pruned_through FROM event_positions WHERE account_id = ?), 0)
                 """, account, account) { (try $0.get(0, as: Int64.self), try $0.get(1, as: Int64.self)) } ?? (0, 0)
             let issued = max(newest, prunedThrough)
+            hub.learn(account: account, newest: issued, since: epoch)
             // A cursor below the pruned mark may have missed events; one beyond the newest position
             // was never issued (a restored backup, another server's cursor): answering "nothing new"
             // would hide the events that reuse those positions. Both reset: the client reloads.
@@ -44,6 +47,13 @@ extension StampService {
     /// Tells the event hub the newest position of every account, so that polls with an
     /// up-to-date cursor park without a read. Call once at start, before serving.
     public func prepareEventHub() async throws {
+        // A shared database has writers elsewhere: the hub learns accounts from reads and
+        // notifications instead, once those flow (InstanceFeed).
+        guard !database.isShared else {
+            hub.notificationsStopped()
+            sessions.forgetAll(suspend: true)
+            return
+        }
         let newest = try await read { session in
             try await session.query("""
                 SELECT account_id, max(seq) FROM events GROUP BY account_id

@@ -30,12 +30,17 @@ public struct Housekeeper: Service {
             var sincePrune = pruneInterval
             while !Task.isCancelled {
                 do {
-                    while try await service.expireDueRequests() > 0 {}
-                    if sincePrune >= pruneInterval {
-                        sincePrune = .zero
-                        let removed = try await service.pruneExpired()
-                        if removed > 0 { logger.info("pruned expired rows", metadata: ["rows.removed": "\(removed)"]) }
-
+                    // One process at a time does this on a shared database; if it dies, its
+                    // claim ends with its connection and another takes the next round.
+                    let prune = sincePrune >= pruneInterval
+                    if prune { sincePrune = .zero }
+                    let logger = self.logger
+                    try await service.database.exclusively("housekeeping") {
+                        while try await service.expireDueRequests() > 0 {}
+                        if prune {
+                            let removed = try await service.pruneExpired()
+                            if removed > 0 { logger.info("pruned expired rows", metadata: ["rows.removed": "\(removed)"]) }
+                        }
                     }
                 } catch {
                     logger.warning("housekeeping failed", metadata: ["error": "\(error)"])

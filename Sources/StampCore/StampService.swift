@@ -34,6 +34,8 @@ public final class StampService: Sendable {
     public let settings: StampSettings
     let signIns: SignInGuard
     let sessions = SessionCache()
+    /// This process among those sharing the database: its own notifications are not news to it.
+    let instance = Identifier.make("ins")
     let logger: Logger
 
     public init(database: any Storage, hub: EventHub, hasher: PasswordHasher,
@@ -68,7 +70,12 @@ public final class StampService: Sendable {
             (value, newest) = try await database.write { session in
                 var outbox = Outbox()
                 let value = try await body(session, &outbox)
-                return (value, try await outbox.commit(on: session))
+                let newest = try await outbox.commit(on: session)
+                // The other processes on a shared database hear the positions at the commit.
+                for payload in InstanceChannels.eventPayloads(instance: self.instance, newest: newest) {
+                    try await session.notify(InstanceChannels.events, payload)
+                }
+                return (value, newest)
             }
         } catch let error as any StorageFault where error.isStorageUnavailable {
             logger.warning("write refused by storage", metadata: ["error": "\(error)"])

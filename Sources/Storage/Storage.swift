@@ -18,6 +18,11 @@ public protocol SQLSession: AnyObject {
     /// order (two writers never wait for each other). Nothing to do for an engine that commits
     /// one writer at a time.
     func holdUntilCommit(_ keys: [String]) async throws
+
+    /// In a write: sends `payload` on `channel` to every process that listens to it on this
+    /// database, once the transaction commits (nothing if it rolls back). Nothing to do for an
+    /// engine that only one process uses.
+    func notify(_ channel: String, _ payload: String) async throws
 }
 
 extension SQLSession {
@@ -83,4 +88,26 @@ public protocol Storage: Sendable {
 
     /// Finishes what is queued and releases the connections; unusable afterwards.
     func close() async
+
+    /// True when other processes may write this database, so that what a process remembers of
+    /// it (the newest event per account, valid sessions) must follow their notifications.
+    var isShared: Bool { get }
+
+    /// Delivers what other processes notify on `channels` to `handler`, until the calling task is
+    /// cancelled, reconnecting by itself. `.listening` says notifications flow from now on, and
+    /// anything sent while they did not may have been missed; `.interrupted` says they stopped.
+    /// Returns at once for an engine that only one process uses.
+    func listen(to channels: [String], _ handler: @escaping @Sendable (DatabaseNotice) -> Void) async
+
+    /// Runs `body` unless another process runs one of the same `name` now; returns whether it ran.
+    /// The claim ends with the body, or with the process. One process alone always runs it.
+    @discardableResult
+    func exclusively(_ name: String, _ body: @escaping @Sendable () async throws -> Void) async throws -> Bool
+}
+
+/// What a listener hears.
+public enum DatabaseNotice: Sendable, Equatable {
+    case listening
+    case message(channel: String, payload: String)
+    case interrupted
 }

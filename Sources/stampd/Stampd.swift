@@ -177,7 +177,7 @@ struct Stampd: AsyncParsableCommand {
                                                                          logger: Logger(label: "stampd.metrics")),
                                  hub: EventHub(maximumPerAccount: 0, maximumTotal: 0), logger: Logger(label: "stampd.metrics"))
         let group = ServiceGroup(
-            services: [Housekeeper(service: service), http, metrics],
+            services: [Housekeeper(service: service), InstanceFeed(service: service), http, metrics],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         try await group.run()

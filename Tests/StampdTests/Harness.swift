@@ -56,9 +56,11 @@ final class TestServer: Sendable {
         logger.logLevel = ProcessInfo.processInfo.environment["STAMPD_TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
         let responder = Application.responder(service: service, logger: logger)
         let server = HTTPServer(configuration: configuration, responder: responder, hub: hub, logger: logger)
-        let group = ServiceGroup(services: [server], gracefulShutdownSignals: [], logger: logger)
+        let group = ServiceGroup(services: [InstanceFeed(service: service), server], gracefulShutdownSignals: [], logger: logger)
         let task = Task { try await group.run() }
         let address = try await server.listeningAddress()
+        // On a shared database, serve the test once the other instances' commits are heard.
+        await hub.waitUntilFollowing()
         return TestServer(service: service, hub: hub, database: database, clock: clock, databasePath: path,
                           port: address.port!, group: group, task: task)
     }
