@@ -55,10 +55,13 @@ final class HTTPHandler: ChannelInboundHandler {
     /// A request held back until the client reads what it was already sent.
     private var waitingForWritable: (HTTPRequestHead, ByteBuffer)?
 
-    init(responder: Responder, hub: EventHub) {
+    init(responder: Responder, hub: EventHub, trustedProxies: TrustedProxies = .none) {
         self.responder = responder
         self.hub = hub
+        self.trustedProxies = trustedProxies
     }
+
+    private let trustedProxies: TrustedProxies
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -123,7 +126,7 @@ final class HTTPHandler: ChannelInboundHandler {
         logger[metadataKey: "request.id"] = "\(requestID)"
         let request = Request(method: head.method, uri: head.uri, pathSegments: target.segments, query: target.query,
                               headers: head.headers, body: body, id: requestID,
-                              clientAddress: clientAddress(context), logger: logger)
+                              clientAddress: clientAddress(context, head.headers), logger: logger)
         let (route, handling) = responder.route(request)
         inFlight?.route = route
         switch handling {
@@ -148,11 +151,16 @@ final class HTTPHandler: ChannelInboundHandler {
 
     private var peer: String?
 
-    private func clientAddress(_ context: ChannelHandlerContext) -> String {
-        if let peer { return peer }
-        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
-        peer = address
-        return address
+    private func clientAddress(_ context: ChannelHandlerContext, _ headers: HTTPHeaders) -> String {
+        let peer: String
+        if let known = self.peer {
+            peer = known
+        } else {
+            peer = context.channel.remoteAddress?.ipAddress ?? "unknown"
+            self.peer = peer
+        }
+        guard !trustedProxies.isEmpty else { return peer }
+        return trustedProxies.client(peer: peer, forwardedFor: headers[canonicalForm: "x-forwarded-for"].map(String.init))
     }
 
     // MARK: - Long polls

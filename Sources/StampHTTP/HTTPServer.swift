@@ -20,6 +20,8 @@ public struct ServerConfiguration: Sendable {
     /// Said in the log line once bound: scripts wait for "listening" of the public listener, so
     /// another listener (metrics) says something else.
     public var readyMessage = "listening"
+    /// The load balancers whose X-Forwarded-For names the client (per-address limits count it).
+    public var trustedProxies = TrustedProxies.none
     public init() {}
 }
 
@@ -107,6 +109,7 @@ public final class HTTPServer: Service, Sendable {
         let responder = self.responder
         let hub = self.hub
         let connections = self.connections
+        let trustedProxies = configuration.trustedProxies
         var decoderLimits = NIOHTTPDecoderLimitConfiguration()
         decoderLimits.maxHeaderListSize = limits.maximumHeaderBytes
         decoderLimits.maxHeaderFieldSize = limits.maximumHeaderBytes
@@ -135,7 +138,7 @@ public final class HTTPServer: Service, Sendable {
                         leftOverBytesStrategy: .dropBytes, limitConfiguration: finalDecoderLimits)))
                     try sync.addHandler(ConnectionGuard(limits: limits))
                     try sync.addHandler(HTTPServerPipelineHandler())
-                    try sync.addHandler(HTTPHandler(responder: responder, hub: hub))
+                    try sync.addHandler(HTTPHandler(responder: responder, hub: hub, trustedProxies: trustedProxies))
                 }
             }
     }

@@ -32,6 +32,8 @@ struct Stampd: AsyncParsableCommand {
     @Option(help: "PostgreSQL: seconds one connection attempt may take. [STAMPD_DB_CONNECT_TIMEOUT]") var dbConnectTimeout: Int?
     @Option(help: "PostgreSQL: TLS mode, disable, prefer or require (a sslmode in the URL wins). [STAMPD_DB_TLS]") var dbTls: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical. [STAMPD_LOG_LEVEL]") var logLevel: String?
+    @Option(help: "Load balancers whose X-Forwarded-For names the client: addresses or CIDR ranges, comma separated. [STAMPD_TRUSTED_PROXIES]")
+    var trustedProxies: String?
     @Option(help: "Largest request body in bytes (413 above). [STAMPD_MAX_BODY_BYTES]") var maxBodyBytes: Int?
     @Option(help: "Largest request header block in bytes (431 above). [STAMPD_MAX_HEADER_BYTES]") var maxHeaderBytes: Int?
     @Option(help: "Seconds a keep-alive connection may sit idle. [STAMPD_IDLE_TIMEOUT]") var idleTimeout: Int?
@@ -150,6 +152,11 @@ struct Stampd: AsyncParsableCommand {
         server.limits.idleTimeout = .seconds(Int64(try setting(idleTimeout, "IDLE_TIMEOUT", 60)))
         server.limits.requestTimeout = .seconds(Int64(try setting(requestTimeout, "REQUEST_TIMEOUT", 10)))
         server.maximumConnections = try setting(maxConnections, "MAX_CONNECTIONS", server.maximumConnections)
+        do {
+            server.trustedProxies = try TrustedProxies(parsing: try setting(trustedProxies, "TRUSTED_PROXIES", ""))
+        } catch {
+            throw ValidationError("--trusted-proxies: \(error)")
+        }
         // Connections past the descriptor limit would fail at accept; keep room for the
         // database files, the listening socket and the logs.
         var limit = rlimit()

@@ -3,6 +3,7 @@
 import Blocking
 import Foundation
 import StampCore
+@testable import StampHTTP
 import Testing
 
 @Suite(.timeLimit(.minutes(1))) struct SignInTests {
@@ -77,6 +78,42 @@ import Testing
         #expect(refused.header("retry-after") != nil)
         client.close()
         try await server.stop()
+    }
+
+    /// Behind a load balancer every connection comes from it: the client is the nearest address
+    /// in X-Forwarded-For that is not a trusted proxy, and only a trusted proxy is believed.
+    @Test func behindATrustedProxyEachForwardedClientHasItsOwnLimits() async throws {
+        let server = try await TestServer.start { configuration, settings in
+            configuration.trustedProxies = try! TrustedProxies(parsing: "127.0.0.7, 10.0.0.0/8")
+            settings.signUpsPerAddressPerHour = 1
+        }
+        func signUp(from peer: String, forwardedFor: String?) async throws -> Int {
+            let client = try await server.connect(from: peer)
+            defer { client.close() }
+            return try await client.request("POST", "/v1/accounts", json: [
+                "role": "customer", "login": "p-\(UUID().uuidString.prefix(8))", "password": "correct horse", "name": "P"],
+                headers: forwardedFor.map { ["X-Forwarded-For": $0] } ?? [:]).status
+        }
+        // Through the proxy: two clients, one sign-up an hour each; a spoofed first hop and the
+        // proxies' own hops do not change who the client is.
+        #expect(try await signUp(from: "127.0.0.7", forwardedFor: "203.0.113.1") == 201)
+        #expect(try await signUp(from: "127.0.0.7", forwardedFor: "198.51.100.9, 203.0.113.1, 10.1.2.3") == 429)
+        #expect(try await signUp(from: "127.0.0.7", forwardedFor: "203.0.113.2") == 201)
+        // Not from a trusted proxy: the header is the client's own words and counts for nothing.
+        #expect(try await signUp(from: "127.0.0.8", forwardedFor: "203.0.113.3") == 201)
+        #expect(try await signUp(from: "127.0.0.8", forwardedFor: "203.0.113.4") == 429)
+        try await server.stop()
+    }
+
+    @Test func trustedProxiesAreAddressesOrRanges() throws {
+        let proxies = try TrustedProxies(parsing: "10.0.0.0/8, ::1, fd00::/8")
+        #expect(proxies.client(peer: "10.9.8.7", forwardedFor: ["192.0.2.1"]) == "192.0.2.1")
+        #expect(proxies.client(peer: "::1", forwardedFor: ["2001:db8::5, fd12::1"]) == "2001:db8::5")
+        #expect(proxies.client(peer: "11.0.0.1", forwardedFor: ["192.0.2.1"]) == "11.0.0.1")
+        #expect(proxies.client(peer: "10.0.0.1", forwardedFor: ["not an address"]) == "10.0.0.1")
+        for bad in ["10.0.0.0/33", "example.com", "1.2.3.4/x"] {
+            #expect(throws: TrustedProxiesError.self) { try TrustedProxies(parsing: bad) }
+        }
     }
 
     @Test func overlongLoginsAndPasswordsAreRefusedBeforeAnyHash() async throws {
