@@ -3,7 +3,8 @@
 # the contract fuzzing (schemathesis), the browser end-to-end test (headless Chromium), the
 # reliability checks (crash durability, malformed HTTP, slow clients, storage faults; see
 # RELIABILITY.md) in CI sizes, and the benchmark smoke run, on SQLite; then the Swift tests, the
-# contract run and the browser test again on PostgreSQL, in a throwaway server of its own
+# contract run, the crash rounds and the browser test again on PostgreSQL, and two instances
+# behind nginx (Tests/instances), in a throwaway server of its own
 # (scripts/postgres.sh) that is stopped at the end. On a fresh machine it first installs what is
 # missing: Debian packages (apt-get, as root) and a Python venv in .venv from Tests/requirements.txt.
 #
@@ -80,6 +81,7 @@ if [[ $skip != *",postgres,"* ]]; then
     stage browser-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb browser)" bash Tests/browser/run.sh "$binary"
     stage crash-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb crash)" \
       bash Tests/reliability/run.sh "$binary" --quick --only crash
+    stage instances-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb instances)" bash Tests/instances/run.sh "$binary"
     pg_throwaway_stop
     trap - EXIT
   else

@@ -22,7 +22,8 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 BASE = os.environ.get("STAMPD_BASE_URL", "").rstrip("/")
-METRICS = os.environ.get("STAMPD_METRICS_URL", "").rstrip("/")  # the metrics listener, not the API port
+# The metrics listeners, not the API port: several, comma separated, when instances share the load.
+METRICS = [url.rstrip("/") for url in os.environ.get("STAMPD_METRICS_URL", "").split(",") if url]
 ARTIFACTS = Path(os.environ.get("STAMPD_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
 PASSWORD = "correct horse battery"
 LIVE = 2  # seconds: how fast a change must reach the other page
@@ -155,12 +156,16 @@ def call(method, path, body=None, token=None, headers=None):
 
 
 def parked_polls():
-    with urllib.request.urlopen(METRICS + "/metrics", timeout=10) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith("stampd_parked_polls "):
-            return float(line.split()[1])
-    raise AssertionError("no stampd_parked_polls in /metrics")
+    """Polls parked on the server (on every instance, when several share the load)."""
+    total = 0.0
+    for metrics in METRICS:
+        with urllib.request.urlopen(metrics + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        gauge = [line for line in text.splitlines() if line.startswith("stampd_parked_polls ")]
+        if not gauge:
+            raise AssertionError(f"no stampd_parked_polls in {metrics}/metrics")
+        total += float(gauge[0].split()[1])
+    return total
 
 
 def unique(prefix):
