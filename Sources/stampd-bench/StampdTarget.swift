@@ -130,16 +130,20 @@ final class StampdPoller: @unchecked Sendable {
     }
 }
 
-/// Everything measured against stampd.
+/// Everything measured against one stampd. `name` is the label of its result keys and log lines
+/// (`stampd` by default; another, such as `postgres`, for a second stampd in the same results).
 final class StampdBench: ParkingTarget, @unchecked Sendable {
-    let name = "stampd"
+    let name: String
     let parkedNoun = "parked"
     let connector: Connector
     /// stampd's metrics listener (its own port, not the API's).
     let metrics: Connector
     var metricsConn: Conn?
     let pid: Int32?
-    let tally = Tally(name: "stampd")
+    /// The PostgreSQL cluster behind this stampd, if it has one: its CPU counts as the server's.
+    let database: DatabaseWatch?
+    var postmaster: Int32? { database?.postmaster }
+    let tally: Tally
     let results: Results
     let options: RunOptions
     var control: Conn!
@@ -152,7 +156,11 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     var baseline: Memory?
     var lastParked: Memory?
 
-    init(connector: Connector, metrics: Connector, pid: Int32?, results: Results, options: RunOptions) {
+    init(label: String = "stampd", connector: Connector, metrics: Connector, pid: Int32?, database: DatabaseWatch? = nil,
+         results: Results, options: RunOptions) {
+        self.name = label
+        self.tally = Tally(name: label)
+        self.database = database
         self.connector = connector
         self.metrics = metrics
         self.pid = pid
@@ -199,14 +207,15 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         guard failures.isEmpty else { throw BenchError.unexpected("setup connections failed: \(failures.prefix(3))") }
         setupConns = conns
         let nonce = String(UInt32.random(in: 0...UInt32.max), radix: 36)
-        let ownersNeeded = options.levels.max() ?? 0
+        // Phase (a) parks up to the largest level; the latency phase parks its own when (a) is skipped.
+        let ownersNeeded = max(options.levels.max() ?? 0, options.latencyParked)
         let started = nowNanos()
         owners = try await createAccounts(role: "owner", count: ownersNeeded, prefix: "o\(nonce)", conns: conns,
                                           tally: tally, deadline: 600)
         let ownerSeconds = Double(nowNanos() - started) / 1e9
-        log(String(format: "stampd: %d owners with stores in %.1f s (%.0f accounts+stores/s)", owners.count, ownerSeconds,
+        log(String(format: "%@: %d owners with stores in %.1f s (%.0f accounts+stores/s)", name, owners.count, ownerSeconds,
                    Double(owners.count) / ownerSeconds))
-        results.set("setup.stampd.owner_setup_per_s", Double(owners.count) / ownerSeconds)
+        results.set("setup.\(name).owner_setup_per_s", Double(owners.count) / ownerSeconds)
         customers = try await createAccounts(role: "customer", count: options.customers, prefix: "c\(nonce)", conns: conns,
                                              tally: tally, deadline: 120)
         if options.flowSeconds > 0 && options.flowPairs > 0 {
@@ -220,6 +229,11 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     // MARK: (a) parked capacity and memory: parkLevels() is shared, in ParkingTarget
 
     func park(upTo level: Int) async throws {
+        try await park(upTo: level, record: true)
+    }
+
+    /// Parks polls until `level` are parked; `record` writes phase (a)'s figures of the step.
+    func park(upTo level: Int, record: Bool) async throws {
         let adding = level - pollers.count
         guard adding > 0 else { return }
         let started = nowNanos()
@@ -234,7 +248,7 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         pollers += fresh
         // What the connections cost before any request, then what the parked polls add.
         var idle: Memory?
-        if let pid {
+        if record, let pid {
             await sleep(seconds: options.settleSeconds)
             idle = Memory.read(pid)
         }
@@ -251,8 +265,8 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
             await sleep(seconds: 0.1)
         }
         let seconds = Double(nowNanos() - started) / 1e9
-        log(String(format: "stampd: parked %d of %d in %.1f s", parked, level, seconds))
-        results.set("a.stampd.\(level).park_seconds", seconds)
+        log(String(format: "%@: parked %d of %d in %.1f s", name, parked, level, seconds))
+        if record { results.set("a.\(name).\(level).park_seconds", seconds) }
         if parked < pollers.count {
             tally.error("only \(parked) of \(pollers.count) polls parked within 120 s")
         }
@@ -261,10 +275,10 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
             if let now = Memory.read(pid) {
                 let connection = Double(idle.rss - before.rss) * 1024 / Double(conns.count)
                 let poll = Double(now.rss - idle.rss) * 1024 / Double(conns.count)
-                log(String(format: "stampd: the %d new connections: %.0f bytes each while idle, then %.0f more each once parked",
+                log(String(format: "%@: the %d new connections: %.0f bytes each while idle, then %.0f more each once parked", name,
                            conns.count, connection, poll))
-                results.set("a.stampd.\(level).idle_connection_bytes", connection)
-                results.set("a.stampd.\(level).poll_on_connection_bytes", poll)
+                results.set("a.\(name).\(level).idle_connection_bytes", connection)
+                results.set("a.\(name).\(level).poll_on_connection_bytes", poll)
             }
         }
     }
@@ -284,6 +298,12 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     // MARK: (b) publish → deliver latency
 
     func latency() async throws {
+        if pollers.count < options.latencyParked && options.latencySeconds > 0 {
+            // Phase (a) was skipped or stopped below this count: park the latency phase's owners now.
+            await waitForQuiet(serverPid: pid, postmaster: postmaster, threshold: options.quietThreshold,
+                               maxSeconds: options.quietWait, label: name)
+            try await park(upTo: min(options.latencyParked, owners.count), record: false)
+        }
         let parkedCount = min(options.latencyParked, pollers.count)
         try await trim(to: parkedCount)
         guard parkedCount > 0 else { return }
@@ -294,7 +314,7 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         guard failures.isEmpty else { throw BenchError.unexpected("customer connections failed: \(failures.prefix(3))") }
         let senders = zip(conns, customers).map { conn, customer in Sender(conn: conn, auth: customer.auth) }
         defer { for poller in owners { poller.conn.loop.execute { poller.onEvents = nil } } }
-        try await measured(label: "latency phase", prefix: "b.stampd") { staged in
+        try await measured(label: "latency phase", prefix: "b.\(name)") { staged in
             try await self.latencyAttempt(owners: owners, senders: senders, loop: loop, into: staged)
         }
     }
@@ -329,52 +349,65 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
             sender.conn.request(.POST, uri, headers: sender.auth, body: body) { result in
                 guard case .success(let answer) = result, answer.status == 201 else {
                     tally.error("POST \(uri): \(describe(result))")
+                    // Nothing will be delivered for it: later deliveries to this owner match later sends.
+                    owner.sent.withLock { queue in queue.firstIndex(of: sent).map { _ = queue.remove(at: $0) } }
                     return done(false)
                 }
                 posts.record(nowNanos() &- sent)
                 done(true)
             }
         }
-        log("stampd: \(total) stamp requests at \(options.rate)/s to \(owners.count) parked owners")
+        log("\(name): \(total) stamp requests at \(options.rate)/s to \(owners.count) parked owners")
+        let statsBefore = database?.snapshot()
         let cpuBefore = pid.flatMap { cpuSeconds(pid: $0) }
+        let databaseBefore = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
         let threadsBefore = pid.map { ThreadTimes.read($0) }
         let clientCPUBefore = cpuSecondsSelf()
-        let watch = CPUWatch(pid: pid)
+        let watch = CPUWatch(pid: pid, postmaster: postmaster)
         let outcome = try await dispatcher.run(deadline: options.latencySeconds * 3 + 30)
-        let (cpuText, other) = watch.record(staged, "b.stampd")
-        log("stampd: latency phase " + cpuText)
+        let (cpuText, other) = watch.record(staged, "b.\(name)")
+        let databaseAfter = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
+        let statsAfter = database?.snapshot()
+        log("\(name): latency phase " + cpuText)
         if let pid, let threadsBefore {
             let threads = ThreadTimes.read(pid).busiest(since: threadsBefore)
-            log("stampd: server threads during the latency phase (cores): \(threads)")
-            staged.set("b.stampd.threads", threads)
+            log("\(name): server threads during the latency phase (cores): \(threads)")
+            staged.set("b.\(name).threads", threads)
         }
         let waitUntil = nowNanos() + 10_000_000_000
         while delivered.load(ordering: .relaxed) < outcome.ok && nowNanos() < waitUntil { await sleep(seconds: 0.05) }
         let postSummary = posts.summary()
         let summary = latencies.summary()
-        log("stampd: POST /v1/stores/{id}/requests answered: \(postSummary)")
-        log("stampd: publish→deliver at \(owners.count) parked: \(summary); sent \(outcome.ok) ok, \(outcome.failed) failed, most queued \(outcome.maxQueued)")
-        log("stampd: slowest seconds of publish→deliver: \(latencies.worstSeconds())")
-        log("stampd: slowest seconds of the POSTs: \(posts.worstSeconds())")
+        log("\(name): POST /v1/stores/{id}/requests answered: \(postSummary)")
+        log("\(name): publish→deliver at \(owners.count) parked: \(summary); sent \(outcome.ok) ok, \(outcome.failed) failed, most queued \(outcome.maxQueued)")
+        log("\(name): slowest seconds of publish→deliver: \(latencies.worstSeconds())")
+        log("\(name): slowest seconds of the POSTs: \(posts.worstSeconds())")
         if delivered.load(ordering: .relaxed) < outcome.ok {
             tally.error("\(outcome.ok - delivered.load(ordering: .relaxed)) created requests never reached their owner's poll")
         }
-        staged.set("b.stampd.post_p50_ms", postSummary.p50)
-        staged.set("b.stampd.post_p99_ms", postSummary.p99)
-        staged.set("b.stampd.post_max_ms", postSummary.max)
-        staged.set("b.stampd.most_queued", outcome.maxQueued)
-        staged.set("b.stampd.parked", owners.count)
-        staged.set("b.stampd.sent", outcome.ok)
-        staged.set("b.stampd.delivered", summary.count)
-        staged.set("b.stampd.p50_ms", summary.p50)
-        staged.set("b.stampd.p99_ms", summary.p99)
-        staged.set("b.stampd.max_ms", summary.max)
-        staged.set("b.stampd.mean_ms", summary.mean)
-        staged.set("b.stampd.achieved_rate", outcome.achievedRate)
+        staged.set("b.\(name).post_p50_ms", postSummary.p50)
+        staged.set("b.\(name).post_p99_ms", postSummary.p99)
+        staged.set("b.\(name).post_max_ms", postSummary.max)
+        staged.set("b.\(name).most_queued", outcome.maxQueued)
+        staged.set("b.\(name).parked", owners.count)
+        staged.set("b.\(name).sent", outcome.ok)
+        staged.set("b.\(name).delivered", summary.count)
+        staged.set("b.\(name).p50_ms", summary.p50)
+        staged.set("b.\(name).p99_ms", summary.p99)
+        staged.set("b.\(name).max_ms", summary.max)
+        staged.set("b.\(name).mean_ms", summary.mean)
+        staged.set("b.\(name).achieved_rate", outcome.achievedRate)
         if let before = cpuBefore, let after = pid.flatMap({ cpuSeconds(pid: $0) }) {
-            staged.set("b.stampd.server_cpu_per_request_us", (after - before) / Double(max(outcome.ok, 1)) * 1e6)
+            staged.set("b.\(name).server_cpu_per_request_us", (after - before) / Double(max(outcome.ok, 1)) * 1e6)
         }
-        staged.set("b.stampd.client_cpu_per_request_us", (cpuSecondsSelf() - clientCPUBefore) / Double(max(outcome.ok, 1)) * 1e6)
+        if let before = databaseBefore, let after = databaseAfter {
+            staged.set("b.\(name).db_cpu_per_request_us", (after.total - before.total) / Double(max(outcome.ok, 1)) * 1e6)
+            staged.set("b.\(name).db_processes", after.processes)
+        }
+        if let before = statsBefore, let after = statsAfter {
+            after.record(since: before, units: outcome.ok, unit: "stamp request", prefix: "b.\(name)", label: name, into: staged)
+        }
+        staged.set("b.\(name).client_cpu_per_request_us", (cpuSecondsSelf() - clientCPUBefore) / Double(max(outcome.ok, 1)) * 1e6)
         return other
     }
 
@@ -382,7 +415,7 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     /// than `noisyThreshold` cores meanwhile, runs it again (at most `noisyRetries` times) and keeps
     /// the quietest attempt's figures.
     func measured(label: String, prefix: String, _ attempt: (Staged) async throws -> Double) async throws {
-        try await measuredPhase(label: "stampd", phase: label, prefix: prefix, pid: pid, options: options,
+        try await measuredPhase(label: name, phase: label, prefix: prefix, pid: pid, postmaster: postmaster, options: options,
                                 results: results, attempt)
     }
 
@@ -411,31 +444,36 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         for pair in flowPairs { pair.ownerPoll.start(); pair.customerPoll.start() }
         let deadline = nowNanos() + 60_000_000_000
         while try await parkedOnServer() < pollers.count + 2 * pairs && nowNanos() < deadline { await sleep(seconds: 0.1) }
-        try await measured(label: "full-flow phase", prefix: "c.stampd") { staged in
+        try await measured(label: "full-flow phase", prefix: "c.\(name)") { staged in
             try await self.flowAttempt(flowPairs, into: staged)
         }
     }
 
     private func flowAttempt(_ flowPairs: [FlowPair], into staged: Staged) async throws -> Double {
         let pairs = flowPairs.count
-        log("stampd: \(pairs) owner/customer pairs parked; full flows for \(options.flowSeconds) s"
+        log("\(name): \(pairs) owner/customer pairs parked; full flows for \(options.flowSeconds) s"
             + (pollers.isEmpty ? "" : " with \(pollers.count) other owners parked"))
         let state = FlowState(windowNanos: UInt64(options.flowSeconds * 1e9))
+        let statsBefore = database?.snapshot()
         let cpuBefore = pid.flatMap { cpuSeconds(pid: $0) }
+        let databaseBefore = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
         let threadsBefore = pid.map { ThreadTimes.read($0) }
         let clientCPUBefore = cpuSecondsSelf()
-        let watch = CPUWatch(pid: pid)
+        let watch = CPUWatch(pid: pid, postmaster: postmaster)
         state.begin()
         for pair in flowPairs { pair.conn.loop.execute { pair.begin(state) } }
         await sleep(seconds: options.flowSeconds)
-        let (cpuText, other) = watch.record(staged, "c.stampd")
-        log("stampd: full-flow phase " + cpuText)
+        let (cpuText, other) = watch.record(staged, "c.\(name)")
         let cpuAfter = pid.flatMap { cpuSeconds(pid: $0) }
+        let databaseAfter = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
+        let completedInWindow = state.completed.load(ordering: .relaxed)
+        let statsAfter = database?.snapshot()
+        log("\(name): full-flow phase " + cpuText)
         let clientCPU = cpuSecondsSelf() - clientCPUBefore
         if let pid, let threadsBefore {
             let threads = ThreadTimes.read(pid).busiest(since: threadsBefore)
-            log("stampd: server threads during the full flows (cores): \(threads)")
-            staged.set("c.stampd.threads", threads)
+            log("\(name): server threads during the full flows (cores): \(threads)")
+            staged.set("c.\(name).threads", threads)
         }
         // Flows in progress get a bounded time to finish; they do not count.
         let settle = nowNanos() + 15_000_000_000
@@ -446,20 +484,39 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         let completed = state.completed.load(ordering: .relaxed)
         let perSecond = Double(completed) / options.flowSeconds
         let summary = state.latencies.summary()
-        log(String(format: "stampd: %d full flows in %.0f s = %.0f flows/s; flow latency %@", completed,
+        log(String(format: "%@: %d full flows in %.0f s = %.0f flows/s; flow latency %@", name, completed,
                    options.flowSeconds, perSecond, summary.description))
-        staged.set("c.stampd.pairs", pairs)
-        staged.set("c.stampd.flows", completed)
-        staged.set("c.stampd.flows_per_s", perSecond)
-        staged.set("c.stampd.flow_p50_ms", summary.p50)
-        staged.set("c.stampd.flow_p99_ms", summary.p99)
-        staged.set("c.stampd.flow_max_ms", summary.max)
-        staged.set("c.stampd.parked_bystanders", pollers.count)
+        staged.set("c.\(name).pairs", pairs)
+        staged.set("c.\(name).flows", completed)
+        staged.set("c.\(name).refused_503", state.refused.load(ordering: .relaxed))
+        staged.set("c.\(name).flows_per_s", perSecond)
+        staged.set("c.\(name).flow_p50_ms", summary.p50)
+        staged.set("c.\(name).flow_p99_ms", summary.p99)
+        staged.set("c.\(name).flow_max_ms", summary.max)
+        staged.set("c.\(name).parked_bystanders", pollers.count)
         if let before = cpuBefore, let after = cpuAfter {
-            staged.set("c.stampd.server_cpu_cores", (after - before) / options.flowSeconds)
-            staged.set("c.stampd.server_cpu_per_flow_us", (after - before) / Double(max(completed, 1)) * 1e6)
+            staged.set("c.\(name).server_cpu_cores", (after - before) / options.flowSeconds)
+            staged.set("c.\(name).server_cpu_per_flow_us", (after - before) / Double(max(completed, 1)) * 1e6)
         }
-        staged.set("c.stampd.client_cpu_cores", clientCPU / options.flowSeconds)
+        if let before = databaseBefore, let after = databaseAfter {
+            let seconds = after.total - before.total
+            staged.set("c.\(name).db_cpu_cores", seconds / options.flowSeconds)
+            staged.set("c.\(name).db_cpu_per_flow_us", seconds / Double(max(completed, 1)) * 1e6)
+            staged.set("c.\(name).db_backend_cpu_per_flow_us", (after.backends - before.backends) / Double(max(completed, 1)) * 1e6)
+            staged.set("c.\(name).db_processes", after.processes)
+            if let stampdBefore = cpuBefore, let stampdAfter = cpuAfter {
+                staged.set("c.\(name).server_and_db_cpu_per_flow_us",
+                           (stampdAfter - stampdBefore + seconds) / Double(max(completed, 1)) * 1e6)
+            }
+            log(String(format: "%@: PostgreSQL's %d processes used %.2f cores, %.0f µs per flow (client backends %.0f µs)",
+                       name, after.processes, seconds / options.flowSeconds, seconds / Double(max(completed, 1)) * 1e6,
+                       (after.backends - before.backends) / Double(max(completed, 1)) * 1e6))
+        }
+        if let before = statsBefore, let after = statsAfter {
+            // Counted at the end of the window, as the CPU is: the flows finished by then.
+            after.record(since: before, units: completedInWindow, unit: "flow", prefix: "c.\(name)", label: name, into: staged)
+        }
+        staged.set("c.\(name).client_cpu_cores", clientCPU / options.flowSeconds)
         return other
     }
 
@@ -560,6 +617,8 @@ final class Dispatcher<S: AnyObject & Sendable>: @unchecked Sendable {
 final class FlowState: Sendable {
     let completed = Atomic<Int>(0)
     let inProgress = Atomic<Int>(0)
+    /// Writes answered 503 and sent again.
+    let refused = Atomic<Int>(0)
     let latencies = Latencies()
     private let window = Mutex<(start: UInt64, end: UInt64)>((0, 0))
     let windowNanos: UInt64
@@ -593,6 +652,7 @@ final class FlowPair: @unchecked Sendable {
     private var approvedAnswer = false
     private var ownerHeard = false
     private var customerHeard = false
+    private var refusals = 0
     private let createURI: String
     private let createBody = ByteBuffer(string: #"{"kind":"stamp","count":1}"#)
 
@@ -625,13 +685,51 @@ final class FlowPair: @unchecked Sendable {
         approvedAnswer = false
         ownerHeard = false
         customerHeard = false
+        refusals = 0
+        create()
+    }
+
+    private func create() {
+        guard running else { return }
         customerAPI.request(.POST, createURI, headers: customerPoll.account.auth, body: createBody) { [self] result in
+            guard running else { return }
+            if refused(result, "POST \(createURI)", again: { self.create() }) { return }
             guard case .success(let answer) = result, answer.status == 201 else {
                 return fail("POST \(createURI): \(describe(result))")
             }
             createdAnswer = true
             check()
         }
+    }
+
+    private func approve(_ uri: String) {
+        guard running else { return }
+        ownerAPI.request(.POST, uri, headers: ownerPoll.account.auth) { [self] result in
+            guard running else { return }
+            if refused(result, "POST \(uri)", again: { self.approve(uri) }) { return }
+            guard case .success(let answer) = result, answer.status == 200 else {
+                return fail("POST \(uri): \(describe(result))")
+            }
+            approvedAnswer = true
+            check()
+        }
+    }
+
+    /// A 503 (the server gave up on a write, e.g. one that kept conflicting on PostgreSQL) is an
+    /// error, but the write committed nothing: the pair sends it again after a few milliseconds,
+    /// at most 20 times a flow, instead of stopping, so that one refusal does not take the pair
+    /// out of the rest of the phase. The flow's latency includes the retries.
+    private func refused(_ result: Result<HTTPAnswer, any Error>, _ what: String, again: @escaping () -> Void) -> Bool {
+        guard case .success(let answer) = result, answer.status == 503 else { return false }
+        refusals += 1
+        state.refused.add(1, ordering: .relaxed)
+        guard refusals <= 20 else {
+            fail("\(what): \(describe(result)) (20 times in one flow)")
+            return true
+        }
+        tally.error("\(what): \(describe(result)) (sent again)")
+        conn.loop.assumeIsolated().scheduleTask(in: .milliseconds(Int64.random(in: 2...10))) { again() }
+        return true
     }
 
     private func ownerEvents(_ events: [PolledEvent]) {
@@ -642,14 +740,7 @@ final class FlowPair: @unchecked Sendable {
                     return fail("owner: unexpected request.created")
                 }
                 requestId = id
-                let uri = "/v1/requests/\(id)/approve"
-                ownerAPI.request(.POST, uri, headers: ownerPoll.account.auth) { [self] result in
-                    guard case .success(let answer) = result, answer.status == 200 else {
-                        return fail("POST \(uri): \(describe(result))")
-                    }
-                    approvedAnswer = true
-                    check()
-                }
+                approve("/v1/requests/\(id)/approve")
             case .approved:
                 guard active, event.requestId == requestId else { return fail("owner: unexpected request.approved") }
                 ownerHeard = true

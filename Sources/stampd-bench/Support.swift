@@ -146,37 +146,87 @@ struct MachineCPU {
     }
 }
 
-/// Where the CPU went during a phase: the server, this client, and everything else on the machine.
+/// The CPU of a PostgreSQL cluster, from /proc: the postmaster itself, the children it has reaped
+/// (their time moves into its cutime and cstime when they exit) and every live process whose
+/// parent it is: the client backends and the background processes (WAL writer, checkpointer, …).
+struct ClusterCPU {
+    /// Seconds of user + system time, all of the cluster.
+    var total: Double
+    /// Of which the client backends alive now (a title with `host(port)` or `[local]`).
+    var backends: Double
+    /// Live processes of the cluster, postmaster included.
+    var processes: Int
+
+    static func read(postmaster: Int32) -> ClusterCPU? {
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        /// (parent, utime + stime, cutime + cstime) in clock ticks.
+        func stat(_ pid: String) -> (parent: Int32, own: Double, reaped: Double)? {
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = text.lastIndex(of: ")") else { return nil }
+            let fields = text[text.index(after: close)...].split(separator: " ")
+            // After the command: state, ppid, …; utime, stime, cutime, cstime are fields 14–17 of the line.
+            guard fields.count > 14, let parent = Int32(fields[1]), let user = Double(fields[11]),
+                  let system = Double(fields[12]), let childUser = Double(fields[13]),
+                  let childSystem = Double(fields[14]) else { return nil }
+            return (parent, user + system, childUser + childSystem)
+        }
+        guard let main = stat(String(postmaster)) else { return nil }
+        var total = main.own + main.reaped
+        var backends = 0.0
+        var processes = 1
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let first = entry.utf8.first, first >= UInt8(ascii: "0"), first <= UInt8(ascii: "9"),
+                  let child = stat(entry), child.parent == postmaster else { continue }
+            total += child.own + child.reaped
+            processes += 1
+            let title = (try? String(contentsOfFile: "/proc/\(entry)/cmdline", encoding: .utf8)) ?? ""
+            if title.contains("(") || title.contains("[local]") { backends += child.own }
+        }
+        return ClusterCPU(total: total / ticks, backends: backends / ticks, processes: processes)
+    }
+}
+
+/// Where the CPU went during a phase: the server, its database cluster (PostgreSQL: processes of
+/// their own; SQLite's work is inside the server), this client, and everything else on the machine.
 struct CPUWatch {
     let machine = MachineCPU.read()
     let server: Double?
+    let database: ClusterCPU?
     let client = cpuSecondsSelf()
     let started = nowNanos()
     let pid: Int32?
+    let postmaster: Int32?
 
-    init(pid: Int32?) {
+    init(pid: Int32?, postmaster: Int32? = nil) {
         self.pid = pid
+        self.postmaster = postmaster
         self.server = pid.flatMap { cpuSeconds(pid: $0) }
+        self.database = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
     }
 
-    /// (server cores, client cores, other cores, machine cores busy)
-    func finish() -> (server: Double, client: Double, other: Double, machine: Double) {
+    /// (server cores, database cores (NaN without a cluster), client cores, other cores, machine cores busy)
+    func finish() -> (server: Double, database: Double, client: Double, other: Double, machine: Double) {
         let wall = Double(nowNanos() - started) / 1e9
         let machineCores = MachineCPU.read().coresBusy(since: machine)
         let serverCores = (pid.flatMap { cpuSeconds(pid: $0) }).flatMap { now in server.map { (now - $0) / wall } } ?? .nan
+        let databaseCores = (postmaster.flatMap { ClusterCPU.read(postmaster: $0) })
+            .flatMap { now in database.map { (now.total - $0.total) / wall } } ?? .nan
         let clientCores = (cpuSecondsSelf() - client) / wall
-        return (serverCores, clientCores, max(0, machineCores - serverCores - clientCores), machineCores)
+        let known = serverCores + clientCores + (databaseCores.isFinite ? databaseCores : 0)
+        return (serverCores, databaseCores, clientCores, max(0, machineCores - known), machineCores)
     }
 
     /// Records the split and returns it as text, with the cores other processes used.
     func record(_ results: some ResultSink, _ prefix: String) -> (String, Double) {
         let cpu = finish()
         results.set(prefix + ".server_cores", cpu.server)
+        if postmaster != nil { results.set(prefix + ".db_cores", cpu.database) }
         results.set(prefix + ".client_cores", cpu.client)
         results.set(prefix + ".other_cores", cpu.other)
         results.set(prefix + ".machine_cores", cpu.machine)
-        return (String(format: "CPU cores busy: server %.2f, client %.2f, other processes %.2f (machine %.2f of %d)",
-                       cpu.server, cpu.client, cpu.other, cpu.machine, ProcessInfo.processInfo.activeProcessorCount),
+        let database = postmaster == nil ? "" : String(format: ", database %.2f", cpu.database)
+        return (String(format: "CPU cores busy: server %.2f%@, client %.2f, other processes %.2f (machine %.2f of %d)",
+                       cpu.server, database, cpu.client, cpu.other, cpu.machine, ProcessInfo.processInfo.activeProcessorCount),
                 cpu.other)
     }
 }
@@ -184,14 +234,15 @@ struct CPUWatch {
 /// Waits (at most `maxSeconds`) until processes other than the server and this client use less
 /// than `threshold` cores, so a phase does not measure someone else's build. Returns the last reading.
 @discardableResult
-func waitForQuiet(serverPid: Int32?, threshold: Double, maxSeconds: Double, label: String) async -> Double {
+func waitForQuiet(serverPid: Int32?, postmaster: Int32? = nil, threshold: Double, maxSeconds: Double,
+                  label: String) async -> Double {
     guard maxSeconds > 0 else { return .nan }
     let deadline = nowNanos() + UInt64(maxSeconds * 1e9)
     var other = Double.nan
     var waited = 0
     var quietSeconds = 0
     repeat {
-        let watch = CPUWatch(pid: serverPid)
+        let watch = CPUWatch(pid: serverPid, postmaster: postmaster)
         await sleep(seconds: 1)
         other = watch.finish().other
         if other < threshold {
@@ -355,12 +406,13 @@ final class Staged: ResultSink, @unchecked Sendable {
 /// Runs a timed phase after waiting for a quiet machine; when other processes still used more than
 /// `options.noisyThreshold` cores during it, runs it again (at most `options.noisyRetries` times) and
 /// keeps the figures of the attempt with the least interference.
-func measuredPhase(label: String, phase: String, prefix: String, pid: Int32?, options: RunOptions, results: Results,
-                   _ attempt: (Staged) async throws -> Double) async throws {
+func measuredPhase(label: String, phase: String, prefix: String, pid: Int32?, postmaster: Int32? = nil,
+                   options: RunOptions, results: Results, _ attempt: (Staged) async throws -> Double) async throws {
     var best: (other: Double, staged: Staged)?
     var attempts = 0
     for number in 1...(1 + max(0, options.noisyRetries)) {
-        await waitForQuiet(serverPid: pid, threshold: options.quietThreshold, maxSeconds: options.quietWait, label: label)
+        await waitForQuiet(serverPid: pid, postmaster: postmaster, threshold: options.quietThreshold,
+                           maxSeconds: options.quietWait, label: label)
         let staged = Staged()
         let other = try await attempt(staged)
         attempts = number

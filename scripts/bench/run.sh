@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs every benchmark of BENCHMARKS.md against a fresh stampd and nginx + nchan, prints the table.
+# Runs every benchmark of BENCHMARKS.md against a fresh stampd on SQLite and nginx + nchan, then
+# the latency and full-flow phases against a second stampd on a throwaway PostgreSQL (the first
+# stampd stopped by then), and prints the table of both engines.
 #
-#   scripts/bench/run.sh            full run (about 6 minutes after the release build)
+#   scripts/bench/run.sh            full run (about 9 minutes after the release build)
 #   scripts/bench/run.sh --smoke    tiny sizes, for CI: fails on any error, asserts no timing
-#   scripts/bench/run.sh [--smoke] -- --flow-pairs 128 ...   extra flags for `stampd-bench run`
+#   scripts/bench/run.sh [--smoke] -- --flow-pairs 128 ...   extra flags for both `stampd-bench run`s
 #   BENCH_BIN=DIR scripts/bench/run.sh --smoke   use stampd and stampd-bench from DIR, no build
+#   BENCH_POSTGRES=0 scripts/bench/run.sh        leave the PostgreSQL run out
 #
 # Results and logs are kept in .build-bench/bench-results/<time>/ (results.tsv, table.md, logs).
 set -euo pipefail
@@ -15,7 +18,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) MODE=smoke; shift ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -30,6 +33,7 @@ WORK=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/stampd-bench.XXXXXX")
 mkdir -p "$OUT"
 
 PIDS=()
+PG_RUNNING=0
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
@@ -39,6 +43,11 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
+    # The throwaway PostgreSQL (after the stampd that uses it): its log is kept, its folder removed.
+    if [[ $PG_RUNNING == 1 ]]; then
+        cp -f "$PG_THROWAWAY_DIR/log" "$OUT/postgres.log" 2>/dev/null || true
+        pg_throwaway_stop || true
+    fi
     cp -f "$WORK"/*.log "$WORK"/nginx/error.log "$OUT"/ 2>/dev/null || true
     rm -rf "$WORK"
     exit "$status"
@@ -107,13 +116,26 @@ if awk -v o="$OTHER_BEFORE" 'BEGIN {exit !(o > 0.25)}'; then
     echo "run.sh: warning: the machine is not idle; figures will be lower than the servers can do (see the CPU row)" >&2
 fi
 
+# Stops one process we started and forgets it: TERM, up to 10 s, then KILL.
+stop_pid() {
+    local pid=$1 kept=() other
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for other in "${PIDS[@]}"; do [[ $other == "$pid" ]] || kept+=("$other"); done
+    PIDS=("${kept[@]}")
+}
+
 # --- stampd on a fresh database ---------------------------------------------------------------
+# Both stampds (SQLite here, PostgreSQL later) run with the same relaxed limits.
+STAMPD_FLAGS=(--migrations "$ROOT/migrations" --insecure-fast-password-hashing --max-connections 19500 --max-polls 19500
+              --hash-queue 100000 --sign-ins-per-address 1000000 --sign-ins-at-once-per-address 100000 --sign-ups-per-address 1000000
+              --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000)
 STAMPD_PORT=$(free_port)
 STAMPD_METRICS_PORT=$(free_port)
 say "starting stampd on 127.0.0.1:$STAMPD_PORT (database $WORK/stampd.sqlite)"
-"$STAMPD" --port "$STAMPD_PORT" --metrics-port "$STAMPD_METRICS_PORT" --database "$WORK/stampd.sqlite" --migrations "$ROOT/migrations" \
-    --insecure-fast-password-hashing --max-connections 19500 --max-polls 19500 \
-    --hash-queue 100000 --sign-ins-per-address 1000000 --sign-ins-at-once-per-address 100000 --sign-ups-per-address 1000000 --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 \
+"$STAMPD" --port "$STAMPD_PORT" --metrics-port "$STAMPD_METRICS_PORT" --database "$WORK/stampd.sqlite" "${STAMPD_FLAGS[@]}" \
     >"$WORK/stampd.log" 2>&1 &
 STAMPD_PID=$!
 PIDS+=("$STAMPD_PID")
@@ -142,14 +164,19 @@ fi
 # --- The client -------------------------------------------------------------------------------
 RESULTS="$OUT/results.tsv"
 printf 'machine.other_cores_before\t%s\n' "$OTHER_BEFORE" >"$RESULTS"
+# The PostgreSQL run has the same latency and full-flow sizes, without phase (a) (--levels '').
 if [[ $MODE == smoke ]]; then
     SIZES=(--levels 20,50 --latency-parked 50 --rate 100 --latency-seconds 2 --flow-pairs 8 --flow-seconds 2
            --customers 4 --setup-connections 8 --settle-seconds 0.5 --max-seconds 120)
+    PG_SIZES=(--levels '' --latency-parked 50 --rate 100 --latency-seconds 2 --flow-pairs 8 --flow-seconds 2
+              --customers 4 --setup-connections 8 --settle-seconds 0.5 --max-seconds 120)
     WRK_ARGS=(-t1 -c8 -d2s)
     printf 'd.wrk_threads\t1\nd.wrk_connections\t8\nd.wrk_seconds\t2\n' >>"$RESULTS"
 else
     SIZES=(--levels 1000,5000,10000,18000 --latency-parked 10000 --rate 1000 --latency-seconds 20
            --flow-pairs 128 --flow-seconds 30 --customers 32 --quiet-wait 180 --noisy-retries 2 --max-seconds 3000)
+    PG_SIZES=(--levels '' --latency-parked 10000 --rate 1000 --latency-seconds 20
+              --flow-pairs 128 --flow-seconds 30 --customers 32 --quiet-wait 180 --noisy-retries 2 --max-seconds 3000)
     WRK_ARGS=(-t2 -c64 -d10s)
     printf 'd.wrk_threads\t2\nd.wrk_connections\t64\nd.wrk_seconds\t10\n' >>"$RESULTS"
 fi
@@ -232,6 +259,93 @@ if command -v sqlite3 >/dev/null; then
     fi
 fi
 
+# --- The same phases on PostgreSQL ------------------------------------------------------------
+# The SQLite stampd stops first, so the two do not share the cores (nginx stays, idle, for the
+# version line below). The cluster lives under BENCH_TMPDIR (default /var/tmp) like the SQLite file,
+# fsync and synchronous_commit on; pg_stat_statements and track_wal_io_timing are switched on to
+# count statements, transactions and WAL syncs per flow.
+PG_VERSION=""
+if [[ ${BENCH_POSTGRES:-1} != 0 ]]; then
+    stop_pid "$STAMPD_PID"
+    say "starting a throwaway PostgreSQL"
+    # shellcheck source=scripts/postgres.sh
+    source "$ROOT/scripts/postgres.sh"
+    PG_RUNNING=1 # from here cleanup() stops it, also if interrupted while it starts (stopping is safe to repeat)
+    if ! TMPDIR="${BENCH_TMPDIR:-/var/tmp}" pg_throwaway_start >"$WORK/postgres-start.log" 2>&1; then
+        PG_RUNNING=0
+        cat "$WORK/postgres-start.log" >&2
+        echo "run.sh: PostgreSQL did not start: no PostgreSQL figures" >&2
+        STATUS=1
+    fi
+fi
+if [[ $PG_RUNNING == 1 ]]; then
+    PSQL="$PG_THROWAWAY_BIN/psql"
+    PG_SUPER_URL="postgres://postgres@127.0.0.1:$PG_THROWAWAY_PORT/stampd"
+    if "$PSQL" -X -q -v ON_ERROR_STOP=1 -d "postgres://postgres@127.0.0.1:$PG_THROWAWAY_PORT/postgres" \
+            -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" -c "ALTER SYSTEM SET track_wal_io_timing = on" \
+            >>"$WORK/postgres-start.log" 2>&1 \
+       && pg_throwaway_restart >>"$WORK/postgres-start.log" 2>&1 \
+       && "$PSQL" -X -q -v ON_ERROR_STOP=1 -d "$PG_SUPER_URL" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" \
+            >>"$WORK/postgres-start.log" 2>&1; then
+        :
+    else
+        cat "$WORK/postgres-start.log" >&2
+        echo "run.sh: warning: no pg_stat_statements; the table lacks statements per flow" >&2
+    fi
+    POSTMASTER_PID=$(head -1 "$PG_THROWAWAY_DIR/data/postmaster.pid")
+    PG_VERSION=$("$PSQL" -X -At -d "$PG_SUPER_URL" -c "SHOW server_version" 2>/dev/null || echo "?")
+    "$PSQL" -X -A -F ' = ' -t -d "$PG_SUPER_URL" -c "SELECT name, setting || coalesce(' ' || unit, '') FROM pg_settings WHERE name IN
+        ('shared_buffers', 'max_connections', 'fsync', 'synchronous_commit', 'wal_sync_method', 'commit_delay', 'wal_level',
+         'full_page_writes', 'default_transaction_isolation', 'shared_preload_libraries', 'track_wal_io_timing', 'max_wal_size')
+        ORDER BY name" >"$OUT/postgres-settings.txt" 2>&1 || true
+
+    PG_STAMPD_PORT=$(free_port)
+    PG_STAMPD_METRICS_PORT=$(free_port)
+    say "starting stampd on 127.0.0.1:$PG_STAMPD_PORT (database $PG_THROWAWAY_URL, PostgreSQL $PG_VERSION, postmaster $POSTMASTER_PID)"
+    "$STAMPD" --port "$PG_STAMPD_PORT" --metrics-port "$PG_STAMPD_METRICS_PORT" --database "$PG_THROWAWAY_URL" "${STAMPD_FLAGS[@]}" \
+        >"$WORK/stampd-postgres.log" 2>&1 &
+    PG_STAMPD_PID=$!
+    PIDS+=("$PG_STAMPD_PID")
+    if ! wait_for 60 grep -q "listening" "$WORK/stampd-postgres.log"; then
+        cat "$WORK/stampd-postgres.log" >&2
+        echo "run.sh: stampd on PostgreSQL did not start" >&2
+        STATUS=1
+    else
+        say "stampd-bench run --stampd-label postgres ${PG_SIZES[*]} ${EXTRA[*]:-}"
+        PG_BENCH_STATUS=0
+        "$BENCH" run --stampd "127.0.0.1:$PG_STAMPD_PORT" --stampd-metrics "127.0.0.1:$PG_STAMPD_METRICS_PORT" \
+            --stampd-pid "$PG_STAMPD_PID" --stampd-label postgres --postgres-pid "$POSTMASTER_PID" \
+            --postgres-stats-url "$PG_SUPER_URL" --psql "$PSQL" \
+            --results "$RESULTS" "${PG_SIZES[@]}" "${EXTRA[@]}" > >(tee "$OUT/bench-postgres.log") 2>&1 &
+        BENCH_PID=$!
+        PIDS+=("$BENCH_PID")
+        wait "$BENCH_PID" || PG_BENCH_STATUS=$?
+        [[ $PG_BENCH_STATUS == 0 ]] || { echo "run.sh: stampd-bench (PostgreSQL) exited with $PG_BENCH_STATUS" >&2; STATUS=1; }
+
+        # What the client counted is in the database, and how often a write gave up on conflicts.
+        approved=$("$PSQL" -X -At -d "$PG_THROWAWAY_URL" -c "SELECT count(*) FROM requests WHERE status = 'approved'" 2>/dev/null || echo "?")
+        events=$("$PSQL" -X -At -d "$PG_THROWAWAY_URL" -c "SELECT count(*) FROM events" 2>/dev/null || echo "?")
+        flows=$(awk -F'\t' '$1 == "c.postgres.flows" {print $2}' "$RESULTS")
+        conflicting=$(grep -c "write kept conflicting" "$WORK/stampd-postgres.log" || true)
+        # Warning and error lines, but the one every benchmark start logs (the fast password hashing).
+        warnings=$(grep -E '^[^ ]+ (warning|error|critical) ' "$WORK/stampd-postgres.log" | grep -vc 'insecure fast cost' || true)
+        grep -E '^[^ ]+ (warning|error|critical) ' "$WORK/stampd-postgres.log" | grep -v 'insecure fast cost' \
+            | sed -E 's/^[^ ]+ //; s/[0-9]+/N/g' | sort | uniq -c | sort -rn | head -20 >"$OUT/stampd-postgres-warnings.txt" || true
+        say "PostgreSQL: $approved approved requests, $events events (client counted ${flows:-no} flows inside the window);" \
+            "stampd logged $conflicting 'write kept conflicting', $warnings warning/error lines"
+        printf 'db.postgres.approved\t%s\ndb.postgres.events\t%s\nlog.postgres.kept_conflicting\t%s\nlog.postgres.warnings\t%s\n' \
+            "$approved" "$events" "$conflicting" "$warnings" >>"$RESULTS"
+        if [[ -n $flows && ( $approved == "?" || $approved -lt $flows ) ]]; then
+            echo "run.sh: PostgreSQL holds fewer approved requests than the flows the client counted" >&2
+            STATUS=1
+        fi
+    fi
+    stop_pid "$PG_STAMPD_PID"
+    cp -f "$PG_THROWAWAY_DIR/log" "$OUT/postgres.log" 2>/dev/null || true
+    pg_throwaway_stop
+    PG_RUNNING=0
+fi
+
 # --- Machine and table -------------------------------------------------------------------------
 {
     echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem:/ {print $2}') GiB," \
@@ -239,6 +353,7 @@ fi
     echo "stampd: commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')," \
          "$(git -C "$ROOT" status --porcelain -- Sources migrations Package.swift 2>/dev/null | grep -vc 'stampd-bench' || true) files changed since (outside stampd-bench)"
     echo "nginx: $(nginx -v 2>&1 | sed 's/.*\///'), nchan: $(curl -s "http://127.0.0.1:${NGINX_PORT:-1}/nchan_status" 2>/dev/null | awk -F': ' '/nchan version/ {print $2}')"
+    echo "PostgreSQL: ${PG_VERSION:-not run}"
 } | tee "$OUT/machine.txt"
 say "results ($MODE) — $OUT"
 REPORT_ARGS=(--results "$RESULTS")
