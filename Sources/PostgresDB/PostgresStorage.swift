@@ -28,15 +28,9 @@ public final class PostgresStorage: Storage {
     public init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "stampd.db")) {
         self.configuration = configuration
         self.logger = logger
-        let tls: PostgresClient.Configuration.TLS
-        switch configuration.tls {
-        case .disable: tls = .disable
-        case .prefer: tls = .prefer(.makeClientConfiguration())
-        case .require: tls = .require(.makeClientConfiguration())
-        }
         var options = PostgresClient.Configuration(host: configuration.host, port: configuration.port,
                                                    username: configuration.username, password: configuration.password,
-                                                   database: configuration.database, tls: tls)
+                                                   database: configuration.database, tls: configuration.tls.pool)
         options.options.maximumConnections = configuration.poolSize
         options.options.connectTimeout = configuration.connectTimeout
         // Each connection commits synchronously whatever the server's default: a 2xx means durable.
@@ -281,15 +275,9 @@ public final class PostgresStorage: Storage {
     }
 
     private func connectionConfiguration() -> PostgresConnection.Configuration {
-        let tls: PostgresConnection.Configuration.TLS
-        switch configuration.tls {
-        case .disable: tls = .disable
-        case .prefer: tls = .prefer(try! .init(configuration: .makeClientConfiguration()))
-        case .require: tls = .require(try! .init(configuration: .makeClientConfiguration()))
-        }
         var options = PostgresConnection.Configuration(host: configuration.host, port: configuration.port,
                                                        username: configuration.username, password: configuration.password,
-                                                       database: configuration.database, tls: tls)
+                                                       database: configuration.database, tls: configuration.tls.connection)
         options.options.connectTimeout = .init(configuration.connectTimeout)
         return options
     }
@@ -300,16 +288,16 @@ public final class PostgresStorage: Storage {
             return try await withPooledConnection { connection in
                 let session = PostgresSession(connection: connection, texts: self.texts, logger: self.logger)
                 // A session-level lock: it ends with the body, or with this connection if the process dies.
-                let key = "SELECT %@(2, hashtext(?))"
-                guard try await session.queryFirst(SQL(key.replacingOccurrences(of: "%@", with: "pg_try_advisory_lock")), name,
+                guard try await session.queryFirst("SELECT pg_try_advisory_lock(2, hashtext(?))", name,
                                                    row: { try $0.get(0, as: Bool.self) }) == true else { return false }
+                let unlock = "SELECT pg_advisory_unlock(2, hashtext(?))"
                 do {
                     try await body()
                 } catch {
-                    _ = try? await session.run(SQL(key.replacingOccurrences(of: "%@", with: "pg_advisory_unlock")), name)
+                    _ = try? await session.run(unlock, name)
                     throw error
                 }
-                try await session.run(SQL(key.replacingOccurrences(of: "%@", with: "pg_advisory_unlock")), name)
+                try await session.run(unlock, name)
                 return true
             }
         } catch {
@@ -348,5 +336,27 @@ final class StatementTexts: Sendable {
             cache[source] = numbered
         }
         return numbered
+    }
+}
+
+extension PostgresConfiguration.TLSMode {
+    /// The mode for the pool, and for the listening connection, which postgres-nio configures
+    /// with types of their own. `require` verifies the server's certificate against the
+    /// system's roots.
+    var pool: PostgresClient.Configuration.TLS {
+        switch self {
+        case .disable: .disable
+        case .prefer: .prefer(.makeClientConfiguration())
+        case .require: .require(.makeClientConfiguration())
+        }
+    }
+
+    var connection: PostgresConnection.Configuration.TLS {
+        // A client context from the default client configuration cannot fail to build.
+        switch self {
+        case .disable: .disable
+        case .prefer: .prefer(try! .init(configuration: .makeClientConfiguration()))
+        case .require: .require(try! .init(configuration: .makeClientConfiguration()))
+        }
     }
 }

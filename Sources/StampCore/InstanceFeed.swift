@@ -64,7 +64,7 @@ enum InstanceChannels {
     }
 
     static func hex(_ bytes: [UInt8]) -> String {
-        bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+        bytes.map { String(format: "%02x", $0) }.joined()
     }
 
     static func unhex(_ text: Substring) -> [UInt8]? {
@@ -85,6 +85,7 @@ extension StampService {
     /// Tells the other processes on this database, in the transaction that revokes, that these
     /// sessions of `account` (every one when nil) ended.
     func announceRevocation(of account: String, sessions: [[UInt8]]?, on session: any SQLSession) async throws {
+        guard database.isShared else { return }
         try await session.notify(InstanceChannels.revocations,
                                  InstanceChannels.revocationPayload(instance: instance, account: account, sessions: sessions))
     }

@@ -58,8 +58,9 @@ extension StampService {
         return max(1, Int((reopens - now.millis + 999) / 1000))
     }
 
+    /// Counts an action of `scope`. Call it after `secondsUntilAllowed` for the same scope in the
+    /// same transaction, which claimed the scope (every caller checks before it counts).
     static func recordAction(_ scope: String, now: Date, on connection: any SQLSession) async throws {
-        try await claim(scope, now: now, on: connection)
         try await connection.run("INSERT INTO rate_events (scope, at) VALUES (?, ?)", scope, now.millis)
     }
 

@@ -66,14 +66,18 @@ public final class StampService: Sendable {
     /// that runs writers concurrently retries a conflict), each time with an empty outbox.
     func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession, inout Outbox) async throws -> T) async throws -> T {
         let (value, newest): (T, [String: Int64])
+        let shared = database.isShared
         do {
             (value, newest) = try await database.write { session in
                 var outbox = Outbox()
                 let value = try await body(session, &outbox)
                 let newest = try await outbox.commit(on: session)
-                // The other processes on a shared database hear the positions at the commit.
-                for payload in InstanceChannels.eventPayloads(instance: self.instance, newest: newest) {
-                    try await session.notify(InstanceChannels.events, payload)
+                // The other processes on a shared database hear the positions at the commit. (A
+                // database this process has alone skips building the payloads on every write.)
+                if shared {
+                    for payload in InstanceChannels.eventPayloads(instance: self.instance, newest: newest) {
+                        try await session.notify(InstanceChannels.events, payload)
+                    }
                 }
                 return (value, newest)
             }

@@ -69,11 +69,11 @@ extension StampService {
                 WHERE c.store_id = ?
                 """
             if let phoneSuffix {
-                let phoneOrder = " AND (a.login_key LIKE 'tel:%' OR a.walk_in = 1) AND %@ = ? ORDER BY a.name LIMIT 20"
-                return try await connection.query(SQL(
-                    sqlite: select + phoneOrder.replacingOccurrences(of: "%@", with: "substr(a.login_key, -?)"),
-                    postgres: select + phoneOrder.replacingOccurrences(of: "%@", with: "right(a.login_key, CAST(? AS integer))")
-                ), storeId, phoneSuffix.count, phoneSuffix) { try Self.customerRow($0) }
+                // The suffix is 4 to 20 ASCII digits, so it needs no LIKE escaping; both engines.
+                return try await connection.query(select + """
+                     AND (a.login_key LIKE 'tel:%' OR a.walk_in = 1) AND a.login_key LIKE ?
+                    ORDER BY a.name LIMIT 20
+                    """, storeId, "%" + phoneSuffix) { try Self.customerRow($0) }
             }
             if let loginKey, let legacyKey {
                 return try await connection.query(select + " AND a.login_key IN (?, ?, ?)",

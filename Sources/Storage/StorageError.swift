@@ -18,8 +18,6 @@ public struct StorageError: StorageFault, Sendable, CustomStringConvertible {
         case unavailable
         /// Concurrent writers kept conflicting after every retry.
         case contention
-        /// A migration or configuration problem: the server must not start.
-        case misconfigured
     }
 
     public let kind: Kind
