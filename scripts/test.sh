@@ -40,6 +40,7 @@ fi
 passed=0
 failed=0
 failures=()
+stage_logs=$(mktemp -d "${TMPDIR:-/tmp}/stampd-test-logs.XXXXXX")
 stage() {
   local name=$1
   shift
@@ -48,14 +49,18 @@ stage() {
     return
   fi
   say "$name"
-  local started=$SECONDS
-  if "$@"; then
+  local started=$SECONDS status
+  # Each stage's output is also kept, so that a failure's last lines can be shown again at the
+  # end, where a reader of a long CI log looks first.
+  "$@" 2>&1 | tee "$stage_logs/$name.log"
+  status=${PIPESTATUS[0]}
+  if ((status == 0)); then
     passed=$((passed + 1))
     echo "-- $name passed in $((SECONDS - started)) s"
   else
     failed=$((failed + 1))
     failures+=("$name")
-    echo "-- $name FAILED in $((SECONDS - started)) s"
+    echo "-- $name FAILED (exit $status) in $((SECONDS - started)) s"
   fi
 }
 
@@ -91,6 +96,13 @@ if [[ $skip != *",postgres,"* ]]; then
 else
   say "postgres: skipped"
 fi
+
+for name in "${failures[@]}"; do
+  [[ -f $stage_logs/$name.log ]] || continue
+  say "$name failed; its last lines again"
+  tail -n 60 "$stage_logs/$name.log"
+done
+rm -rf "$stage_logs"
 
 say "summary"
 ((failed)) && echo "failed: ${failures[*]}"

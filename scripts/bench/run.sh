@@ -360,4 +360,9 @@ REPORT_ARGS=(--results "$RESULTS")
 [[ $MODE == smoke ]] && REPORT_ARGS+=(--smoke)
 "$BENCH" report "${REPORT_ARGS[@]}" | tee "$OUT/table.md"
 
+if [[ $STATUS != 0 ]]; then # the reasons again, after the long table
+    say "why the run failed"
+    grep -h "error: \|run.sh: \|giving up" "$OUT"/bench*.log 2>/dev/null | head -20
+    grep -E '^[^ ]+ (error|critical) ' "$WORK"/stampd*.log 2>/dev/null | head -10
+fi
 exit "$STATUS"
