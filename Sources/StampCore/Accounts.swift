@@ -27,6 +27,8 @@ extension StampService {
         }
         let now = clock.now()
         try signIns.countSignUp(address: clientAddress, now: now)
+        try await countSharedAllowance("signups:" + clientAddress, limit: settings.signUpsPerAddressPerHour, window: 3600,
+                                       what: "\(settings.signUpsPerAddressPerHour) new accounts an hour from one address", now: now)
         let hash = try await checkingPassword(from: clientAddress, loginKey: nil, now: now) {
             (try await hasher.hash(password, for: clientAddress), SignInGuard.Outcome.notChecked)
         }
@@ -97,17 +99,48 @@ extension StampService {
     }
 
     /// Runs a password check reserved with the sign-in guard first (so concurrent tries count
-    /// before any hashing), and reports its verdict back.
+    /// before any hashing), refused while its (address, login) pair is locked, and records its
+    /// verdict in the pair's lock before the answer leaves, so every instance honours it.
     private func checkingPassword<T: Sendable>(from address: String, loginKey: String?, now: Date,
                                                _ check: @Sendable () async throws -> (T, SignInGuard.Outcome)) async throws -> T {
-        let reservation = try signIns.reserve(address: address, loginKey: loginKey, now: now)
-        do {
-            let (value, outcome) = try await check()
-            signIns.finish(reservation, outcome, now: clock.now())
-            return value
-        } catch {
-            signIns.finish(reservation, .notChecked, now: clock.now())
-            throw error
+        let pair = loginKey.map { LoginLock.pair(address: address, loginKey: $0) }
+        let reservation = try signIns.reserve(address: address, pair: pair, now: now)
+        defer { signIns.finish(reservation) }
+        let settings = self.settings
+        var lock: LoginLock?
+        if let pair {
+            lock = try await read { try await LoginLock.load(pair, on: $0) }
+            if let refusal = lock?.refusal(running: reservation.running, now: now, settings: settings) { throw refusal }
+        }
+        try await countSharedAllowance("checks:" + address, limit: settings.passwordChecksPerAddressPerMinute, window: 60,
+                                       what: "\(settings.passwordChecksPerAddressPerMinute) password checks a minute from one address",
+                                       now: now)
+        let (value, outcome) = try await check()
+        guard let pair else { return value }
+        switch outcome {
+        case .wrongPassword:
+            // Read again in the write: another check of the pair (here or on another instance)
+            // may have counted since.
+            let at = clock.now()
+            try await write { session, _ in
+                let stored = try await LoginLock.load(pair, on: session) ?? LoginLock(windowStart: at)
+                try await stored.failed(now: at, settings: settings).save(pair, now: at, on: session)
+            }
+        case .rightPassword where lock != nil:
+            try await write { session, _ in try await session.run("DELETE FROM login_locks WHERE pair = ?", pair) }
+        case .rightPassword, .notChecked:
+            break
+        }
+        return value
+    }
+
+    /// Counts a per-address allowance in the database when several instances share it, so that
+    /// N of them do not allow N times as much (the guard's memory count, the same limit, is the
+    /// whole count on a database this process has alone).
+    private func countSharedAllowance(_ scope: String, limit: Int, window: TimeInterval, what: String, now: Date) async throws {
+        guard database.isShared else { return }
+        try await write { session, _ in
+            try await Self.countAction(scope, limit: limit, window: window, what: what, now: now, on: session)
         }
     }
 

@@ -117,6 +117,10 @@ extension StampService {
                 (SELECT store_id, phone_key FROM claim_codes WHERE expires_at < ? LIMIT ?)
              """, [now, batch]),
             ("DELETE FROM scope_claims WHERE scope IN (SELECT scope FROM scope_claims WHERE at < ? LIMIT ?)", [dayAgo, batch]),
+            // A lock ends within the longest lock of its last failure, and stops doubling after as
+            // long again.
+            ("DELETE FROM login_locks WHERE pair IN (SELECT pair FROM login_locks WHERE updated_at < ? LIMIT ?)",
+             [now - Int64(2 * settings.loginLockCeiling * 1000), batch]),
             ("DELETE FROM member_codes WHERE code_hash IN (SELECT code_hash FROM member_codes WHERE expires_at < ? LIMIT ?)",
              [now, batch]),
             (SQL(sqlite: "DELETE FROM rate_events WHERE rowid IN (SELECT rowid FROM rate_events WHERE at < ? LIMIT ?)",

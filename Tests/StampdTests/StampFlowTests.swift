@@ -380,6 +380,29 @@ import Testing
         try await server.stop()
     }
 
+    /// The lock is a row of the database, not a fact of one process: a restart does not lift it.
+    @Test func aLoginLockOutlivesARestart() async throws {
+        let clock = ManualClock(Date())
+        let first = try await TestServer.start(clock: clock)
+        _ = try await first.signUp("customer", "restart-lock@example.com")
+        let client = try await first.connect()
+        for _ in 0..<5 {
+            #expect(try await client.request("POST", "/v1/sessions",
+                                             json: ["login": "restart-lock@example.com", "password": "wrong password"]).status == 401)
+        }
+        client.close()
+        try await first.stop()
+        let second = try await TestServer.start(databasePath: first.databasePath, clock: clock)
+        let again = try await second.connect()
+        #expect(try await again.request("POST", "/v1/sessions",
+                                        json: ["login": "restart-lock@example.com", "password": "correct horse"]).status == 429)
+        clock.advance(by: 16 * 60)
+        #expect(try await again.request("POST", "/v1/sessions",
+                                        json: ["login": "restart-lock@example.com", "password": "correct horse"]).status == 201)
+        again.close()
+        try await second.stop()
+    }
+
     @Test func tokensExpireAndAreStoredOnlyAsHashes() async throws {
         let server = try await TestServer.start()
         let customer = try await server.signUp("customer")
