@@ -3,8 +3,9 @@
 # the contract fuzzing (schemathesis), the browser end-to-end test (headless Chromium), the
 # reliability checks (crash durability, malformed HTTP, slow clients, storage faults; see
 # RELIABILITY.md) in CI sizes, and the benchmark smoke run, on SQLite; then the Swift tests, the
-# contract run, the crash rounds and the browser test again on PostgreSQL, and two instances
-# behind nginx (Tests/instances), in a throwaway server of its own
+# contract run, the crash rounds and the browser test again on PostgreSQL, two instances
+# behind nginx (Tests/instances), and two instances under load while one is killed and
+# PostgreSQL restarts (Tests/instances/failover.py), in a throwaway server of its own
 # (scripts/postgres.sh) that is stopped at the end. On a fresh machine it first installs what is
 # missing: Debian packages (apt-get, as root) and a Python venv in .venv from Tests/requirements.txt.
 #
@@ -87,6 +88,10 @@ if [[ $skip != *",postgres,"* ]]; then
     stage crash-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb crash)" \
       bash Tests/reliability/run.sh "$binary" --quick --only crash
     stage instances-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb instances)" bash Tests/instances/run.sh "$binary"
+    # SIGKILL of one instance and a restart of PostgreSQL itself, under load.
+    stage failover-postgres env STAMPD_TEST_DATABASE="$(pg_throwaway_createdb failover)" \
+      STAMPD_TEST_PG_RESTART="bash -c 'source scripts/postgres.sh && pg_throwaway_restart'" \
+      .venv/bin/python Tests/instances/failover.py --binary "$binary"
     pg_throwaway_stop
     trap - EXIT
   else

@@ -21,6 +21,10 @@ public struct PostgresConfiguration: Sendable, Equatable {
     public var poolSize: Int
     /// How long one connection attempt may take.
     public var connectTimeout: Duration
+    /// How long one read, or one write transaction, may take on its connection before the
+    /// connection is closed and the caller answered 503: a connection that stopped answering
+    /// (seen after a server restart) would otherwise hold its caller for ever.
+    public var queryTimeout: Duration
     /// The schema to keep the tables in (the connection's `search_path`); nil is the server's
     /// default (`public`). From `?search_path=` in the URL.
     public var schema: String?
@@ -36,7 +40,8 @@ public struct PostgresConfiguration: Sendable, Equatable {
     /// Reads `postgres://user:password@host:port/database?sslmode=disable|prefer|require`.
     /// A `sslmode` in the URL wins over `tls`.
     public init(url text: String, tls: TLSMode = .prefer, poolSize: Int = 20,
-                connectTimeout: Duration = .seconds(10), conflictRetries: Int = 10) throws {
+                connectTimeout: Duration = .seconds(10), queryTimeout: Duration = .seconds(10),
+                conflictRetries: Int = 10) throws {
         guard Self.isPostgresURL(text), let url = URLComponents(string: text) else {
             throw PostgresConfigurationError("not a postgres:// URL")
         }
@@ -52,6 +57,7 @@ public struct PostgresConfiguration: Sendable, Equatable {
         self.database = name.removingPercentEncoding ?? name
         self.poolSize = poolSize
         self.connectTimeout = connectTimeout
+        self.queryTimeout = queryTimeout
         self.conflictRetries = conflictRetries
         self.schema = url.queryItems?.first(where: { $0.name == "search_path" })?.value
         if let mode = url.queryItems?.first(where: { $0.name == "sslmode" })?.value {

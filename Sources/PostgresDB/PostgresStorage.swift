@@ -48,7 +48,7 @@ public final class PostgresStorage: Storage {
 
     public func read<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
         do {
-            return try await withPooledConnection { connection in
+            return try await withPooledConnection(limit: configuration.queryTimeout) { connection in
                 try await body(PostgresSession(connection: connection, texts: self.texts, logger: self.logger))
             }
         } catch {
@@ -61,7 +61,7 @@ public final class PostgresStorage: Storage {
         var attempt = 0
         while true {
             do {
-                return try await withPooledConnection { connection in
+                return try await withPooledConnection(limit: configuration.queryTimeout) { connection in
                     try await self.transaction(on: connection, body)
                 }
             } catch {
@@ -84,15 +84,25 @@ public final class PostgresStorage: Storage {
 
     /// Runs `body` on a pooled connection, waiting at most `connectTimeout` for one. The pool
     /// waits for ever by itself (it retries connecting in the background while the database is
-    /// down), which would leave the caller hanging instead of answering 503.
-    private func withPooledConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    /// down), which would leave the caller hanging instead of answering 503. With `limit`, a body
+    /// still running after it has its connection closed, which fails what waits on it: after a
+    /// server restart a pooled connection was seen to take a query and never answer.
+    private func withPooledConnection<T: Sendable>(limit: Duration? = nil,
+                                                   _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let leased = LeaseFlag()
         let timeout = configuration.connectTimeout
+        let location = self.location
+        let logger = self.logger
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
                 try await self.client.withConnection { connection in
                     leased.set()
-                    return try await body(connection)
+                    guard let limit else { return try await body(connection) }
+                    return try await Self.within(limit, location: location, body: { try await body(connection) }) {
+                        logger.warning("a database call took too long; closing its connection",
+                                       metadata: ["limit": "\(limit)", "connection": "\(connection.id)"])
+                        Task { try? await connection.close() }
+                    }
                 }
             }
             group.addTask {
@@ -111,6 +121,29 @@ public final class PostgresStorage: Storage {
                 }
             }
             throw CancellationError()
+        }
+    }
+
+    /// The body's outcome, or after `limit` a fault (and `abandon` runs) while the body is left
+    /// to end by itself: a connection that stopped answering may never fail what waits on it,
+    /// so the caller does not wait with it. The body runs in a task of its own for that reason.
+    static func within<T: Sendable>(_ limit: Duration, location: String, body: @escaping @Sendable () async throws -> T,
+                                    abandon: @escaping @Sendable () -> Void) async throws -> T {
+        let outcome = FirstOutcome<T>()
+        return try await withCheckedThrowingContinuation { continuation in
+            outcome.start(continuation)
+            let timer = Task {
+                try await Task.sleep(for: limit)
+                if outcome.resume(.failure(PostgresFault(sqlState: nil, message: "no answer from \(location) within \(limit)"))) {
+                    abandon()
+                }
+            }
+            Task {
+                let result: Result<T, any Error>
+                do { result = .success(try await body()) } catch { result = .failure(error) }
+                timer.cancel()
+                outcome.resume(result)
+            }
         }
     }
 
@@ -266,7 +299,11 @@ public final class PostgresStorage: Storage {
             group.addTask {
                 while true {
                     try await Task.sleep(for: Self.listenerCheckInterval)
-                    _ = try await connection.query("SELECT 1", logger: self.logger)
+                    // Bounded like every call: a connection that stopped answering is replaced.
+                    let logger = self.logger
+                    _ = try await Self.within(self.configuration.queryTimeout, location: self.location,
+                                              body: { try await connection.query("SELECT 1", logger: logger) },
+                                              abandon: { Task { try? await connection.close() } })
                 }
             }
             try await group.next()
@@ -303,6 +340,26 @@ public final class PostgresStorage: Storage {
         } catch {
             throw PostgresFault.classify(error)
         }
+    }
+}
+
+/// Resumes a continuation with whichever outcome comes first; later ones are dropped.
+final class FirstOutcome<T: Sendable>: Sendable {
+    private let continuation = Mutex<CheckedContinuation<T, any Error>?>(nil)
+
+    func start(_ continuation: CheckedContinuation<T, any Error>) {
+        self.continuation.withLock { $0 = continuation }
+    }
+
+    /// True for the outcome that resumed it.
+    @discardableResult
+    func resume(_ result: Result<T, any Error>) -> Bool {
+        guard let continuation = continuation.withLock({ state -> CheckedContinuation<T, any Error>? in
+            defer { state = nil }
+            return state
+        }) else { return false }
+        continuation.resume(with: result)
+        return true
     }
 }
 

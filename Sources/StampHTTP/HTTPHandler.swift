@@ -40,6 +40,7 @@ final class HTTPHandler: ChannelInboundHandler {
         let waiter: WaiterID
         let timeout: Scheduled<Bool>
         let poll: LongPoll
+        let deadline: NIODeadline
     }
 
     private let responder: Responder
@@ -165,8 +166,18 @@ final class HTTPHandler: ChannelInboundHandler {
 
     // MARK: - Long polls
 
-    private func park(_ poll: LongPoll, context: ChannelHandlerContext) {
+    /// Parks `poll` until an event, its deadline or the end. A poll parked again after a wake-up
+    /// that brought nothing new (a notification it had already read, the instance feed going
+    /// away) keeps its first deadline: a poll ends within the timeout it asked for, however often
+    /// it is woken.
+    private func park(_ poll: LongPoll, context: ChannelHandlerContext, deadline: NIODeadline? = nil) {
         guard context.channel.isActive else { return }
+        let deadline = deadline ?? .now() + poll.timeout
+        guard deadline > .now() else {
+            PollMetrics.timeouts.increment()
+            write(poll.empty(false), context: context)
+            return
+        }
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
         let outcome = hub.park(account: poll.account, session: poll.session, after: poll.cursor) { reason in
@@ -175,10 +186,10 @@ final class HTTPHandler: ChannelInboundHandler {
         switch outcome {
         case .parked(let waiter):
             let hub = self.hub
-            let timeout = loop.scheduleTask(in: poll.timeout) { hub.cancel(waiter, reason: .timeout) }
-            parked = Parked(waiter: waiter, timeout: timeout, poll: poll)
+            let timeout = loop.scheduleTask(deadline: deadline) { hub.cancel(waiter, reason: .timeout) }
+            parked = Parked(waiter: waiter, timeout: timeout, poll: poll, deadline: deadline)
         case .ready:
-            readAgain(poll, context: context)
+            readAgain(poll, context: context, deadline: deadline)
         case .shuttingDown:
             // As for a poll parked when shutdown began: nothing new, its cursor, come back soon.
             write(poll.empty(true), context: context)
@@ -195,7 +206,7 @@ final class HTTPHandler: ChannelInboundHandler {
         switch reason {
         case .event(let publishedAt):
             PollMetrics.deliveryLatency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- publishedAt))
-            readAgain(parked.poll, context: context)
+            readAgain(parked.poll, context: context, deadline: parked.deadline)
         case .timeout:
             PollMetrics.timeouts.increment()
             write(parked.poll.empty(false), context: context)
@@ -209,7 +220,7 @@ final class HTTPHandler: ChannelInboundHandler {
         }
     }
 
-    private func readAgain(_ poll: LongPoll, context: ChannelHandlerContext) {
+    private func readAgain(_ poll: LongPoll, context: ChannelHandlerContext, deadline: NIODeadline) {
         let promise = context.eventLoop.makePromise(of: Response?.self)
         promise.completeWithTask { await poll.read() }
         promise.futureResult.assumeIsolated().whenSuccess { [self] response in
@@ -217,7 +228,7 @@ final class HTTPHandler: ChannelInboundHandler {
                 self.write(response, context: context)
             } else {
                 // Woken for an event this cursor had already seen: park again.
-                self.park(poll, context: context)
+                self.park(poll, context: context, deadline: deadline)
             }
         }
     }

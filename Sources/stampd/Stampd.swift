@@ -30,6 +30,8 @@ struct Stampd: AsyncParsableCommand {
     @Option(help: "Folder holding sqlite/ and postgres/, each of NNNN_name.sql migrations. [STAMPD_MIGRATIONS]") var migrations: String?
     @Option(help: "PostgreSQL: most pooled connections. [STAMPD_DB_POOL_SIZE]") var dbPoolSize: Int?
     @Option(help: "PostgreSQL: seconds one connection attempt may take. [STAMPD_DB_CONNECT_TIMEOUT]") var dbConnectTimeout: Int?
+    @Option(help: "PostgreSQL: seconds one read or write transaction may take before its connection is closed (503). [STAMPD_DB_QUERY_TIMEOUT]")
+    var dbQueryTimeout: Int?
     @Option(help: "PostgreSQL: TLS mode, disable, prefer or require (a sslmode in the URL wins). [STAMPD_DB_TLS]") var dbTls: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical. [STAMPD_LOG_LEVEL]") var logLevel: String?
     @Option(help: "Load balancers whose X-Forwarded-For names the client: addresses or CIDR ranges, comma separated. [STAMPD_TRUSTED_PROXIES]")
@@ -90,7 +92,8 @@ struct Stampd: AsyncParsableCommand {
                 }
                 let configuration = try PostgresConfiguration(
                     url: databaseSetting, tls: tls, poolSize: try setting(dbPoolSize, "DB_POOL_SIZE", 20),
-                    connectTimeout: .seconds(try setting(dbConnectTimeout, "DB_CONNECT_TIMEOUT", 10)))
+                    connectTimeout: .seconds(try setting(dbConnectTimeout, "DB_CONNECT_TIMEOUT", 10)),
+                    queryTimeout: .seconds(try setting(dbQueryTimeout, "DB_QUERY_TIMEOUT", 10)))
                 let postgres = PostgresStorage(configuration: configuration, logger: Logger(label: "stampd.db"))
                 // A database that is down at start is waited for (logged, with backoff), not a crash.
                 try await postgres.waitUntilReachable()

@@ -57,6 +57,32 @@ import Testing
         try await server.stop()
     }
 
+    /// A poll woken with nothing new for it (here: every parked poll reads again, as when the
+    /// instance feed reconnects) parks again until its first deadline, not a fresh timeout: woken
+    /// every 100 ms it still answers after its 2 s.
+    @Test func aPollWokenWithNothingNewStillEndsAtItsOwnTimeout() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let client = try await server.connect()
+        let started = ContinuousClock.now
+        try await client.send(TestClient.raw("GET", "/v1/events?timeout=2&after=0", token: owner.token))
+        await server.hub.waitUntilParked(1)
+        let waker = Task {
+            while !Task.isCancelled && ContinuousClock.now - started < .seconds(8) {
+                server.hub.notificationsFlowing()
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        let response = try await client.readResponse()
+        let elapsed = ContinuousClock.now - started
+        waker.cancel()
+        #expect(response.status == 200)
+        #expect(try response.string("cursor") == "0")
+        #expect(elapsed < .seconds(5), "answered after \(elapsed)")
+        client.close()
+        try await server.stop()
+    }
+
     @Test func preferWaitIsHonouredAndSaidSo() async throws {
         let server = try await TestServer.start()
         let owner = try await server.signUp("owner")
