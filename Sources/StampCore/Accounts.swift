@@ -27,8 +27,6 @@ extension StampService {
         }
         let now = clock.now()
         try signIns.countSignUp(address: clientAddress, now: now)
-        try await countSharedAllowance("signups:" + clientAddress, limit: settings.signUpsPerAddressPerHour, window: 3600,
-                                       what: "\(settings.signUpsPerAddressPerHour) new accounts an hour from one address", now: now)
         let hash = try await checkingPassword(from: clientAddress, loginKey: nil, now: now) {
             (try await hasher.hash(password, for: clientAddress), SignInGuard.Outcome.notChecked)
         }
@@ -112,9 +110,6 @@ extension StampService {
             lock = try await read { try await LoginLock.load(pair, on: $0) }
             if let refusal = lock?.refusal(running: reservation.running, now: now, settings: settings) { throw refusal }
         }
-        try await countSharedAllowance("checks:" + address, limit: settings.passwordChecksPerAddressPerMinute, window: 60,
-                                       what: "\(settings.passwordChecksPerAddressPerMinute) password checks a minute from one address",
-                                       now: now)
         let (value, outcome) = try await check()
         guard let pair else { return value }
         switch outcome {
@@ -132,16 +127,6 @@ extension StampService {
             break
         }
         return value
-    }
-
-    /// Counts a per-address allowance in the database when several instances share it, so that
-    /// N of them do not allow N times as much (the guard's memory count, the same limit, is the
-    /// whole count on a database this process has alone).
-    private func countSharedAllowance(_ scope: String, limit: Int, window: TimeInterval, what: String, now: Date) async throws {
-        guard database.isShared else { return }
-        try await write { session, _ in
-            try await Self.countAction(scope, limit: limit, window: window, what: what, now: now, on: session)
-        }
     }
 
     /// The account behind a bearer token that is neither expired nor revoked. Valid sessions are

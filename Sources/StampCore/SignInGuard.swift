@@ -10,11 +10,12 @@
 //
 // Where each count lives: a pair's wrong passwords and lock are rows of `login_locks` (a
 // `LoginLock`), so every instance on one database and every restart honour the same lock. The
-// per-address counts are kept here in memory, bounded, as a first filter that costs nothing
-// under a flood; on a database several instances share they are also counted in the database
-// (by the service), so that N instances do not allow N times as much. What is in flight (a
-// pair's and an address's checks running at once) is per instance: it guards this instance's
-// hashing line, and a pair can have at most `loginFailureLimit` checks running on each.
+// per-address allowances (checks a minute, sign-ups an hour, checks at once) are kept here in
+// memory, bounded, per instance: they pace this instance's hashing line and cost nothing under a
+// flood. Counted in the database instead, every sign-in from one busy address (a NAT, a proxy)
+// would update one row, and concurrent ones would conflict; so N instances allow an address N
+// times the allowance, and an operator running N sets each to the total divided by N. A pair can
+// have at most `loginFailureLimit` checks running on each instance.
 import Crypto
 import Foundation
 import Storage

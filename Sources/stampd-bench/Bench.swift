@@ -46,9 +46,12 @@ func parseAddress(_ text: String) throws -> (String, Int) {
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the measurements against running servers.")
 
-    @Option(help: "stampd's host:port (loopback).") var stampd: String?
-    @Option(help: "stampd's process id, for VmRSS and CPU time.") var stampdPid: Int32?
-    @Option(help: "stampd's metrics listener, host:port (its --metrics-port).") var stampdMetrics: String?
+    @Option(help: "stampd's host:port (loopback); several instances comma separated, connections spread over them in turn.")
+    var stampd: String?
+    @Option(help: "stampd's process id, for VmRSS and CPU time; several comma separated (CPU is summed, memory is the first's).")
+    var stampdPid: String?
+    @Option(help: "stampd's metrics listener, host:port (its --metrics-port); one per instance, comma separated.")
+    var stampdMetrics: String?
     @Option(help: "The label of stampd's result keys and log lines (a.<label>.*, c.<label>.flows, errors.<label>): another than stampd lets a second stampd's results sit beside the first's.")
     var stampdLabel = "stampd"
     @Option(help: "The postmaster's process id of stampd's PostgreSQL cluster: its processes' CPU counts as the server's.")
@@ -115,8 +118,15 @@ struct Run: AsyncParsableCommand {
         var errors = 0
 
         if let stampd {
-            let (host, port) = try parseAddress(stampd)
-            let (metricsHost, metricsPort) = try parseAddress(stampdMetrics ?? "")
+            let servers = try stampd.split(separator: ",").map { try parseAddress(String($0)) }
+            let metricsServers = try (stampdMetrics ?? "").split(separator: ",").map { try parseAddress(String($0)) }
+            guard metricsServers.count == servers.count else {
+                throw ValidationError("--stampd-metrics needs one listener per --stampd instance")
+            }
+            let pids = try (stampdPid ?? "").split(separator: ",").map { text -> Int32 in
+                guard let pid = Int32(text) else { throw ValidationError("--stampd-pid: \(text) is not a process id") }
+                return pid
+            }
             let label = stampdLabel
             let database = postgresPid != nil || postgresStatsUrl != nil
                 ? DatabaseWatch(postmaster: postgresPid, statsURL: postgresStatsUrl, psql: psql) : nil
@@ -124,9 +134,10 @@ struct Run: AsyncParsableCommand {
                 throw ValidationError("--postgres-pid \(postmaster): no such process")
             }
             let bench = StampdBench(label: label,
-                                    connector: Connector(group: group, host: host, port: port, sources: sources),
-                                    metrics: Connector(group: group, host: metricsHost, port: metricsPort, sources: sources),
-                                    pid: stampdPid, database: database, results: results, options: options)
+                                    connector: Connector(group: group, servers: servers.map { (host: $0.0, port: $0.1) }, sources: sources),
+                                    metrics: metricsServers.map { Connector(group: group, host: $0.0, port: $0.1, sources: sources) },
+                                    pid: pids.first, otherPids: Array(pids.dropFirst()), database: database, results: results,
+                                    options: options)
             do {
                 try await bench.setUp()
                 if !options.levels.isEmpty {
@@ -180,6 +191,8 @@ struct Report: ParsableCommand {
     @Option(help: "The key<TAB>value file written by `run` (and by run.sh for wrk).") var results: String
     @Option(help: "The label of the stampd on PostgreSQL (run's --stampd-label); its column appears when the results have it.")
     var postgresLabel = "postgres"
+    @Option(help: "The label of two stampd instances on that PostgreSQL (run's --stampd-label with two --stampd); a table of one against two instances follows when the results have it.")
+    var twoLabel = "postgres2"
     @Flag(help: "Sizes were too small for the targets to mean anything.") var smoke = false
 
     func run() throws {
@@ -190,6 +203,74 @@ struct Report: ParsableCommand {
             if parts.count == 2, let value = Double(parts[1]) { values[String(parts[0])] = value }
         }
         print(ReportTable(values: values, smoke: smoke, second: postgresLabel).render())
+        if let table = ScaleOutTable(values: values, one: postgresLabel, two: twoLabel).render() {
+            print("\nOne stampd and two stampd instances on one PostgreSQL (connections spread over both in turn):\n")
+            print(table)
+        }
+    }
+}
+
+/// One instance on PostgreSQL against two on the same cluster, from the same run: the figures
+/// that say whether a second instance adds capacity, and what each flow costs.
+struct ScaleOutTable {
+    let values: [String: Double]
+    let one: String
+    let two: String
+
+    func render() -> String? {
+        guard values.keys.contains(where: { $0.hasPrefix("c.\(two).") || $0.hasPrefix("b.\(two).") || $0.hasPrefix("a.\(two)_") })
+        else { return nil }
+        let table = ReportTable(values: values, smoke: false, second: one)
+        func v(_ key: String) -> Double? { values[key] }
+        func pair(_ a: String, _ b: String, _ digits: Int, _ unit: String) -> (String) -> String {
+            { label in
+                guard v("\(a.replacingOccurrences(of: "{t}", with: label))") != nil else { return "–" }
+                return "\(table.fmt(v(a.replacingOccurrences(of: "{t}", with: label)), digits)) / "
+                    + "\(table.fmt(v(b.replacingOccurrences(of: "{t}", with: label)), digits))\(unit)"
+            }
+        }
+        var rows: [[String]] = []
+        func add(_ figure: String, _ key: String, _ digits: Int = 0, _ unit: String = "") {
+            let a = v(key.replacingOccurrences(of: "{t}", with: one)), b = v(key.replacingOccurrences(of: "{t}", with: two))
+            rows.append([figure, table.fmt(a, digits, unit), table.fmt(b, digits, unit), table.ratio(b, a)])
+        }
+        func add(_ figure: String, _ text: (String) -> String) { rows.append([figure, text(one), text(two), ""]) }
+        add("Full durable flows per second", "c.{t}.flows_per_s")
+        add("Full flow latency p50 / p99", pair("c.{t}.flow_p50_ms", "c.{t}.flow_p99_ms", 1, " ms"))
+        add("stampd CPU per flow, all instances", "c.{t}.server_cpu_per_flow_us", 0, " µs")
+        add("PostgreSQL's processes per flow", "c.{t}.db_cpu_per_flow_us", 0, " µs")
+        add("stampd + PostgreSQL per flow", "c.{t}.server_and_db_cpu_per_flow_us", 0, " µs")
+        add("Cores busy: stampd / PostgreSQL (flows)", pair("c.{t}.server_cpu_cores", "c.{t}.db_cpu_cores", 2, ""))
+        add("PostgreSQL statements per flow", "c.{t}.pg.statements_per", 1)
+        add("Publish→deliver p50 / p99 (latency phase)", pair("b.{t}.p50_ms", "b.{t}.p99_ms", 2, " ms"))
+        add("… at parked polls, publishes/s", pair("b.{t}.parked", "b.{t}.achieved_rate", 0, ""))
+        add("Writes that kept conflicting (503)", "log.{t}.kept_conflicting")
+        add("Approved requests in the database", "db.{t}.approved")
+        add("Errors (client-side)", "errors.{t}")
+        let levels = Set(values.keys.compactMap { key -> Int? in
+            let parts = key.split(separator: ".")
+            guard parts.count == 4, parts[0] == "a", parts[1].hasPrefix("\(two)_"), parts[3] == "parked" else { return nil }
+            return Int(parts[2])
+        }).sorted()
+        if let top = levels.last {
+            let instances = values.keys.compactMap { key -> String? in
+                let parts = key.split(separator: ".")
+                guard parts.count == 4, parts[0] == "a", parts[1].hasPrefix("\(two)_"), parts[2] == "\(top)", parts[3] == "parked"
+                else { return nil }
+                return String(parts[1])
+            }.sorted()
+            let held = instances.compactMap { v("a.\($0).\(top).parked") }
+            let errors = instances.compactMap { v("a.\($0).errors") }.reduce(0, +)
+            let perPoll = instances.compactMap { v("a.\($0).\(top).bytes_per_poll") }.map { table.fmt($0 / 1024, 2, " KiB") }
+            rows.append(["Parked polls held at once, each instance its own client and fd limit (errors)",
+                         table.fmt(v("a.\(one).\(top).parked") ?? v("a.stampd.\(top).parked")) + " (one process)",
+                         held.map { table.fmt($0) }.joined(separator: " + ") + " = \(table.fmt(held.reduce(0, +))) (\(table.fmt(errors)) errors)",
+                         ""])
+            rows.append(["… memory per parked poll on each instance", "–", perPoll.joined(separator: ", "), ""])
+        }
+        var lines = ["| Figure | one instance | two instances | two / one |", "|---|---|---|---|"]
+        for row in rows { lines.append("| " + row.joined(separator: " | ") + " |") }
+        return lines.joined(separator: "\n")
     }
 }
 

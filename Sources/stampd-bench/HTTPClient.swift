@@ -168,25 +168,29 @@ final class SourceAddresses: Sendable {
     }
 }
 
-/// Opens connections to one server.
+/// Opens connections to one server, or in turn to each of several instances of one (as a
+/// round-robin load balancer would spread them).
 final class Connector: Sendable {
     let group: any EventLoopGroup
-    let host: String
-    let port: Int
+    let servers: [(host: String, port: Int)]
     let sources: SourceAddresses
+    private let turn = Atomic<Int>(0)
 
-    init(group: any EventLoopGroup, host: String, port: Int, sources: SourceAddresses) {
+    convenience init(group: any EventLoopGroup, host: String, port: Int, sources: SourceAddresses) {
+        self.init(group: group, servers: [(host, port)], sources: sources)
+    }
+
+    init(group: any EventLoopGroup, servers: [(host: String, port: Int)], sources: SourceAddresses) {
+        precondition(!servers.isEmpty)
         self.group = group
-        self.host = host
-        self.port = port
+        self.servers = servers
         self.sources = sources
     }
 
-    var hostHeader: String { "\(host):\(port)" }
-
     func connect(on loop: (any EventLoop)? = nil) -> EventLoopFuture<Conn> {
         let handler = ClientHandler()
-        let hostHeader = self.hostHeader
+        let (host, port) = servers[turn.add(1, ordering: .relaxed).oldValue % servers.count]
+        let hostHeader = "\(host):\(port)"
         let source: SocketAddress
         do {
             source = try SocketAddress(ipAddress: sources.next(), port: 0)

@@ -136,10 +136,13 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     let name: String
     let parkedNoun = "parked"
     let connector: Connector
-    /// stampd's metrics listener (its own port, not the API's).
-    let metrics: Connector
-    var metricsConn: Conn?
+    /// stampd's metrics listeners (their own ports, not the API's): one per instance.
+    let metrics: [Connector]
+    var metricsConns: [Conn?]
+    /// The first instance's process: its memory and threads are reported. `otherPids` are the
+    /// other instances, whose CPU counts with it.
     let pid: Int32?
+    let otherPids: [Int32]
     /// The PostgreSQL cluster behind this stampd, if it has one: its CPU counts as the server's.
     let database: DatabaseWatch?
     var postmaster: Int32? { database?.postmaster }
@@ -156,14 +159,16 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     var baseline: Memory?
     var lastParked: Memory?
 
-    init(label: String = "stampd", connector: Connector, metrics: Connector, pid: Int32?, database: DatabaseWatch? = nil,
-         results: Results, options: RunOptions) {
+    init(label: String = "stampd", connector: Connector, metrics: [Connector], pid: Int32?, otherPids: [Int32] = [],
+         database: DatabaseWatch? = nil, results: Results, options: RunOptions) {
         self.name = label
         self.tally = Tally(name: label)
         self.database = database
         self.connector = connector
         self.metrics = metrics
+        self.metricsConns = metrics.map { _ in nil }
         self.pid = pid
+        self.otherPids = otherPids
         self.results = results
         self.options = options
     }
@@ -178,21 +183,26 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         }
     }
 
+    /// The polls parked on every instance.
     func parkedOnServer() async throws -> Int {
-        if metricsConn == nil { metricsConn = try await metrics.connect().get() }
-        let answer: HTTPAnswer
-        do {
-            answer = try await wait(metricsConn!.future(.GET, "/metrics"), seconds: 30, what: "GET /metrics")
-        } catch BenchError.closed {
-            metricsConn = try await metrics.connect().get()
-            answer = try await wait(metricsConn!.future(.GET, "/metrics"), seconds: 30, what: "GET /metrics")
-        }
-        guard answer.status == 200, let value = prometheusValue(answer.text, name: "stampd_parked_polls") else {
+        var total = 0
+        for index in metrics.indices {
+            if metricsConns[index] == nil { metricsConns[index] = try await metrics[index].connect().get() }
+            let answer: HTTPAnswer
+            do {
+                answer = try await wait(metricsConns[index]!.future(.GET, "/metrics"), seconds: 30, what: "GET /metrics")
+            } catch BenchError.closed {
+                metricsConns[index] = try await metrics[index].connect().get()
+                answer = try await wait(metricsConns[index]!.future(.GET, "/metrics"), seconds: 30, what: "GET /metrics")
+            }
             // The gauge appears once the first poll parks.
-            return 0
+            if answer.status == 200, let value = prometheusValue(answer.text, name: "stampd_parked_polls") { total += Int(value) }
         }
-        return Int(value)
+        return total
     }
+
+    /// The CPU time of every instance.
+    func serverCPU() -> Double? { cpuSeconds(pids: (pid.map { [$0] } ?? []) + otherPids) }
 
     // MARK: Setup
 
@@ -359,11 +369,11 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         }
         log("\(name): \(total) stamp requests at \(options.rate)/s to \(owners.count) parked owners")
         let statsBefore = database?.snapshot()
-        let cpuBefore = pid.flatMap { cpuSeconds(pid: $0) }
+        let cpuBefore = serverCPU()
         let databaseBefore = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
         let threadsBefore = pid.map { ThreadTimes.read($0) }
         let clientCPUBefore = cpuSecondsSelf()
-        let watch = CPUWatch(pid: pid, postmaster: postmaster)
+        let watch = CPUWatch(pid: pid, others: otherPids, postmaster: postmaster)
         let outcome = try await dispatcher.run(deadline: options.latencySeconds * 3 + 30)
         let (cpuText, other) = watch.record(staged, "b.\(name)")
         let databaseAfter = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
@@ -397,7 +407,7 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         staged.set("b.\(name).max_ms", summary.max)
         staged.set("b.\(name).mean_ms", summary.mean)
         staged.set("b.\(name).achieved_rate", outcome.achievedRate)
-        if let before = cpuBefore, let after = pid.flatMap({ cpuSeconds(pid: $0) }) {
+        if let before = cpuBefore, let after = serverCPU() {
             staged.set("b.\(name).server_cpu_per_request_us", (after - before) / Double(max(outcome.ok, 1)) * 1e6)
         }
         if let before = databaseBefore, let after = databaseAfter {
@@ -455,16 +465,16 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
             + (pollers.isEmpty ? "" : " with \(pollers.count) other owners parked"))
         let state = FlowState(windowNanos: UInt64(options.flowSeconds * 1e9))
         let statsBefore = database?.snapshot()
-        let cpuBefore = pid.flatMap { cpuSeconds(pid: $0) }
+        let cpuBefore = serverCPU()
         let databaseBefore = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
         let threadsBefore = pid.map { ThreadTimes.read($0) }
         let clientCPUBefore = cpuSecondsSelf()
-        let watch = CPUWatch(pid: pid, postmaster: postmaster)
+        let watch = CPUWatch(pid: pid, others: otherPids, postmaster: postmaster)
         state.begin()
         for pair in flowPairs { pair.conn.loop.execute { pair.begin(state) } }
         await sleep(seconds: options.flowSeconds)
         let (cpuText, other) = watch.record(staged, "c.\(name)")
-        let cpuAfter = pid.flatMap { cpuSeconds(pid: $0) }
+        let cpuAfter = serverCPU()
         let databaseAfter = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
         let completedInWindow = state.completed.load(ordering: .relaxed)
         let statsAfter = database?.snapshot()
@@ -526,7 +536,7 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         pollers.removeAll()
         setupConns.forEach { $0.close() }
         control?.close()
-        metricsConn?.close()
+        metricsConns.forEach { $0?.close() }
     }
 }
 

@@ -120,6 +120,17 @@ func cpuSeconds(pid: Int32, task: String? = nil) -> Double? {
 
 func cpuSecondsSelf() -> Double { cpuSeconds(pid: getpid()) ?? 0 }
 
+/// The CPU time of every process in `pids`, nil when there are none or one is gone.
+func cpuSeconds(pids: [Int32]) -> Double? {
+    guard !pids.isEmpty else { return nil }
+    var total = 0.0
+    for pid in pids {
+        guard let seconds = cpuSeconds(pid: pid) else { return nil }
+        total += seconds
+    }
+    return total
+}
+
 /// The whole machine's CPU, from /proc/stat: busy and idle jiffies.
 struct MachineCPU {
     var busy: Double
@@ -194,13 +205,14 @@ struct CPUWatch {
     let database: ClusterCPU?
     let client = cpuSecondsSelf()
     let started = nowNanos()
-    let pid: Int32?
+    let pids: [Int32]
     let postmaster: Int32?
 
-    init(pid: Int32?, postmaster: Int32? = nil) {
-        self.pid = pid
+    /// `others`: more processes of the server (the other instances), counted with `pid`.
+    init(pid: Int32?, others: [Int32] = [], postmaster: Int32? = nil) {
+        self.pids = (pid.map { [$0] } ?? []) + others
         self.postmaster = postmaster
-        self.server = pid.flatMap { cpuSeconds(pid: $0) }
+        self.server = cpuSeconds(pids: pids)
         self.database = postmaster.flatMap { ClusterCPU.read(postmaster: $0) }
     }
 
@@ -208,7 +220,7 @@ struct CPUWatch {
     func finish() -> (server: Double, database: Double, client: Double, other: Double, machine: Double) {
         let wall = Double(nowNanos() - started) / 1e9
         let machineCores = MachineCPU.read().coresBusy(since: machine)
-        let serverCores = (pid.flatMap { cpuSeconds(pid: $0) }).flatMap { now in server.map { (now - $0) / wall } } ?? .nan
+        let serverCores = cpuSeconds(pids: pids).flatMap { now in server.map { (now - $0) / wall } } ?? .nan
         let databaseCores = (postmaster.flatMap { ClusterCPU.read(postmaster: $0) })
             .flatMap { now in database.map { (now.total - $0.total) / wall } } ?? .nan
         let clientCores = (cpuSecondsSelf() - client) / wall

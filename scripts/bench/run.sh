@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md against a fresh stampd on SQLite and nginx + nchan, then
 # the latency and full-flow phases against a second stampd on a throwaway PostgreSQL (the first
-# stampd stopped by then), and prints the table of both engines.
+# stampd stopped by then), then the same against two stampd instances on that PostgreSQL and their
+# parked-poll capacity, and prints the table of both engines and the table of one against two.
 #
 #   scripts/bench/run.sh            full run (about 9 minutes after the release build)
 #   scripts/bench/run.sh --smoke    tiny sizes, for CI: fails on any error, asserts no timing
 #   scripts/bench/run.sh [--smoke] -- --flow-pairs 128 ...   extra flags for both `stampd-bench run`s
 #   BENCH_BIN=DIR scripts/bench/run.sh --smoke   use stampd and stampd-bench from DIR, no build
-#   BENCH_POSTGRES=0 scripts/bench/run.sh        leave the PostgreSQL run out
+#   BENCH_POSTGRES=0 scripts/bench/run.sh        leave the PostgreSQL runs out
+#   BENCH_TWO_INSTANCES=0 scripts/bench/run.sh   leave out the run of two instances on PostgreSQL
 #
 # Results and logs are kept in .build-bench/bench-results/<time>/ (results.tsv, table.md, logs).
 set -euo pipefail
@@ -341,6 +343,62 @@ if [[ $PG_RUNNING == 1 ]]; then
         fi
     fi
     stop_pid "$PG_STAMPD_PID"
+
+    # --- Two instances on the same cluster, on a database of their own ---------------------------
+    # The same phases with the client's connections spread over A and B in turn (as a round-robin
+    # balancer would): half the deliveries cross instances through NOTIFY. Then the parked-poll
+    # capacity of the two: one client per instance (each process under its own fd limit), both
+    # parking at once.
+    if [[ ${BENCH_TWO_INSTANCES:-1} != 0 ]] && TWO_URL=$(pg_throwaway_createdb stampd_two 2>>"$WORK/postgres-start.log"); then
+        TWO_SUPER_URL="postgres://postgres@127.0.0.1:$PG_THROWAWAY_PORT/stampd_two"
+        "$PSQL" -X -q -d "$TWO_SUPER_URL" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >>"$WORK/postgres-start.log" 2>&1 || true
+        TWO_PORTS=() TWO_METRICS=() TWO_PIDS=()
+        for name in a b; do
+            port=$(free_port); metrics=$(free_port)
+            "$STAMPD" --port "$port" --metrics-port "$metrics" --database "$TWO_URL" "${STAMPD_FLAGS[@]}" >"$WORK/stampd-two-$name.log" 2>&1 &
+            PIDS+=($!)
+            TWO_PORTS+=("127.0.0.1:$port"); TWO_METRICS+=("127.0.0.1:$metrics"); TWO_PIDS+=($!)
+            wait_for 60 grep -q "listening" "$WORK/stampd-two-$name.log" \
+                || { cat "$WORK/stampd-two-$name.log" >&2; echo "run.sh: stampd $name on PostgreSQL did not start" >&2; STATUS=1; }
+        done
+        joined() { local IFS=,; echo "$*"; }
+        say "two instances (${TWO_PORTS[*]}): stampd-bench run --stampd-label postgres2 ${PG_SIZES[*]} ${EXTRA[*]:-}"
+        TWO_STATUS=0
+        "$BENCH" run --stampd "$(joined "${TWO_PORTS[@]}")" --stampd-metrics "$(joined "${TWO_METRICS[@]}")" \
+            --stampd-pid "$(joined "${TWO_PIDS[@]}")" --stampd-label postgres2 --postgres-pid "$POSTMASTER_PID" \
+            --postgres-stats-url "$TWO_SUPER_URL" --psql "$PSQL" \
+            --results "$RESULTS" "${PG_SIZES[@]}" "${EXTRA[@]}" > >(tee "$OUT/bench-two.log") 2>&1 &
+        BENCH_PID=$!
+        PIDS+=("$BENCH_PID")
+        wait "$BENCH_PID" || TWO_STATUS=$?
+        [[ $TWO_STATUS == 0 ]] || { echo "run.sh: stampd-bench (two instances) exited with $TWO_STATUS" >&2; STATUS=1; }
+        approved=$("$PSQL" -X -At -d "$TWO_URL" -c "SELECT count(*) FROM requests WHERE status = 'approved'" 2>/dev/null || echo "?")
+        flows=$(awk -F'\t' '$1 == "c.postgres2.flows" {print $2}' "$RESULTS")
+        conflicting=$(cat "$WORK"/stampd-two-*.log | grep -c "write kept conflicting" || true)
+        say "two instances: $approved approved requests (client counted ${flows:-no} flows); $conflicting 'write kept conflicting'"
+        printf 'db.postgres2.approved\t%s\nlog.postgres2.kept_conflicting\t%s\n' "$approved" "$conflicting" >>"$RESULTS"
+        if [[ -n $flows && ( $approved == "?" || $approved -lt $flows ) ]]; then
+            echo "run.sh: PostgreSQL (two instances) holds fewer approved requests than the flows the client counted" >&2
+            STATUS=1
+        fi
+
+        if [[ $MODE == smoke ]]; then CAPACITY=(--levels 20); else CAPACITY=(--levels 18000 --connect-concurrency 128); fi
+        say "two instances: parked-poll capacity, one client each (${CAPACITY[*]})"
+        CLIENTS=()
+        for i in 0 1; do
+            label=postgres2_$((i + 1))
+            "$BENCH" run --stampd "${TWO_PORTS[$i]}" --stampd-metrics "${TWO_METRICS[$i]}" --stampd-pid "${TWO_PIDS[$i]}" \
+                --stampd-label "$label" "${CAPACITY[@]}" --latency-parked 0 --flow-seconds 0 --customers 1 --quiet-wait 5 \
+                --source-prefix $((150 + i)) --max-seconds 900 --results "$RESULTS" >"$OUT/bench-capacity-$label.log" 2>&1 &
+            CLIENTS+=($!)
+            PIDS+=($!)
+        done
+        for pid in "${CLIENTS[@]}"; do
+            wait "$pid" || { echo "run.sh: a capacity client exited with an error (see bench-capacity-*.log)" >&2; STATUS=1; }
+        done
+        grep -h "parked .* of\|error" "$OUT"/bench-capacity-*.log | head -8
+        for pid in "${TWO_PIDS[@]}"; do stop_pid "$pid"; done
+    fi
     cp -f "$PG_THROWAWAY_DIR/log" "$OUT/postgres.log" 2>/dev/null || true
     pg_throwaway_stop
     PG_RUNNING=0
