@@ -2,7 +2,7 @@
 # How many commits a second PostgreSQL takes with and without a NOTIFY in the transaction, on a
 # throwaway cluster (scripts/postgres.sh): pgbench runs one-row insert transactions, then the same
 # with stampd's kind of pg_notify, at several client counts, with two connections listening.
-# A notifying commit holds a database-wide lock until it ends (WAL flush included), so notifying
+# A notifying commit holds a cluster-wide lock until it ends (WAL flush included), so notifying
 # commits run one at a time: their rate stops growing with clients. See BENCHMARKS.md.
 #
 #   scripts/bench/notify-ceiling.sh [SECONDS_PER_RUN]
