@@ -22,7 +22,7 @@ import Storage
 import Synchronization
 
 /// The wrong passwords and lock of one (client address, login) pair, as `login_locks` keeps it.
-struct LoginLock: Sendable, Equatable {
+struct LoginLock: Sendable {
     var failures = 0
     var windowStart: Date
     var locks = 0

@@ -172,8 +172,9 @@ final class HTTPHandler: ChannelInboundHandler {
     /// it is woken.
     private func park(_ poll: LongPoll, context: ChannelHandlerContext, deadline: NIODeadline? = nil) {
         guard context.channel.isActive else { return }
-        let deadline = deadline ?? .now() + poll.timeout
-        guard deadline > .now() else {
+        let now = NIODeadline.now()
+        let deadline = deadline ?? now + poll.timeout
+        guard deadline > now else {
             PollMetrics.timeouts.increment()
             write(poll.empty(false), context: context)
             return

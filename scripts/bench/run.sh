@@ -261,6 +261,30 @@ if command -v sqlite3 >/dev/null; then
     fi
 fi
 
+# postgres_outcome LABEL URL LOG...: after the client's run as LABEL on the database at URL,
+# checks that the database holds at least the flows the client counted (STATUS=1 if not), and
+# records its approved requests and events, the writes stampd gave up on ("write kept
+# conflicting") and its warning lines (but the one every benchmark start logs) in LOG...
+postgres_outcome() {
+    local label=$1 url=$2 approved events flows conflicting warnings
+    shift 2
+    approved=$("$PSQL" -X -At -d "$url" -c "SELECT count(*) FROM requests WHERE status = 'approved'" 2>/dev/null || echo "?")
+    events=$("$PSQL" -X -At -d "$url" -c "SELECT count(*) FROM events" 2>/dev/null || echo "?")
+    flows=$(awk -F'\t' -v k="c.$label.flows" '$1 == k {print $2}' "$RESULTS")
+    conflicting=$(cat "$@" | grep -c "write kept conflicting" || true)
+    warnings=$(cat "$@" | grep -E '^[^ ]+ (warning|error|critical) ' | grep -vc 'insecure fast cost' || true)
+    cat "$@" | grep -E '^[^ ]+ (warning|error|critical) ' | grep -v 'insecure fast cost' \
+        | sed -E 's/^[^ ]+ //; s/[0-9]+/N/g' | sort | uniq -c | sort -rn | head -20 >"$OUT/stampd-$label-warnings.txt" || true
+    say "$label: $approved approved requests, $events events (client counted ${flows:-no} flows inside the window);" \
+        "stampd logged $conflicting 'write kept conflicting', $warnings warning/error lines"
+    printf 'db.%s.approved\t%s\ndb.%s.events\t%s\nlog.%s.kept_conflicting\t%s\nlog.%s.warnings\t%s\n' \
+        "$label" "$approved" "$label" "$events" "$label" "$conflicting" "$label" "$warnings" >>"$RESULTS"
+    if [[ -n $flows && ( $approved == "?" || $approved -lt $flows ) ]]; then
+        echo "run.sh: PostgreSQL ($label) holds fewer approved requests than the flows the client counted" >&2
+        STATUS=1
+    fi
+}
+
 # --- The same phases on PostgreSQL ------------------------------------------------------------
 # The SQLite stampd stops first, so the two do not share the cores (nginx stays, idle, for the
 # version line below). The cluster lives under BENCH_TMPDIR (default /var/tmp) like the SQLite file,
@@ -324,23 +348,7 @@ if [[ $PG_RUNNING == 1 ]]; then
         wait "$BENCH_PID" || PG_BENCH_STATUS=$?
         [[ $PG_BENCH_STATUS == 0 ]] || { echo "run.sh: stampd-bench (PostgreSQL) exited with $PG_BENCH_STATUS" >&2; STATUS=1; }
 
-        # What the client counted is in the database, and how often a write gave up on conflicts.
-        approved=$("$PSQL" -X -At -d "$PG_THROWAWAY_URL" -c "SELECT count(*) FROM requests WHERE status = 'approved'" 2>/dev/null || echo "?")
-        events=$("$PSQL" -X -At -d "$PG_THROWAWAY_URL" -c "SELECT count(*) FROM events" 2>/dev/null || echo "?")
-        flows=$(awk -F'\t' '$1 == "c.postgres.flows" {print $2}' "$RESULTS")
-        conflicting=$(grep -c "write kept conflicting" "$WORK/stampd-postgres.log" || true)
-        # Warning and error lines, but the one every benchmark start logs (the fast password hashing).
-        warnings=$(grep -E '^[^ ]+ (warning|error|critical) ' "$WORK/stampd-postgres.log" | grep -vc 'insecure fast cost' || true)
-        grep -E '^[^ ]+ (warning|error|critical) ' "$WORK/stampd-postgres.log" | grep -v 'insecure fast cost' \
-            | sed -E 's/^[^ ]+ //; s/[0-9]+/N/g' | sort | uniq -c | sort -rn | head -20 >"$OUT/stampd-postgres-warnings.txt" || true
-        say "PostgreSQL: $approved approved requests, $events events (client counted ${flows:-no} flows inside the window);" \
-            "stampd logged $conflicting 'write kept conflicting', $warnings warning/error lines"
-        printf 'db.postgres.approved\t%s\ndb.postgres.events\t%s\nlog.postgres.kept_conflicting\t%s\nlog.postgres.warnings\t%s\n' \
-            "$approved" "$events" "$conflicting" "$warnings" >>"$RESULTS"
-        if [[ -n $flows && ( $approved == "?" || $approved -lt $flows ) ]]; then
-            echo "run.sh: PostgreSQL holds fewer approved requests than the flows the client counted" >&2
-            STATUS=1
-        fi
+        postgres_outcome postgres "$PG_THROWAWAY_URL" "$WORK/stampd-postgres.log"
     fi
     stop_pid "$PG_STAMPD_PID"
 
@@ -372,15 +380,7 @@ if [[ $PG_RUNNING == 1 ]]; then
         PIDS+=("$BENCH_PID")
         wait "$BENCH_PID" || TWO_STATUS=$?
         [[ $TWO_STATUS == 0 ]] || { echo "run.sh: stampd-bench (two instances) exited with $TWO_STATUS" >&2; STATUS=1; }
-        approved=$("$PSQL" -X -At -d "$TWO_URL" -c "SELECT count(*) FROM requests WHERE status = 'approved'" 2>/dev/null || echo "?")
-        flows=$(awk -F'\t' '$1 == "c.postgres2.flows" {print $2}' "$RESULTS")
-        conflicting=$(cat "$WORK"/stampd-two-*.log | grep -c "write kept conflicting" || true)
-        say "two instances: $approved approved requests (client counted ${flows:-no} flows); $conflicting 'write kept conflicting'"
-        printf 'db.postgres2.approved\t%s\nlog.postgres2.kept_conflicting\t%s\n' "$approved" "$conflicting" >>"$RESULTS"
-        if [[ -n $flows && ( $approved == "?" || $approved -lt $flows ) ]]; then
-            echo "run.sh: PostgreSQL (two instances) holds fewer approved requests than the flows the client counted" >&2
-            STATUS=1
-        fi
+        postgres_outcome postgres2 "$TWO_URL" "$WORK"/stampd-two-*.log
 
         if [[ $MODE == smoke ]]; then CAPACITY=(--levels 20); else CAPACITY=(--levels 18000 --connect-concurrency 128); fi
         say "two instances: parked-poll capacity, one client each (${CAPACITY[*]})"
