@@ -210,7 +210,8 @@ extension StampService {
             }
             let erased = "deleted:" + principal.id
             try await connection.run("""
-                UPDATE accounts SET login = ?, login_key = ?, name = 'Deleted customer', password_hash = '!' WHERE id = ?
+                UPDATE accounts SET login = ?, login_key = ?, password_hash = '!',
+                    name = CASE role WHEN 'owner' THEN 'Former member' ELSE 'Deleted customer' END WHERE id = ?
                 """, erased, erased, principal.id)
             try await connection.run("UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL", now.millis, principal.id)
             try await connection.run("DELETE FROM member_codes WHERE account_id = ?", principal.id)
@@ -220,10 +221,13 @@ extension StampService {
             // are told, as for any cancellation.
             let waiting = try await connection.query(Self.requestSelect + " WHERE r.customer_id = ? AND r.status = 'pending'",
                                                principal.id) { try Self.requestRow($0) }
-            for (request, owner) in waiting {
-                let cancelled = try await Self.decide(request, .cancelled, reason: nil, now: now, on: connection)
-                try outbox.emit("request.cancelled", to: [owner], data: RequestChange(request: cancelled), at: now)
+            for (request, _) in waiting {
+                let cancelled = try await Self.decide(request, .cancelled, reason: nil, by: nil, now: now, on: connection)
+                try outbox.emit("request.cancelled", to: try await Self.memberIds(of: request.storeId, on: connection),
+                                data: RequestChange(request: cancelled), at: now)
             }
+            // Staff of other owners' stores leave them; what they did there keeps their name.
+            try await connection.run("DELETE FROM store_members WHERE account_id = ? AND role = 'staff'", principal.id)
             try await self.announceRevocation(of: principal.id, sessions: nil, on: connection)
         }
         sessions.forget(account: principal.id)

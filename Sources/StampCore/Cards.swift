@@ -35,15 +35,17 @@ extension StampService {
         let entries = try await read { connection -> [LedgerEntry]? in
             guard try await Self.loadCard(customer: principal.id, store: storeId, on: connection) != nil else { return nil }
             return try await connection.query("""
-                SELECT id, kind, stamps_delta, rewards_delta, request_id, at FROM ledger
-                WHERE customer_id = ? AND store_id = ? ORDER BY id
+                SELECT l.id, l.kind, l.stamps_delta, l.rewards_delta, l.request_id, l.at, l.member_id, m.name
+                FROM ledger l LEFT JOIN accounts m ON m.id = l.member_id
+                WHERE l.customer_id = ? AND l.store_id = ? ORDER BY l.id
                 """, principal.id, storeId) { row in
                 guard let kind = LedgerKind(rawValue: try row.get(1)) else {
                     throw StampError(.unavailable, "stored ledger row has an unknown kind")
                 }
                 return LedgerEntry(id: try row.get(0), kind: kind, stampsDelta: try row.get(2),
                                    rewardsDelta: try row.get(3), requestId: try row.optional(4),
-                                   at: Date(millis: try row.get(5)))
+                                   at: Date(millis: try row.get(5)),
+                                   member: Self.memberRef(try row.optional(6), name: try row.optional(7)))
             }
         }
         guard let entries else { throw StampError.notFound("card") }
@@ -61,15 +63,26 @@ extension StampService {
              rewards: try row.get(6), updatedAt: Date(millis: try row.get(7)))
     }
 
+    /// The member named by a row's id and name columns, or the counter code.
+    static func memberRef(_ id: String?, name: String?) -> MemberRef? {
+        guard let id else { return nil }
+        if id == counterCodeMember.id { return counterCodeMember }
+        return MemberRef(id: id, name: name ?? "Former member")
+    }
+
     static func loadCard(customer: String, store: String, on connection: any SQLSession) async throws -> Card? {
         try await connection.queryFirst(cardSelect + " WHERE c.customer_id = ? AND c.store_id = ?", customer, store) {
             try cardRow($0)
         }
     }
 
-    static func newCard(customer: String, store: String, now: Date, on connection: any SQLSession) async throws -> Card {
-        try await connection.run("INSERT INTO cards (customer_id, store_id, stamps, rewards, updated_at) VALUES (?, ?, 0, 0, ?)",
-                           customer, store, now.millis)
+    /// A new, empty card; `addedBy` is the member who added the customer (a walk-in, a member
+    /// code), nil for a card a request's approval made.
+    static func newCard(customer: String, store: String, addedBy: String? = nil, now: Date,
+                        on connection: any SQLSession) async throws -> Card {
+        try await connection.run("""
+            INSERT INTO cards (customer_id, store_id, stamps, rewards, updated_at, added_by, added_at) VALUES (?, ?, 0, 0, ?, ?, ?)
+            """, customer, store, now.millis, addedBy, now.millis)
         guard let card = try await loadCard(customer: customer, store: store, on: connection) else {
             throw StampError.notFound("store")
         }
@@ -82,11 +95,12 @@ extension StampService {
         return try await newCard(customer: customer, store: store, now: now, on: connection)
     }
 
-    static func addLedger(_ kind: LedgerKind, card: Card, stamps: Int, rewards: Int, request: String?,
+    /// A ledger row; `member` is the member who made the change (nil for a customer's gift).
+    static func addLedger(_ kind: LedgerKind, card: Card, stamps: Int, rewards: Int, request: String?, member: String? = nil,
                           at: Date, on connection: any SQLSession) async throws {
         try await connection.run("""
-            INSERT INTO ledger (customer_id, store_id, kind, stamps_delta, rewards_delta, request_id, at)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
-            """, card.customerId, card.storeId, kind.rawValue, stamps, rewards, request, at.millis)
+            INSERT INTO ledger (customer_id, store_id, kind, stamps_delta, rewards_delta, request_id, at, member_id)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """, card.customerId, card.storeId, kind.rawValue, stamps, rewards, request, at.millis, member)
     }
 }

@@ -121,6 +121,10 @@ extension StampService {
             // long again.
             ("DELETE FROM login_locks WHERE pair IN (SELECT pair FROM login_locks WHERE updated_at < ? LIMIT ?)",
              [now - Int64(2 * settings.loginLockCeiling * 1000), batch]),
+            ("""
+             DELETE FROM store_invitations WHERE code_hash IN
+                (SELECT code_hash FROM store_invitations WHERE expires_at < ? LIMIT ?)
+             """, [now, batch]),
             ("DELETE FROM member_codes WHERE code_hash IN (SELECT code_hash FROM member_codes WHERE expires_at < ? LIMIT ?)",
              [now, batch]),
             (SQL(sqlite: "DELETE FROM rate_events WHERE rowid IN (SELECT rowid FROM rate_events WHERE at < ? LIMIT ?)",

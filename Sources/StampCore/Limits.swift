@@ -31,6 +31,12 @@ public struct PartyLimits: Sendable {
     public var requestsPerCustomerPerStorePerHour = 30
     /// Gifts (and gift attempts to logins that do not exist) a customer may make per hour.
     public var giftsPerHour = 10
+    /// Staff one store may have (each member's devices get the store's events).
+    public var staffPerStore = 20
+    /// Staff invitations a store may make per day.
+    public var invitationsPerStorePerDay = 20
+    /// Unknown or expired invitation codes one account may enter per hour.
+    public var invitationMissesPerAccountPerHour = 10
     public init() {}
 }
 

@@ -14,6 +14,24 @@ public struct Account: Codable, Sendable, Equatable {
     public var createdAt: Date
 }
 
+/// A member's role at one store: its `owner` changes the store, its settings, menu and staff;
+/// `staff` run the counter (the queue, decisions, stamps, walk-ins).
+public enum MemberRole: String, Codable, Sendable, CaseIterable {
+    case owner
+    case staff
+}
+
+/// Who did something at a store: a member, or `counter-code` for a request the counter code
+/// approved by itself.
+public struct MemberRef: Codable, Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public init(id: String, name: String) {
+        self.id = id
+        self.name = name
+    }
+}
+
 public struct MenuItem: Codable, Sendable, Equatable {
     public var name: String
     /// In the store's smallest currency unit (e.g. cents or won).
@@ -68,6 +86,8 @@ public struct StampRequest: Codable, Sendable, Equatable {
     public var createdAt: Date
     public var expiresAt: Date
     public var decidedAt: Date?
+    /// The member who decided it (absent while pending, and for a cancellation or an expiry).
+    public var decidedBy: MemberRef?
 }
 
 public struct Card: Codable, Sendable, Equatable {
@@ -97,6 +117,8 @@ public struct LedgerEntry: Codable, Sendable, Equatable {
     public var rewardsDelta: Int
     public var requestId: String?
     public var at: Date
+    /// The member who made the change (absent for a customer's gift).
+    public var member: MemberRef?
 }
 
 /// One delivered event: what `GET /v1/events` lists.
@@ -115,6 +137,8 @@ public struct Principal: Sendable, Equatable {
     public var session: [UInt8]
     public var id: String { account.id }
     public var role: Role { account.role }
+    /// The caller as a store's records name them.
+    public var member: MemberRef { MemberRef(id: account.id, name: account.name) }
 }
 
 /// A page of results and the cursor that continues it, if there is more.

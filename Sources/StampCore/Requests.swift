@@ -52,41 +52,49 @@ extension StampService {
                     id: Identifier.make("req"), storeId: store.id, storeName: store.name,
                     customerId: principal.id, customerName: principal.account.name, kind: kind, count: count,
                     status: .pending, reason: nil, createdAt: now,
-                    expiresAt: now.addingTimeInterval(TimeInterval(store.requestTtlSeconds)), decidedAt: nil)
+                    expiresAt: now.addingTimeInterval(TimeInterval(store.requestTtlSeconds)), decidedAt: nil, decidedBy: nil)
                 try await connection.run("""
                     INSERT INTO requests (id, store_id, customer_id, kind, count, status, created_at, expires_at)
                     VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)
                     """, request.id, request.storeId, request.customerId, kind.rawValue, count,
                     now.millis, request.expiresAt.millis)
-                try outbox.emit("request.created", to: [store.ownerId], data: RequestChange(request: request),
-                                at: now)
+                try outbox.emit("request.created", to: try await Self.memberIds(of: store.id, on: connection),
+                                data: RequestChange(request: request), at: now)
                 return request
             }
         }
     }
 
+    /// A request, for the customer who made it and for the store's members.
     public func request(_ principal: Principal, id: String) async throws -> StampRequest {
-        let found = try await read { connection in try await Self.loadRequest(id, on: connection) }
-        guard let (request, owner) = found, request.customerId == principal.id || owner == principal.id else {
-            throw StampError.notFound("request")
+        let found = try await read { connection -> StampRequest? in
+            guard let (request, _) = try await Self.loadRequest(id, on: connection) else { return nil }
+            if request.customerId == principal.id { return request }
+            return try await Self.memberRole(principal.id, of: request.storeId, on: connection) == nil ? nil : request
         }
-        return request
+        guard let found else { throw StampError.notFound("request") }
+        return found
     }
 
-    /// The store's requests, newest first, for its owner.
-    public func storeRequests(_ principal: Principal, storeId: String, status: RequestStatus?, limit: Int,
-                              cursor: String?) async throws -> Page<StampRequest> {
+    /// The store's requests, newest first, for its members; `decidedBy` narrows them to one
+    /// member's decisions (the owner's view of who decided what).
+    public func storeRequests(_ principal: Principal, storeId: String, status: RequestStatus?, decidedBy: String? = nil,
+                              limit: Int, cursor: String?) async throws -> Page<StampRequest> {
         let limit = try Validate.range(limit, field: "limit", 1...100)
         let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
-        let principalID = principal.id
+        let decidedBy = try Validate.optionalText(decidedBy, field: "decidedBy", max: 100)
         var requests = try await read { connection -> [StampRequest] in
-            guard let owner = try await connection.queryFirst("SELECT owner_id FROM stores WHERE id = ?", storeId, row: {
-                try $0.get(0, as: String.self)
-            }) else { throw StampError.notFound("store") }
-            guard owner == principalID else { throw StampError(.forbidden, "only the store's owner sees its requests") }
+            try await Self.requireMember(principal, of: storeId, on: connection)
             var sql = SQL(Self.requestSelect + " WHERE r.store_id = ?")
             var parameters: [any SQLBindable] = [storeId]
-            if status == .pending {
+            if let decidedBy {
+                sql = sql + " AND r.decided_by = ?"
+                parameters.append(decidedBy)
+                if let status {
+                    sql = sql + " AND r.status = ?"
+                    parameters.append(status.rawValue)
+                }
+            } else if status == .pending {
                 // The partial index of pending requests holds a store's few pending rows; without
                 // the hint SQLite's planner may walk the store's whole history by date instead.
                 // PostgreSQL's planner weighs the partial index by its statistics and needs none.
@@ -111,28 +119,29 @@ extension StampService {
     public func approve(_ principal: Principal, requestId: String) async throws -> Approval {
         let now = clock.now()
         let outcome = try await write { connection, outbox -> Decided<Approval> in
-            let (request, owner) = try await Self.requestToDecide(requestId, by: principal, on: connection)
-            if let expired = try await Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
+            let (request, members) = try await Self.requestToDecide(requestId, by: principal, now: now, on: connection)
+            if let expired = try await Self.expireIfDue(request, now: now, on: connection, outbox: &outbox) {
                 return .expired(expired)
             }
             var card = try await Self.loadOrNewCard(customer: request.customerId, store: request.storeId, now: now, on: connection)
             switch request.kind {
             case .stamp:
                 try await Self.addLedger(.stampAdded, card: card, stamps: request.count, rewards: 0, request: request.id,
-                                   at: now, on: connection)
-                card = try await Self.convertAndSave(card, adding: request.count, request: request.id, now: now, on: connection)
+                                   member: principal.id, at: now, on: connection)
+                card = try await Self.convertAndSave(card, adding: request.count, request: request.id, member: principal.id,
+                                               now: now, on: connection)
             case .reward:
                 guard card.rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
                 try await Self.addLedger(.rewardUsed, card: card, stamps: 0, rewards: -1, request: request.id,
-                                   at: now, on: connection)
+                                   member: principal.id, at: now, on: connection)
                 card.rewards -= 1
                 card.updatedAt = now
                 try await connection.run("UPDATE cards SET rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
                                    card.rewards, now.millis, card.customerId, card.storeId)
             }
-            let approved = try await Self.decide(request, .approved, reason: nil, now: now, on: connection)
+            let approved = try await Self.decide(request, .approved, reason: nil, by: principal.member, now: now, on: connection)
             let approval = Approval(request: approved, card: card)
-            try outbox.emit("request.approved", to: [request.customerId, owner], data: approval, at: now)
+            try outbox.emit("request.approved", to: [request.customerId] + members, data: approval, at: now)
             return .decided(approval)
         }
         return try outcome.get()
@@ -142,12 +151,12 @@ extension StampService {
         let reason = try Validate.optionalText(reason, field: "reason", max: 300)
         let now = clock.now()
         let outcome = try await write { connection, outbox -> Decided<StampRequest> in
-            let (request, owner) = try await Self.requestToDecide(requestId, by: principal, on: connection)
-            if let expired = try await Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
+            let (request, members) = try await Self.requestToDecide(requestId, by: principal, now: now, on: connection)
+            if let expired = try await Self.expireIfDue(request, now: now, on: connection, outbox: &outbox) {
                 return .expired(expired)
             }
-            let rejected = try await Self.decide(request, .rejected, reason: reason, now: now, on: connection)
-            try outbox.emit("request.rejected", to: [request.customerId, owner], data: RequestChange(request: rejected),
+            let rejected = try await Self.decide(request, .rejected, reason: reason, by: principal.member, now: now, on: connection)
+            try outbox.emit("request.rejected", to: [request.customerId] + members, data: RequestChange(request: rejected),
                             at: now)
             return .decided(rejected)
         }
@@ -158,19 +167,22 @@ extension StampService {
     public func cancel(_ principal: Principal, requestId: String) async throws -> StampRequest {
         let now = clock.now()
         let outcome = try await write { connection, outbox -> Decided<StampRequest> in
-            guard let (request, owner) = try await Self.loadRequest(requestId, on: connection),
-                  request.customerId == principal.id || owner == principal.id else {
+            guard let (request, _) = try await Self.loadRequest(requestId, on: connection) else {
                 throw StampError.notFound("request")
             }
             guard request.customerId == principal.id else {
+                guard try await Self.memberRole(principal.id, of: request.storeId, on: connection) != nil else {
+                    throw StampError.notFound("request")
+                }
                 throw StampError(.forbidden, "only the customer who asked may cancel a request")
             }
             try Self.requirePending(request)
-            if let expired = try await Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox) {
+            if let expired = try await Self.expireIfDue(request, now: now, on: connection, outbox: &outbox) {
                 return .expired(expired)
             }
-            let cancelled = try await Self.decide(request, .cancelled, reason: nil, now: now, on: connection)
-            try outbox.emit("request.cancelled", to: [owner], data: RequestChange(request: cancelled), at: now)
+            let cancelled = try await Self.decide(request, .cancelled, reason: nil, by: nil, now: now, on: connection)
+            try outbox.emit("request.cancelled", to: try await Self.memberIds(of: request.storeId, on: connection),
+                            data: RequestChange(request: cancelled), at: now)
             return .decided(cancelled)
         }
         return try outcome.get()
@@ -184,8 +196,8 @@ extension StampService {
             let due = try await connection.query(Self.requestSelect + """
                  WHERE r.status = 'pending' AND r.expires_at <= ? ORDER BY r.expires_at LIMIT ?
                 """, now.millis, batch) { try Self.requestRow($0) }
-            for (request, owner) in due {
-                _ = try await Self.expireIfDue(request, owner: owner, now: now, on: connection, outbox: &outbox)
+            for (request, _) in due {
+                _ = try await Self.expireIfDue(request, now: now, on: connection, outbox: &outbox)
             }
             return due.count
         }
@@ -238,52 +250,59 @@ extension StampService {
         }
     }
 
-    static func requestToDecide(_ id: String, by principal: Principal,
-                                on connection: any SQLSession) async throws -> (StampRequest, owner: String) {
-        guard let (request, owner) = try await loadRequest(id, on: connection) else { throw StampError.notFound("request") }
-        if owner != principal.id {
+    /// The pending request a member decides, and the store's members (who are told). The
+    /// customer who asked gets 403, anyone else 404; a request decided already is 409 with
+    /// its current state, so the page shows who decided it.
+    static func requestToDecide(_ id: String, by principal: Principal, now: Date,
+                                on connection: any SQLSession) async throws -> (StampRequest, members: [String]) {
+        guard let (request, _) = try await loadRequest(id, on: connection) else { throw StampError.notFound("request") }
+        guard try await memberRole(principal.id, of: request.storeId, on: connection) != nil else {
             if request.customerId == principal.id {
-                throw StampError(.forbidden, "only the store's owner decides a request")
+                throw StampError(.forbidden, "only the store's members decide a request")
             }
             throw StampError.notFound("request")
         }
         try requirePending(request)
-        return (request, owner)
+        try await requireMember(principal, of: request.storeId, on: connection, touching: now)
+        return (request, try await memberIds(of: request.storeId, on: connection))
     }
 
     static func requirePending(_ request: StampRequest) throws {
         guard request.status == .pending else {
-            throw StampError(.conflict, "the request is already \(request.status.rawValue)")
+            let by = request.decidedBy.map { " by \($0.name)" } ?? ""
+            throw StampError.conflict("the request is already \(request.status.rawValue)\(by)", current: request, as: "request")
         }
     }
 
-    static func expireIfDue(_ request: StampRequest, owner: String, now: Date, on connection: any SQLSession,
+    static func expireIfDue(_ request: StampRequest, now: Date, on connection: any SQLSession,
                             outbox: inout Outbox) async throws -> StampRequest? {
         guard request.status == .pending, request.expiresAt <= now else { return nil }
-        let expired = try await decide(request, .expired, reason: nil, now: now, on: connection)
-        try outbox.emit("request.expired", to: [request.customerId, owner], data: RequestChange(request: expired),
-                        at: now)
+        let expired = try await decide(request, .expired, reason: nil, by: nil, now: now, on: connection)
+        try outbox.emit("request.expired", to: [request.customerId] + (try await memberIds(of: request.storeId, on: connection)),
+                        data: RequestChange(request: expired), at: now)
         return expired
     }
 
-    static func decide(_ request: StampRequest, _ status: RequestStatus, reason: String?, now: Date,
+    static func decide(_ request: StampRequest, _ status: RequestStatus, reason: String?, by member: MemberRef?, now: Date,
                        on connection: any SQLSession) async throws -> StampRequest {
         // The status guard makes a concurrent second decision change nothing.
         let changed = try await connection.run("""
-            UPDATE requests SET status = ?, reason = ?, decided_at = ? WHERE id = ? AND status = 'pending'
-            """, status.rawValue, reason, now.millis, request.id)
+            UPDATE requests SET status = ?, reason = ?, decided_at = ?, decided_by = ? WHERE id = ? AND status = 'pending'
+            """, status.rawValue, reason, now.millis, member?.id, request.id)
         guard changed == 1 else { throw StampError(.conflict, "the request is no longer pending") }
         var decided = request
         decided.status = status
         decided.reason = reason
         decided.decidedAt = now
+        decided.decidedBy = member
         return decided
     }
 
     static let requestSelect = """
         SELECT r.id, r.store_id, s.name, r.customer_id, a.name, r.kind, r.count, r.status, r.reason,
-               r.created_at, r.expires_at, r.decided_at, s.owner_id
+               r.created_at, r.expires_at, r.decided_at, s.owner_id, r.decided_by, d.name
         FROM requests r JOIN stores s ON s.id = r.store_id JOIN accounts a ON a.id = r.customer_id
+        LEFT JOIN accounts d ON d.id = r.decided_by
         """
 
     static func loadRequest(_ id: String, on connection: any SQLSession) async throws -> (StampRequest, owner: String)? {
@@ -298,7 +317,8 @@ extension StampService {
             id: try row.get(0), storeId: try row.get(1), storeName: try row.get(2), customerId: try row.get(3),
             customerName: try row.get(4), kind: kind, count: try row.get(6), status: status,
             reason: try row.optional(8), createdAt: Date(millis: try row.get(9)),
-            expiresAt: Date(millis: try row.get(10)), decidedAt: try row.optional(11, as: Int64.self).map(Date.init(millis:)))
+            expiresAt: Date(millis: try row.get(10)), decidedAt: try row.optional(11, as: Int64.self).map(Date.init(millis:)),
+            decidedBy: memberRef(try row.optional(13), name: try row.optional(14)))
         return (request, try row.get(12))
     }
 

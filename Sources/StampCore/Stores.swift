@@ -72,6 +72,9 @@ extension StampService {
                     created.address, created.latitude, created.longitude, created.openHours,
                     created.requestTtlSeconds, now.millis, now.millis)
                 try await Self.replaceMenu(created.menu, of: created.id, on: connection)
+                try await connection.run("""
+                    INSERT INTO store_members (store_id, account_id, role, added_at, last_active_at) VALUES (?, ?, 'owner', ?, ?)
+                    """, created.id, principal.id, now.millis, now.millis)
                 return created
             }
         }
@@ -105,7 +108,7 @@ extension StampService {
         let changesPerHour = settings.limits.storeChangesPerHour
         let (store, more) = try await write { connection, outbox -> (Store, Bool) in
             guard var store = try await Self.loadStore(id, on: connection) else { throw StampError.notFound("store") }
-            guard store.ownerId == principal.id else { throw StampError(.forbidden, "only the store's owner may change it") }
+            try await Self.requireOwner(principal, of: id, on: connection, touching: now)
             try await Self.countAction("store-change:" + id, limit: changesPerHour, window: Self.hour,
                                  what: "\(changesPerHour) changes an hour per store", now: now, on: connection)
             if let name { store.name = name }

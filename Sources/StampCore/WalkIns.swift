@@ -63,7 +63,7 @@ extension StampService {
         let legacyKey = loginText.map(Login.legacyKey)
         let namePart = try name.map { try Validate.text($0, field: "name", min: 2, max: 100) }
         return try await read { connection in
-            try await Self.requireOwner(principal, of: storeId, on: connection)
+            try await Self.requireMember(principal, of: storeId, on: connection)
             let select = """
                 SELECT a.id, a.name, a.login, a.walk_in FROM cards c JOIN accounts a ON a.id = c.customer_id
                 WHERE c.store_id = ?
@@ -101,7 +101,7 @@ extension StampService {
         let code = Self.newDigits(6)
         let limits = settings.limits
         return try await write { connection, _ in
-            try await Self.requireOwner(principal, of: storeId, on: connection)
+            try await Self.requireMember(principal, of: storeId, on: connection, touching: now)
             let phoneKey = "tel:" + digits
             let heldKey = Self.heldKey(store: storeId, phoneKey: phoneKey)
             if try await connection.queryFirst("SELECT 1 FROM accounts WHERE login_key = ?", heldKey, row: { try $0.get(0, as: Int.self) }) != nil {
@@ -113,7 +113,7 @@ extension StampService {
                 INSERT INTO accounts (id, role, login, login_key, name, password_hash, created_at, walk_in)
                 VALUES (?, 'customer', ?, ?, ?, '!', ?, 1)
                 """, id, phone, heldKey, name, now.millis)
-            _ = try await Self.newCard(customer: id, store: storeId, now: now, on: connection)
+            _ = try await Self.newCard(customer: id, store: storeId, addedBy: principal.id, now: now, on: connection)
             let claim = try await Self.storeClaimCode(code, store: storeId, phoneKey: phoneKey, now: now, on: connection)
             return CustomerAdded(customer: CustomerSummary(id: id, name: name, login: phone, walkIn: true), claim: claim)
         }
@@ -127,7 +127,7 @@ extension StampService {
         let now = clock.now()
         let limits = settings.limits
         let outcome = try await write { connection, outbox -> Result<CustomerAdded, StampError> in
-            try await Self.requireOwner(principal, of: storeId, on: connection)
+            try await Self.requireMember(principal, of: storeId, on: connection, touching: now)
             let missScope = "member-miss:" + storeId
             if let wait = try await Self.secondsUntilAllowed(missScope, limit: limits.memberCodeMissesPerStorePerHour,
                                                        window: Self.hour, now: now, on: connection) {
@@ -146,7 +146,8 @@ extension StampService {
             try await connection.run("DELETE FROM member_codes WHERE code_hash = ?", Self.memberDigest(code))
             if try await Self.loadCard(customer: customer.id, store: storeId, on: connection) == nil {
                 // The new (empty) card shows on the person's phone at once.
-                let card = try await Self.newCard(customer: customer.id, store: storeId, now: now, on: connection)
+                let card = try await Self.newCard(customer: customer.id, store: storeId, addedBy: principal.id, now: now,
+                                                  on: connection)
                 try outbox.emit("card.updated", to: [customer.id], data: CardChange(card: card, reason: "added"),
                                 at: now)
             }
@@ -186,7 +187,7 @@ extension StampService {
         let code = Self.newDigits(6)
         let limits = settings.limits
         return try await write { connection, _ in
-            try await Self.requireOwner(principal, of: storeId, on: connection)
+            try await Self.requireMember(principal, of: storeId, on: connection, touching: now)
             guard let (key, walkIn) = try await connection.queryFirst("""
                 SELECT a.login_key, a.walk_in FROM accounts a JOIN cards c ON c.customer_id = a.id AND c.store_id = ?
                 WHERE a.id = ?
@@ -227,14 +228,14 @@ extension StampService {
         return try outcome.get()
     }
 
-    /// The owner adds (or, for a correction, removes) stamps on the card of one of the store's customers.
+    /// A member adds (or, for a correction, removes) stamps on the card of one of the store's customers.
     public func stampDirectly(_ principal: Principal, storeId: String, customerId: String, count: Int) async throws -> Card {
         guard count != 0 else { throw StampError.invalid("count", "count must not be 0") }
         let count = try Validate.range(count, field: "count", -100...100)
         let now = clock.now()
         let limits = settings.limits
         return try await write { connection, outbox in
-            try await Self.requireOwner(principal, of: storeId, on: connection)
+            try await Self.requireMember(principal, of: storeId, on: connection, touching: now)
             guard var card = try await Self.loadCard(customer: customerId, store: storeId, on: connection) else {
                 throw StampError(.notFound, "this person has no card here: add them with the member code their phone shows",
                                  field: "customerId")
@@ -245,8 +246,9 @@ extension StampService {
             try await Self.countAction("stamp:" + storeId, limit: limits.directStampsPerStorePerHour, window: Self.hour,
                                  what: "\(limits.directStampsPerStorePerHour) direct stamp changes an hour per store",
                                  now: now, on: connection)
-            try await Self.addLedger(.manualStamp, card: card, stamps: count, rewards: 0, request: nil, at: now, on: connection)
-            card = try await Self.convertAndSave(card, adding: count, now: now, on: connection)
+            try await Self.addLedger(.manualStamp, card: card, stamps: count, rewards: 0, request: nil, member: principal.id,
+                               at: now, on: connection)
+            card = try await Self.convertAndSave(card, adding: count, member: principal.id, now: now, on: connection)
             if try await !Self.isHeld(customerId, on: connection) {
                 try outbox.emit("card.updated", to: [customerId],
                                 data: CardChange(card: card, reason: "ownerStamped", stamps: count), at: now)
@@ -259,13 +261,6 @@ extension StampService {
 
     /// "1 stamp", "3 stamps".
     static func stamps(_ count: Int) -> String { count == 1 ? "1 stamp" : "\(count) stamps" }
-
-    static func requireOwner(_ principal: Principal, of storeId: String, on connection: any SQLSession) async throws {
-        guard let owner = try await connection.queryFirst("SELECT owner_id FROM stores WHERE id = ?", storeId, row: {
-            try $0.get(0, as: String.self)
-        }) else { throw StampError.notFound("store") }
-        guard owner == principal.id else { throw StampError(.forbidden, "only the store's owner may do this") }
-    }
 
     static func customerRow(_ row: borrowing Row) throws -> CustomerSummary {
         CustomerSummary(id: try row.get(0), name: try row.get(1), login: try row.get(2), walkIn: try row.get(3))
@@ -373,14 +368,14 @@ extension StampService {
 
     /// Adds `stamps` (after its ledger row is written), turns full sets into rewards with a ledger
     /// row of their own, and saves the card.
-    static func convertAndSave(_ card: Card, adding stamps: Int, request: String? = nil, now: Date,
+    static func convertAndSave(_ card: Card, adding stamps: Int, request: String? = nil, member: String? = nil, now: Date,
                                on connection: any SQLSession) async throws -> Card {
         var card = card
         let total = card.stamps + stamps
         let earned = total / card.stampsPerReward
         if earned > 0 {
             try await addLedger(.rewardEarned, card: card, stamps: -earned * card.stampsPerReward, rewards: earned,
-                          request: request, at: now, on: connection)
+                          request: request, member: member, at: now, on: connection)
         }
         card.stamps = total - earned * card.stampsPerReward
         card.rewards += earned

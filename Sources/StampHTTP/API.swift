@@ -84,6 +84,32 @@ struct API: Sendable {
                                                        customerId: try input.requiredString("customerId"), count: count)
             return .response(.json(OwnerStamping(card: card)))
         }
+        router.add(.GET, "/v1/me/stores") { request in
+            let principal = try await principal(request)
+            return .response(.json(MembershipList(stores: try await service.myStores(principal))))
+        }
+        router.add(.POST, "/v1/me/stores") { request in
+            let principal = try await principal(request)
+            let input = try JSONInput(request, allowed: ["invitationCode"])
+            let joined = try await service.joinStore(principal, code: try input.requiredString("invitationCode"))
+            return .response(.json(joined, status: .created))
+        }
+        router.add(.GET, "/v1/stores/{storeId}/members") { request in
+            let principal = try await principal(request)
+            return .response(.json(try await service.members(principal, storeId: request.parameter("storeId"))))
+        }
+        router.add(.POST, "/v1/stores/{storeId}/invitations") { request in
+            let principal = try await principal(request)
+            _ = try JSONInput(request, allowed: [])
+            return .response(.json(try await service.inviteStaff(principal, storeId: request.parameter("storeId")), status: .created))
+        }
+        router.add(.DELETE, "/v1/stores/{storeId}/members/{accountId}") { request in
+            let principal = try await principal(request)
+            try await service.removeMember(principal, storeId: request.parameter("storeId"),
+                                           accountId: request.parameter("accountId"))
+            return .response(Response(status: .noContent, headers: ["Cache-Control": "no-store"]))
+        }
+        router.add(.GET, "/v1/stores/{storeId}/activity") { try await activity($0) }
         router.add(.POST, "/v1/me/member-code") { request in
             let principal = try await principal(request)
             _ = try JSONInput(request, allowed: [])
@@ -251,8 +277,38 @@ struct API: Sendable {
             status = parsed
         }
         let page = try await service.storeRequests(principal, storeId: request.parameter("storeId"), status: status,
+                                                   decidedBy: request.query["decidedBy"],
                                                    limit: try queryInt(request, "limit") ?? 50, cursor: request.query["cursor"])
         return .response(.json(RequestList(requests: page.items, nextCursor: page.nextCursor)))
+    }
+
+    /// Per-member counts for one day (`day=YYYY-MM-DD`, in the store's `utcOffsetMinutes`).
+    private func activity(_ request: Request) async throws -> Reply {
+        let principal = try await principal(request)
+        let offset = try queryInt(request, "utcOffsetMinutes") ?? 0
+        guard (-14 * 60...14 * 60).contains(offset) else {
+            throw HTTPError.invalid("utcOffsetMinutes", "utcOffsetMinutes must be between -840 and 840")
+        }
+        guard let dayText = request.query["day"] else { throw HTTPError.invalid("day", "day is required (YYYY-MM-DD)") }
+        guard let start = Self.dayStart(dayText, offsetMinutes: offset) else {
+            throw HTTPError.invalid("day", "day must be a date as YYYY-MM-DD")
+        }
+        let counts = try await service.memberCounts(principal, storeId: request.parameter("storeId"), from: start,
+                                                    to: start.addingTimeInterval(86_400))
+        return .response(.json(Activity(day: dayText, utcOffsetMinutes: offset, members: counts)))
+    }
+
+    /// Midnight of `YYYY-MM-DD` at `offsetMinutes` east of UTC.
+    static func dayStart(_ text: String, offsetMinutes: Int) -> Date? {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard text.utf8.count == 10, parts.count == 3, parts.allSatisfy({ $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }),
+              let year = Int(parts[0]), let month = Int(parts[1]), let day = Int(parts[2]),
+              (2000...2200).contains(year) else { return nil }
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(secondsFromGMT: 0)!
+        let components = DateComponents(year: year, month: month, day: day)
+        guard components.isValidDate(in: calendar), let midnight = calendar.date(from: components) else { return nil }
+        return midnight.addingTimeInterval(TimeInterval(-offsetMinutes * 60))
     }
 
     // MARK: - Shared pieces
@@ -305,6 +361,16 @@ struct StoreList: Encodable, Sendable {
 struct RequestList: Encodable, Sendable {
     var requests: [StampRequest]
     var nextCursor: String?
+}
+
+struct MembershipList: Encodable, Sendable {
+    var stores: [Membership]
+}
+
+struct Activity: Encodable, Sendable {
+    var day: String
+    var utcOffsetMinutes: Int
+    var members: [MemberCounts]
 }
 
 struct CardList: Encodable, Sendable {

@@ -113,7 +113,9 @@ public struct Response: Sendable {
             if index > 0 { json += "," }
             json += "\"\(key)\":\(jsonString(object[key]!))"
         }
-        json += ",\"status\":\(error.status.code)}"
+        json += ",\"status\":\(error.status.code)"
+        if let current = error.current { json += ",\(jsonString(current.name)):\(current.json)" }
+        json += "}"
         var headers: HTTPHeaders = ["Content-Type": "application/problem+json", "Cache-Control": "no-store"]
         for (name, value) in error.headers { headers.add(name: name, value: value) }
         return Response(status: error.status, headers: headers, body: ByteBuffer(string: json))
@@ -149,6 +151,8 @@ public struct HTTPError: Error, Sendable {
     public var detail: String
     public var field: String?
     public var headers: [(String, String)]
+    /// A resource's current state, as a member of the document (see `StampError.current`).
+    public var current: StampError.Current?
 
     public init(_ status: HTTPResponseStatus, detail: String, field: String? = nil, headers: [(String, String)] = []) {
         self.status = status
@@ -184,6 +188,7 @@ public struct HTTPError: Error, Sendable {
         }
         if let retryAfter = error.retryAfter { headers.append(("Retry-After", String(retryAfter))) }
         self.init(status, detail: error.detail, field: error.field, headers: headers)
+        current = error.current
     }
 }
 

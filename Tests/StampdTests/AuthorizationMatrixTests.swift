@@ -1,7 +1,7 @@
 // Who may do what, for every operation of openapi.yaml: an operation the document lists and
 // the matrix does not (or the other way round) fails the test, so a new endpoint cannot ship
 // without its row. Each row says what an anonymous caller, the customer whose card and request
-// these are (A), another customer (B), the store's owner (X) and another store's owner (Y) get.
+// these are (A), another customer (B), the store's owner (X), another store's owner (Y) and a member of X's staff (S) get.
 import Foundation
 import Testing
 
@@ -38,7 +38,7 @@ import Testing
     struct Row {
         let operation: String
         let anonymous: Int
-        let statuses: [Int]?  // A, B, X, Y
+        let statuses: [Int]?  // A, B, X, Y, S
         /// Signs in afresh for each call: the call ends the session it is made with.
         var freshSession = false
         /// The path (and body) per call: request operations get a fresh pending request each.
@@ -73,6 +73,13 @@ import Testing
             let answer = try await client.request("POST", "/v1/stores/\(store)/requests", token: a.token, json: ["kind": "stamp"])
             return "/v1/requests/\(try answer.string("id"))"
         }
+        let staff = try await server.addStaff(to: store, owner: TestServer.Person(token: x.token, id: x.id),
+                                              login: "sam@example.com")
+        let sam = Person(login: "sam@example.com", token: staff.token, id: staff.id)
+        // Another member of X's store, for each call that removes one.
+        let freshStaff: @Sendable () async throws -> String = {
+            try await server.addStaff(to: store, owner: TestServer.Person(token: x.token, id: x.id)).id
+        }
         let counter = Counter()
         let s = "/v1/stores/\(store)"
         let rows: [Row] = [
@@ -80,57 +87,68 @@ import Testing
                 body: { ["role": "customer", "login": "new\(counter.next())@example.com", "password": "correct horse", "name": "N"] }),
             Row(operation: "POST /v1/sessions", anonymous: 401, statuses: nil,
                 body: { ["login": "bea@example.com", "password": "not the password"] }),
-            Row(operation: "DELETE /v1/sessions/current", anonymous: 401, statuses: [204, 204, 204, 204], freshSession: true),
-            Row(operation: "GET /v1/me", anonymous: 401, statuses: [200, 200, 200, 200]),
-            Row(operation: "DELETE /v1/me", anonymous: 401, statuses: [403, 403, 403, 403], body: { ["password": "not the password"] }),
-            Row(operation: "POST /v1/me/password", anonymous: 401, statuses: [403, 403, 403, 403],
+            Row(operation: "DELETE /v1/sessions/current", anonymous: 401, statuses: [204, 204, 204, 204, 204], freshSession: true),
+            Row(operation: "GET /v1/me", anonymous: 401, statuses: [200, 200, 200, 200, 200]),
+            Row(operation: "DELETE /v1/me", anonymous: 401, statuses: [403, 403, 403, 403, 403], body: { ["password": "not the password"] }),
+            Row(operation: "POST /v1/me/password", anonymous: 401, statuses: [403, 403, 403, 403, 403],
                 body: { ["currentPassword": "not the password", "newPassword": "battery staple"] }),
-            Row(operation: "POST /v1/me/member-code", anonymous: 401, statuses: [201, 201, 403, 403]),
-            Row(operation: "POST /v1/me/claims", anonymous: 401, statuses: [422, 409, 403, 403], body: { ["code": "123456"] }),
-            Row(operation: "POST /v1/stores", anonymous: 401, statuses: [403, 403, 201, 201],
+            Row(operation: "GET /v1/me/stores", anonymous: 401, statuses: [200, 200, 200, 200, 200]),
+            Row(operation: "POST /v1/me/stores", anonymous: 401, statuses: [403, 403, 422, 422, 422],
+                body: { ["invitationCode": "ABCDE-FGHJK"] }),
+            Row(operation: "POST /v1/me/member-code", anonymous: 401, statuses: [201, 201, 403, 403, 403]),
+            Row(operation: "POST /v1/me/claims", anonymous: 401, statuses: [422, 409, 403, 403, 403], body: { ["code": "123456"] }),
+            Row(operation: "POST /v1/stores", anonymous: 401, statuses: [403, 403, 201, 201, 201],
                 body: { ["name": "Another \(counter.next())", "rewardItem": "Tea"] }),
-            Row(operation: "GET /v1/stores", anonymous: 401, statuses: [200, 200, 200, 200]),
-            Row(operation: "GET /v1/stores/{storeId}", anonymous: 401, statuses: [200, 200, 200, 200], path: { s }),
-            Row(operation: "PATCH /v1/stores/{storeId}", anonymous: 401, statuses: [403, 403, 200, 403], path: { s },
+            Row(operation: "GET /v1/stores", anonymous: 401, statuses: [200, 200, 200, 200, 200]),
+            Row(operation: "GET /v1/stores/{storeId}", anonymous: 401, statuses: [200, 200, 200, 200, 200], path: { s }),
+            Row(operation: "PATCH /v1/stores/{storeId}", anonymous: 401, statuses: [403, 403, 200, 403, 403], path: { s },
                 body: { ["name": "Renamed"] }),
-            Row(operation: "POST /v1/stores/{storeId}/requests", anonymous: 401, statuses: [201, 201, 403, 403],
+            Row(operation: "POST /v1/stores/{storeId}/requests", anonymous: 401, statuses: [201, 201, 403, 403, 403],
                 path: { "\(s)/requests" }, body: { ["kind": "stamp"] }),
-            Row(operation: "GET /v1/stores/{storeId}/requests", anonymous: 401, statuses: [403, 403, 200, 403], path: { "\(s)/requests" }),
-            Row(operation: "GET /v1/stores/{storeId}/customers", anonymous: 401, statuses: [403, 403, 200, 403],
+            Row(operation: "GET /v1/stores/{storeId}/requests", anonymous: 401, statuses: [403, 403, 200, 403, 200], path: { "\(s)/requests" }),
+            Row(operation: "GET /v1/stores/{storeId}/customers", anonymous: 401, statuses: [403, 403, 200, 403, 200],
                 path: { "\(s)/customers?phoneEndsWith=0101" }),
-            Row(operation: "POST /v1/stores/{storeId}/customers", anonymous: 401, statuses: [403, 403, 201, 403],
+            Row(operation: "POST /v1/stores/{storeId}/customers", anonymous: 401, statuses: [403, 403, 201, 403, 201],
                 path: { "\(s)/customers" }, body: { ["phone": "+1 555 \(1_000_000 + counter.next())"] }),
-            Row(operation: "POST /v1/stores/{storeId}/customers/{customerId}/claim-code", anonymous: 401, statuses: [403, 403, 409, 403],
+            Row(operation: "POST /v1/stores/{storeId}/customers/{customerId}/claim-code", anonymous: 401, statuses: [403, 403, 409, 403, 409],
                 path: { "\(s)/customers/\(a.id)/claim-code" }),
-            Row(operation: "POST /v1/stores/{storeId}/stamps", anonymous: 401, statuses: [403, 403, 200, 403],
+            Row(operation: "GET /v1/stores/{storeId}/members", anonymous: 401, statuses: [403, 403, 200, 403, 403],
+                path: { "\(s)/members" }),
+            Row(operation: "POST /v1/stores/{storeId}/invitations", anonymous: 401, statuses: [403, 403, 201, 403, 403],
+                path: { "\(s)/invitations" }),
+            Row(operation: "DELETE /v1/stores/{storeId}/members/{accountId}", anonymous: 401, statuses: [403, 403, 204, 403, 403],
+                path: { "\(s)/members/\(try await freshStaff())" }),
+            Row(operation: "GET /v1/stores/{storeId}/activity", anonymous: 401, statuses: [403, 403, 200, 403, 403],
+                path: { "\(s)/activity?day=2026-12-01" }),
+            Row(operation: "POST /v1/stores/{storeId}/stamps", anonymous: 401, statuses: [403, 403, 200, 403, 200],
                 path: { "\(s)/stamps" }, body: { ["customerId": a.id, "count": 1] }),
-            Row(operation: "GET /v1/requests/{requestId}", anonymous: 401, statuses: [200, 404, 200, 404],
+            Row(operation: "GET /v1/requests/{requestId}", anonymous: 401, statuses: [200, 404, 200, 404, 200],
                 path: { "/v1/requests/\(pending)" }),
-            Row(operation: "DELETE /v1/requests/{requestId}", anonymous: 401, statuses: [200, 404, 403, 404], path: freshRequest),
-            Row(operation: "POST /v1/requests/{requestId}/approve", anonymous: 401, statuses: [403, 404, 200, 404], path: {
+            Row(operation: "DELETE /v1/requests/{requestId}", anonymous: 401, statuses: [200, 404, 403, 404, 403], path: freshRequest),
+            Row(operation: "POST /v1/requests/{requestId}/approve", anonymous: 401, statuses: [403, 404, 200, 404, 200], path: {
                 try await freshRequest() + "/approve" }),
-            Row(operation: "POST /v1/requests/{requestId}/reject", anonymous: 401, statuses: [403, 404, 200, 404], path: {
+            Row(operation: "POST /v1/requests/{requestId}/reject", anonymous: 401, statuses: [403, 404, 200, 404, 200], path: {
                 try await freshRequest() + "/reject" }),
-            Row(operation: "GET /v1/cards", anonymous: 401, statuses: [200, 200, 403, 403]),
-            Row(operation: "GET /v1/cards/{storeId}/ledger", anonymous: 401, statuses: [200, 404, 403, 403],
+            Row(operation: "GET /v1/cards", anonymous: 401, statuses: [200, 200, 403, 403, 403]),
+            Row(operation: "GET /v1/cards/{storeId}/ledger", anonymous: 401, statuses: [200, 404, 403, 403, 403],
                 path: { "/v1/cards/\(store)/ledger" }),
-            Row(operation: "POST /v1/cards/{storeId}/gifts", anonymous: 401, statuses: [201, 404, 403, 403],
+            Row(operation: "POST /v1/cards/{storeId}/gifts", anonymous: 401, statuses: [201, 404, 403, 403, 403],
                 path: { "/v1/cards/\(store)/gifts" }, body: { ["to": "cara@example.com", "count": 1] }),
-            Row(operation: "GET /v1/events", anonymous: 401, statuses: [200, 200, 200, 200], path: { "/v1/events?timeout=1" }),
+            Row(operation: "GET /v1/events", anonymous: 401, statuses: [200, 200, 200, 200, 200], path: { "/v1/events?timeout=1" }),
             Row(operation: "GET /healthz", anonymous: 200, statuses: nil),
             Row(operation: "GET /readyz", anonymous: 200, statuses: nil),
             Row(operation: "GET /", anonymous: 200, statuses: nil),
             Row(operation: "GET /app", anonymous: 200, statuses: nil),
             Row(operation: "GET /assets/{name}", anonymous: 200, statuses: nil, path: { "/assets/style.css" }),
             // Last: signing out everywhere ends the sessions the rows above use.
-            Row(operation: "DELETE /v1/sessions", anonymous: 401, statuses: [204, 204, 204, 204], freshSession: true),
+            Row(operation: "DELETE /v1/sessions", anonymous: 401, statuses: [204, 204, 204, 204, 204], freshSession: true),
         ]
         let documented = try Self.documentedOperations()
         let covered = Set(rows.map(\.operation))
         #expect(documented.subtracting(covered).isEmpty, "documented but not in the matrix: \(documented.subtracting(covered).sorted())")
         #expect(covered.subtracting(documented).isEmpty, "in the matrix but not documented: \(covered.subtracting(documented).sorted())")
 
-        let people = [("A", a), ("B", b), ("X", x), ("Y", y)]
+        let people = [("A", a), ("B", b), ("X", x), ("Y", y), ("S", sam)]
         for row in rows {
             let method = String(row.operation.split(separator: " ")[0])
             let template = String(row.operation.split(separator: " ")[1])

@@ -128,6 +128,20 @@ final class TestServer: Sendable {
         return try response.string("id")
     }
 
+    /// A store account that joins `store` as staff with an invitation its owner makes.
+    func addStaff(to store: String, owner: Person, login: String = "staff-\(UUID().uuidString.prefix(8))",
+                  name: String = "Barista") async throws -> Person {
+        let staff = try await signUp("owner", login, name: name)
+        let client = try await connect()
+        defer { client.close() }
+        let invitation = try await client.request("POST", "/v1/stores/\(store)/invitations", token: owner.token)
+        try #require(invitation.status == 201, "invite: \(invitation.text)")
+        let joined = try await client.request("POST", "/v1/me/stores", token: staff.token,
+                                              json: ["invitationCode": try invitation.string("code")])
+        try #require(joined.status == 201, "join: \(joined.text)")
+        return staff
+    }
+
     func approve(_ owner: Person, _ request: String) async throws -> TestResponse {
         let client = try await connect()
         defer { client.close() }

@@ -1,10 +1,12 @@
-// The owner's page (GET /): sign in, pick the store, and approve or reject requests as they come;
+// The store's page (GET /), for its owner and staff: sign in, pick the store from the stores one is
+// a member of (or join one with an invitation code), and approve or reject requests as they come;
 // find a customer at the counter and stamp them directly, add an app user by the member code their
 // phone shows, or register a walk-in by phone (the store holds their card until they claim it).
 //
 // State: the open store and a map of its requests (pending ones, and today's decided ones for the
 // totals). It is filled from the API on load and on a feed reset, then kept current by the event
-// feed; both go through mergeRequest, so their order does not matter. The customers found (or
+// feed; both go through mergeRequest, so their order does not matter. Every member's devices get
+// the store's events, so a request another member decided leaves this queue at once. The customers found (or
 // added) are listed as found; their cards as the last stamping answered them, until the next search.
 import {
   $, api, ApiError, authenticatedCall, say, Beeper, clearProblems, describeRequest, el, errorText, EventFeed, formatTime, isToday, mergeRequest,
@@ -16,6 +18,8 @@ const session = new Session('owner', 'owner');
 const beeper = new Beeper();
 const state = {
   store: null,
+  role: null, // the caller's role at the open store: 'owner' or 'staff'
+  memberships: [], // [{role, store}] from GET /v1/me/stores
   requests: new Map(), // id → request, of the open store
   loading: new Set(), // while a snapshot loads, the events that arrive meanwhile, to apply on top
   feed: null,
@@ -44,8 +48,26 @@ function signedIn() {
     onEvents, onReset: loadSnapshot, onStatus: showConnection, onUnauthorized: sessionEnded,
   });
   state.feed.start();
-  const storeId = storage.get(storeKey());
-  if (storeId) openStore(storeId); else showSetup();
+  chooseStore();
+}
+
+/** Opens the store this device used last, or the only one, or lists them to pick from. */
+async function chooseStore() {
+  await loadMemberships();
+  const remembered = storage.get(storeKey());
+  const known = state.memberships.find((m) => m.store.id === remembered);
+  if (known) openStore(known.store.id);
+  else if (state.memberships.length === 1) openStore(state.memberships[0].store.id);
+  else showSetup();
+}
+
+async function loadMemberships() {
+  try {
+    state.memberships = (await call('/v1/me/stores')).stores;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return;
+    $('store-error').textContent = errorText(error);
+  }
 }
 
 async function signOut() {
@@ -64,37 +86,53 @@ function sessionEnded() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Choosing the store. There is no "my stores" endpoint: the id is remembered in localStorage,
-// and an owner on a new device pastes it.
+// Choosing the store: one of the stores the caller is a member of (GET /v1/me/stores), so a new
+// device never needs a store id; the last one opened is remembered per account and device.
 
 function showSetup(error = '') {
   state.store = null;
+  state.role = null;
   show($('dashboard'), false);
   show($('store-setup'));
   $('store-error').textContent = error;
   document.title = 'stampd — cafe owner';
+  const list = $('my-stores-list');
+  list.replaceChildren(...state.memberships.map(({ role, store }) => el('li', {},
+    el('button', { type: 'button', class: 'store-choice', dataset: { testid: 'store-choice', storeId: store.id },
+      on: { click: () => openStore(store.id) } },
+      el('strong', { text: store.name }), el('span', { class: 'role-badge', text: role === 'owner' ? 'Owner' : 'Staff' })))));
+  show($('my-stores'), state.memberships.length > 0);
 }
 
 async function openStore(id) {
   try {
     const store = await call(`/v1/stores/${encodeURIComponent(id)}`);
-    if (store.ownerId !== session.account.id) throw new Error('That store belongs to another owner.');
+    let membership = state.memberships.find((m) => m.store.id === store.id);
+    if (!membership) {
+      await loadMemberships();
+      membership = state.memberships.find((m) => m.store.id === store.id);
+    }
+    if (!membership) throw new Error('You are not a member of that store.');
     state.store = store;
+    state.role = membership.role;
     state.requests = new Map();
     state.decisionErrors = new Map();
     resetCustomers();
     storage.set(storeKey(), store.id);
     $('store-title').textContent = store.name;
     $('store-id').textContent = store.id;
+    $('store-role').textContent = state.role === 'owner' ? 'Owner' : 'Staff';
     show($('store-setup'), false);
     show($('dashboard'));
+    show($('staff-panel'), state.role === 'owner');
+    show($('invitation'), false);
     render();
     await loadSnapshot();
+    if (state.role === 'owner') await loadStaff();
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return;
     const gone = error instanceof ApiError ? error.status === 404 || error.status === 403 : !(error instanceof TypeError);
-    if (gone && storage.get(storeKey()) === id) storage.remove(storeKey()); // not this owner's (any more)
-    $('store-id-input').value = id;
+    if (gone && storage.get(storeKey()) === id) storage.remove(storeKey()); // not a member (any more)
     showSetup(error instanceof ApiError || error instanceof TypeError ? errorText(error) : error.message);
   }
 }
@@ -116,6 +154,7 @@ async function createStore(event) {
   try {
     const store = await call('/v1/stores', { method: 'POST', body });
     storage.set(storeKey(), store.id);
+    state.memberships.push({ role: 'owner', store });
     form.reset();
     await openStore(store.id);
     say(`Store created. Customers find it by its name; its id is ${store.id}.`);
@@ -188,6 +227,10 @@ function onEvents(events, { quiet }) {
   if (!state.store) return;
   const created = [];
   for (const event of events) {
+    if (event.type === 'member.joined' || event.type === 'member.removed') {
+      if (event.data?.storeId === state.store.id && state.role === 'owner' && !quiet) loadStaff();
+      continue;
+    }
     const request = event.data?.request;
     if (!request || request.storeId !== state.store.id) continue; // another of the owner's stores
     learn(request);
@@ -254,6 +297,84 @@ async function decide(request, action, item) {
       item.classList.remove('busy');
     }
     render();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Staff: the owner invites baristas, sees when each was last active, and removes them
+
+async function joinStore(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const button = form.querySelector('button');
+  if (isBusy(button)) return;
+  setBusy(button, true);
+  $('join-error').textContent = '';
+  try {
+    const joined = await call('/v1/me/stores', { method: 'POST', body: { invitationCode: $('join-code').value.trim() } });
+    state.memberships.push(joined);
+    form.reset();
+    await openStore(joined.store.id);
+    say(`You joined ${joined.store.name} as staff.`);
+  } catch (error) {
+    $('join-error').textContent = errorText(error);
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+async function loadStaff() {
+  const store = state.store;
+  try {
+    const { members } = await call(`/v1/stores/${encodeURIComponent(store.id)}/members`);
+    if (state.store !== store) return;
+    $('staff-list').replaceChildren(...members.map(staffItem));
+    $('staff-error').textContent = '';
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) $('staff-error').textContent = errorText(error);
+  }
+}
+
+function staffItem(member) {
+  const active = member.lastActiveAt ? `last active ${isToday(member.lastActiveAt) ? '' : new Date(member.lastActiveAt).toLocaleDateString() + ' '}${formatTime(member.lastActiveAt)}` : 'not active yet';
+  return el('li', { class: 'member', dataset: { testid: 'member', memberId: member.id, role: member.role } },
+    el('div', {}, el('strong', { text: member.name }), ` · ${member.role === 'owner' ? 'Owner' : 'Staff'} · `,
+      el('span', { class: 'when', text: active })),
+    member.role === 'staff'
+      ? el('button', { type: 'button', class: 'quiet', dataset: { testid: 'remove-member' },
+        'aria-label': `Remove ${member.name} from the staff`, on: { click: (event) => removeMember(member, event.currentTarget) } }, 'Remove')
+      : null);
+}
+
+async function invite() {
+  const button = $('invite-submit');
+  if (isBusy(button)) return;
+  setBusy(button, true);
+  try {
+    const invitation = await call(`/v1/stores/${encodeURIComponent(state.store.id)}/invitations`, { method: 'POST' });
+    $('invitation-code').textContent = invitation.code;
+    $('invitation-until').textContent = `${new Date(invitation.expiresAt).toLocaleDateString()} ${formatTime(invitation.expiresAt)}`;
+    $('invitation-until').dateTime = invitation.expiresAt;
+    show($('invitation'));
+    $('staff-error').textContent = '';
+  } catch (error) {
+    $('staff-error').textContent = errorText(error);
+  } finally {
+    setBusy(button, false);
+  }
+}
+
+async function removeMember(member, button) {
+  if (isBusy(button)) return;
+  if (!confirm(`Remove ${member.name}? They are signed out on every device at once.`)) return;
+  setBusy(button, true);
+  try {
+    await call(`/v1/stores/${encodeURIComponent(state.store.id)}/members/${encodeURIComponent(member.id)}`, { method: 'DELETE' });
+    say(`${member.name} is no longer on the staff.`);
+    await loadStaff();
+  } catch (error) {
+    $('staff-error').textContent = errorText(error);
+    setBusy(button, false);
   }
 }
 
@@ -592,7 +713,8 @@ function decidedItem(request) {
   return el('li', { class: 'request', dataset: { requestId: request.id, status: request.status } },
     el('div', { class: 'request-text' },
       el('strong', { text: request.customerName }), ` · ${describeRequest(request, state.store.rewardItem)}`,
-      el('span', { class: 'when' }, ' · ', el('time', { datetime: request.decidedAt, text: formatTime(request.decidedAt) }))),
+      el('span', { class: 'when' }, ' · ', el('time', { datetime: request.decidedAt, text: formatTime(request.decidedAt) })),
+      request.decidedBy ? el('span', { class: 'decided-by', dataset: { testid: 'decided-by' }, text: ` · by ${request.decidedBy.name}` }) : null),
     el('span', { class: 'badge', dataset: { status: request.status }, text: STATUS_TEXT[request.status] }),
     error ? el('p', { class: 'item-status bad', dataset: { testid: 'request-status' } }, error) : null);
 }
@@ -637,14 +759,13 @@ function showSound() {
 setupAuthForms(session, signedIn);
 $('signout').addEventListener('click', signOut);
 $('store-create-form').addEventListener('submit', createStore);
-$('store-open-form').addEventListener('submit', (event) => {
-  event.preventDefault();
-  openStore(new FormData(event.currentTarget).get('storeId').trim());
-});
-$('switch-store').addEventListener('click', () => {
+$('join-form').addEventListener('submit', joinStore);
+$('invite-submit').addEventListener('click', invite);
+$('switch-store').addEventListener('click', async () => {
   storage.remove(storeKey());
+  await loadMemberships();
   showSetup();
-  $('store-name').focus();
+  (document.querySelector('[data-testid="store-choice"]') ?? $('store-name')).focus();
 });
 $('sound-toggle').addEventListener('click', () => {
   storage.set(soundKey, storage.get(soundKey) === false);
