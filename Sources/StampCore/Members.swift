@@ -133,11 +133,11 @@ extension StampService {
                 row: { try $0.get(0, as: String.self) }) else {
                 try await Self.recordAction(missScope, now: now, on: connection)
                 return .failure(StampError(.unprocessable, "this invitation code is unknown, used or expired: ask the owner for a new one",
-                                           field: "code"))
+                                           field: "invitationCode"))
             }
             try await Self.claim("members:" + storeId, now: now, on: connection)
             if try await Self.memberRole(principal.id, of: storeId, on: connection) != nil {
-                throw StampError(.conflict, "you are already a member of this store", field: "code")
+                throw StampError(.conflict, "you are already a member of this store", field: "invitationCode")
             }
             try await Self.requireRoomForStaff(storeId, limits: limits, on: connection)
             try await connection.run("DELETE FROM store_invitations WHERE code_hash = ?", digest)
@@ -324,7 +324,7 @@ extension StampService {
     static func invitationCode(_ text: String) throws -> String {
         let code = text.uppercased().filter { $0 != " " && $0 != "-" }
         guard code.count == invitationLength, code.allSatisfy(invitationAlphabet.contains) else {
-            throw StampError.invalid("code", "the invitation code is the 10 letters and digits the owner gave you")
+            throw StampError.invalid("invitationCode", "the invitation code is the 10 letters and digits the owner gave you")
         }
         return code
     }

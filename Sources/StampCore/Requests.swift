@@ -82,7 +82,10 @@ extension StampService {
                               limit: Int, cursor: String?) async throws -> Page<StampRequest> {
         let limit = try Validate.range(limit, field: "limit", 1...100)
         let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
-        let decidedBy = try Validate.optionalText(decidedBy, field: "decidedBy", max: 100)
+        if let decidedBy, !(1...100).contains(decidedBy.utf8.count)
+            || !decidedBy.utf8.allSatisfy({ $0 == 0x2D || $0 == 0x5F || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) }) {
+            throw StampError.invalid("decidedBy", "decidedBy is a member's account id (letters, digits, _ and -)")
+        }
         var requests = try await read { connection -> [StampRequest] in
             try await Self.requireMember(principal, of: storeId, on: connection)
             var sql = SQL(Self.requestSelect + " WHERE r.store_id = ?")

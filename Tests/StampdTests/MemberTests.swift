@@ -46,7 +46,7 @@ import Testing
                                              json: ["invitationCode": try second.string("code")])
         #expect(twice.status == 409)
         let malformed = try await client.request("POST", "/v1/me/stores", token: barista.token, json: ["invitationCode": "1234"])
-        #expect(malformed.status == 400 && malformed.value("field") as? String == "code")
+        #expect(malformed.status == 400 && malformed.value("field") as? String == "invitationCode")
 
         let members = try await client.request("GET", "/v1/stores/\(store)/members", token: owner.token)
         let list = members.value("members") as? [[String: Any]] ?? []

@@ -546,3 +546,60 @@ def test_failed_approval_keeps_the_row(browsers):
         wait(owner).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, row(second))))
         attribute_is(owner, f'#decided-list [data-request-id="{second["id"]}"]', "data-status", "rejected")
         assert console_problems(owner, expected_statuses=(409,)) == []
+
+
+def test_a_barista_on_a_second_browser_decides_and_the_owner_sees_who(browsers):
+    """The owner invites a barista from the store's page; the barista signs up on another browser,
+    joins with the code (no store id typed), and both screens show a request at once; the barista
+    approves it, it leaves the owner's queue at once, and the owner's page says who approved it.
+    Removed, the barista is signed out at once."""
+    owner = browsers("owner", 1280, 900)
+    barista = browsers("barista", 1024, 768)
+    store_name = unique("Team Cafe")
+    with console_on_failure({"owner": owner, "barista": barista}):
+        store_id = owner_with_store(owner, store_name)
+        visible(owner, "invite-submit").click()
+        code = visible(owner, "invitation-code").text
+        assert len(code) == 11 and code[5] == "-"
+
+        barista.get(BASE + "/")
+        sign_up(barista, "Ben Barista", f"{unique('ben')}@example.com")
+        fill(barista, "join-code", code)
+        barista.find_element(By.ID, "join-submit").click()
+        wait(barista).until(EC.text_to_be_present_in_element((By.ID, "store-title"), store_name))
+        assert visible(barista, "store-role").text == "Staff"
+        assert not barista.find_element(By.ID, "staff-panel").is_displayed()
+        attribute_is(barista, "#connection", "data-state", "live")
+        # The owner's staff list hears of the new member.
+        wait(owner, LIVE).until(EC.text_to_be_present_in_element((By.ID, "staff-list"), "Ben Barista"))
+
+        # A new device of the barista's picks the store from the list.
+        barista.find_element(By.ID, "switch-store").click()
+        choice = visible_css(barista, f'[data-testid="store-choice"][data-store-id="{store_id}"]')
+        assert store_name in choice.text and "Staff" in choice.text
+        choice.click()
+        wait(barista).until(EC.text_to_be_present_in_element((By.ID, "store-title"), store_name))
+
+        customer = call("POST", "/v1/accounts", {"role": "customer", "login": f"{unique('c')}@example.com",
+                                                 "password": PASSWORD, "name": "Dana Customer"})
+        asked = call("POST", f"/v1/stores/{store_id}/requests", {"kind": "stamp", "count": 2}, token=customer["token"])
+        css = f'#pending-list [data-testid="request-item"][data-request-id="{asked["id"]}"]'
+        visible_css(owner, css, LIVE)
+        on_barista = visible_css(barista, css, LIVE)
+        on_barista.find_element(By.CSS_SELECTOR, '[data-testid="approve"]').click()
+        wait(owner, LIVE).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, css)))
+        decided = visible_css(owner, f'#decided-list [data-request-id="{asked["id"]}"]', LIVE)
+        assert "by Ben Barista" in decided.text
+        wait(owner).until(EC.text_to_be_present_in_element((By.ID, "totals-stamps"), "2"))
+        screenshot(owner, "owner-team.png")
+        screenshot(barista, "barista.png")
+        assert console_problems(owner) == []
+        assert console_problems(barista) == []
+
+        # The owner removes the barista: their page is signed out at once.
+        member = visible_css(owner, '[data-testid="member"][data-role="staff"]')
+        member.find_element(By.CSS_SELECTOR, '[data-testid="remove-member"]').click()
+        wait(owner).until(EC.alert_is_present()).accept()
+        visible(barista, "signin-form", LIVE)
+        assert "session has ended" in barista.find_element(By.ID, "auth-error").text
+        wait(owner).until(lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="member"][data-role="staff"]'))
