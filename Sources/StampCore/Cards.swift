@@ -35,7 +35,7 @@ extension StampService {
         let entries = try await read { connection -> [LedgerEntry]? in
             guard try await Self.loadCard(customer: principal.id, store: storeId, on: connection) != nil else { return nil }
             return try await connection.query("""
-                SELECT l.id, l.kind, l.stamps_delta, l.rewards_delta, l.request_id, l.at, l.member_id, m.name
+                SELECT l.id, l.kind, l.stamps_delta, l.rewards_delta, l.request_id, l.at, l.member_id, m.name, l.reverses
                 FROM ledger l LEFT JOIN accounts m ON m.id = l.member_id
                 WHERE l.customer_id = ? AND l.store_id = ? ORDER BY l.id
                 """, principal.id, storeId) { row in
@@ -45,7 +45,8 @@ extension StampService {
                 return LedgerEntry(id: try row.get(0), kind: kind, stampsDelta: try row.get(2),
                                    rewardsDelta: try row.get(3), requestId: try row.optional(4),
                                    at: Date(millis: try row.get(5)),
-                                   member: Self.memberRef(try row.optional(6), name: try row.optional(7)))
+                                   member: Self.memberRef(try row.optional(6), name: try row.optional(7)),
+                                   reverses: try row.optional(8))
             }
         }
         guard let entries else { throw StampError.notFound("card") }
@@ -96,11 +97,17 @@ extension StampService {
     }
 
     /// A ledger row; `member` is the member who made the change (nil for a customer's gift).
+    /// Returns the new row's id.
+    @discardableResult
     static func addLedger(_ kind: LedgerKind, card: Card, stamps: Int, rewards: Int, request: String?, member: String? = nil,
-                          at: Date, on connection: any SQLSession) async throws {
-        try await connection.run("""
-            INSERT INTO ledger (customer_id, store_id, kind, stamps_delta, rewards_delta, request_id, at, member_id)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            """, card.customerId, card.storeId, kind.rawValue, stamps, rewards, request, at.millis, member)
+                          reverses: Int64? = nil, at: Date, on connection: any SQLSession) async throws -> Int64 {
+        guard let id = try await connection.queryFirst("""
+            INSERT INTO ledger (customer_id, store_id, kind, stamps_delta, rewards_delta, request_id, at, member_id, reverses)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+            """, card.customerId, card.storeId, kind.rawValue, stamps, rewards, request, at.millis, member, reverses,
+            row: { try $0.get(0, as: Int64.self) }) else {
+            throw StampError(.unavailable, "the ledger row was not written")
+        }
+        return id
     }
 }

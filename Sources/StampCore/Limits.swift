@@ -31,6 +31,8 @@ public struct PartyLimits: Sendable {
     public var requestsPerCustomerPerStorePerHour = 30
     /// Gifts (and gift attempts to logins that do not exist) a customer may make per hour.
     public var giftsPerHour = 10
+    /// Wrong counter codes one customer may send at one store per hour.
+    public var counterCodeMissesPerCustomerPerStorePerHour = 5
     /// Staff one store may have (each member's devices get the store's events).
     public var staffPerStore = 20
     /// Staff invitations a store may make per day.

@@ -68,7 +68,7 @@ extension StampService {
             let rows = try await connection.query(select + """
                  JOIN store_members m ON m.store_id = s.id WHERE m.account_id = ? ORDER BY m.role, s.name, s.id LIMIT 200
                 """, principal.id) { row -> (Store, MemberRole) in
-                guard let role = MemberRole(rawValue: try row.get(12)) else {
+                guard let role = MemberRole(rawValue: try row.get(Self.storeColumns)) else {
                     throw StampError(.unavailable, "stored membership has an unknown role")
                 }
                 return (try Self.storeRow(row), role)

@@ -58,6 +58,47 @@ public struct Store: Codable, Sendable, Equatable {
     public var updatedAt: Date
     /// Only in search answers with `lat`/`lon`: metres from that point.
     public var distanceMeters: Double?
+    /// The store's counter rules (see `StoreRules`).
+    public var rules: StoreRules
+}
+
+/// How a store takes requests: the counter code, and the limits that mean "per visit".
+public struct StoreRules: Codable, Sendable, Equatable {
+    /// A stamp request without the counter code's current value is refused (422).
+    public var requireCounterCode: Bool
+    /// A stamp request with a valid counter code is approved at once, by "counter code".
+    public var autoApproveAtCounter: Bool
+    /// Pending requests one customer may have here (1–3; 0: only the server's own cap); one more is
+    /// 409 with the pending one.
+    public var pendingPerCustomer: Int
+    /// Seconds after an approved stamp request before the same customer may ask again (0: none).
+    public var stampCooldownSeconds: Int
+    /// Stamps one customer may ask for here in any 24 hours (0: no cap).
+    public var dailyStampCap: Int
+
+    public init(requireCounterCode: Bool = false, autoApproveAtCounter: Bool = false, pendingPerCustomer: Int,
+                stampCooldownSeconds: Int, dailyStampCap: Int) {
+        self.requireCounterCode = requireCounterCode
+        self.autoApproveAtCounter = autoApproveAtCounter
+        self.pendingPerCustomer = pendingPerCustomer
+        self.stampCooldownSeconds = stampCooldownSeconds
+        self.dailyStampCap = dailyStampCap
+    }
+
+    /// What a new cafe starts with: one request at a time, 5 minutes between stamps, 10 a day.
+    public static let cafe = StoreRules(pendingPerCustomer: 1, stampCooldownSeconds: 300, dailyStampCap: 10)
+    /// No per-visit limits (the server-wide ones still hold): for load tests and benchmarks.
+    public static let off = StoreRules(pendingPerCustomer: 0, stampCooldownSeconds: 0, dailyStampCap: 0)
+}
+
+/// The customer's card at the request's store, on a request row, so that two customers of one
+/// name can be told apart.
+public struct CustomerCard: Codable, Sendable, Equatable {
+    public var stamps: Int
+    public var rewards: Int
+    /// Approved requests and direct stamps at this store.
+    public var visits: Int
+    public var memberSince: Date
 }
 
 public enum RequestKind: String, Codable, Sendable {
@@ -88,6 +129,13 @@ public struct StampRequest: Codable, Sendable, Equatable {
     public var decidedAt: Date?
     /// The member who decided it (absent while pending, and for a cancellation or an expiry).
     public var decidedBy: MemberRef?
+    /// It came with a valid counter code: the customer was at the counter.
+    public var atCounter: Bool = false
+    /// An approval a member reversed, and who.
+    public var reversedAt: Date? = nil
+    public var reversedBy: MemberRef? = nil
+    /// The customer's card at this store now (absent before their first card there).
+    public var customerCard: CustomerCard? = nil
 }
 
 public struct Card: Codable, Sendable, Equatable {
@@ -108,6 +156,7 @@ public enum LedgerKind: String, Codable, Sendable {
     case giftSent = "gift_sent"
     case giftReceived = "gift_received"
     case manualStamp = "manual_stamp"
+    case reversal
 }
 
 public struct LedgerEntry: Codable, Sendable, Equatable {
@@ -119,6 +168,8 @@ public struct LedgerEntry: Codable, Sendable, Equatable {
     public var at: Date
     /// The member who made the change (absent for a customer's gift).
     public var member: MemberRef?
+    /// For a `reversal`: the entry it undoes.
+    public var reverses: Int64?
 }
 
 /// One delivered event: what `GET /v1/events` lists.

@@ -27,8 +27,11 @@ public struct IdempotencyKey: Sendable {
 }
 
 extension StampService {
+    /// A customer asks the store for stamps or to use a reward. `counterCode`, when valid, marks
+    /// the request as made at the counter (and, where the store chose so, approves a stamp
+    /// request at once, by "counter code"). The store's rules decide what else may be asked.
     public func createRequest(_ principal: Principal, storeId: String, kind: RequestKind, count requested: Int?,
-                              idempotency: IdempotencyKey? = nil) async throws -> StampRequest {
+                              counterCode typed: String? = nil, idempotency: IdempotencyKey? = nil) async throws -> StampRequest {
         guard principal.role == .customer else { throw StampError(.forbidden, "only customers ask for stamps") }
         let count: Int
         switch kind {
@@ -37,31 +40,111 @@ extension StampService {
             if let requested, requested != 1 { throw StampError.invalid("count", "a reward request is for one reward") }
             count = 1
         }
+        let typed = try typed.flatMap { $0.isEmpty ? nil : try CounterCode.digits($0) }
         let now = clock.now()
         let window = settings.idempotencyWindow
         let limits = settings.limits
-        return try await write { connection, outbox in
+        let outcome = try await write { connection, outbox -> Result<StampRequest, StampError> in
             try await Self.idempotent(idempotency, account: principal.id, now: now, window: window, on: connection) {
+                () -> Result<StampRequest, StampError> in
                 guard let store = try await Self.loadStore(storeId, on: connection) else { throw StampError.notFound("store") }
+                if try await connection.queryFirst("SELECT 1 FROM store_blocks WHERE store_id = ? AND customer_id = ?",
+                                                   storeId, principal.id, row: { try $0.get(0, as: Int.self) }) != nil {
+                    throw StampError(.forbidden, "this store does not take requests from you")
+                }
                 try await Self.checkRequestLimits(customer: principal.id, store: storeId, limits: limits, now: now, on: connection)
+                try await Self.checkStoreRules(store, customer: principal.id, kind: kind, count: count, now: now, on: connection)
+                var atCounter = false
+                if let typed {
+                    let missScope = "counter-miss:\(storeId):\(principal.id)"
+                    if let wait = try await Self.secondsUntilAllowed(missScope, limit: limits.counterCodeMissesPerCustomerPerStorePerHour,
+                                                               window: Self.hour, now: now, on: connection) {
+                        throw StampError(.rateLimited, "too many wrong counter codes; try again in \(wait) s", retryAfter: wait)
+                    }
+                    guard CounterCode.accepts(typed, secret: try await Self.counterSecret(of: storeId, on: connection), at: now) else {
+                        try await Self.recordAction(missScope, now: now, on: connection)
+                        return .failure(StampError(.unprocessable, "the counter code is wrong or has changed: read it again at the counter",
+                                                   field: "counterCode"))
+                    }
+                    atCounter = true
+                } else if store.rules.requireCounterCode && kind == .stamp {
+                    throw StampError(.unprocessable, "this store asks for the counter code with a stamp request", field: "counterCode")
+                }
                 if kind == .reward {
                     let rewards = try await Self.loadCard(customer: principal.id, store: storeId, on: connection)?.rewards ?? 0
                     guard rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
                 }
-                let request = StampRequest(
+                var request = StampRequest(
                     id: Identifier.make("req"), storeId: store.id, storeName: store.name,
                     customerId: principal.id, customerName: principal.account.name, kind: kind, count: count,
                     status: .pending, reason: nil, createdAt: now,
-                    expiresAt: now.addingTimeInterval(TimeInterval(store.requestTtlSeconds)), decidedAt: nil, decidedBy: nil)
+                    expiresAt: now.addingTimeInterval(TimeInterval(store.requestTtlSeconds)), decidedAt: nil, decidedBy: nil,
+                    atCounter: atCounter)
                 try await connection.run("""
-                    INSERT INTO requests (id, store_id, customer_id, kind, count, status, created_at, expires_at)
-                    VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)
+                    INSERT INTO requests (id, store_id, customer_id, kind, count, status, created_at, expires_at, at_counter)
+                    VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)
                     """, request.id, request.storeId, request.customerId, kind.rawValue, count,
-                    now.millis, request.expiresAt.millis)
-                try outbox.emit("request.created", to: try await Self.memberIds(of: store.id, on: connection),
-                                data: RequestChange(request: request), at: now)
-                return request
+                    now.millis, request.expiresAt.millis, atCounter)
+                let members = try await Self.memberIds(of: store.id, on: connection)
+                if atCounter && kind == .stamp && store.rules.autoApproveAtCounter {
+                    let approval = try await Self.approve(request, by: Self.counterCodeMember, now: now, on: connection)
+                    try outbox.emit("request.approved", to: [principal.id] + members, data: approval, at: now)
+                    return .success(approval.request)
+                }
+                request.customerCard = try await Self.customerCard(principal.id, at: store.id, on: connection)
+                try outbox.emit("request.created", to: members, data: RequestChange(request: request), at: now)
+                return .success(request)
             }
+        }
+        return try outcome.get()
+    }
+
+    /// The store's own rules for a new request: one pending at a time (409 with it), a
+    /// cool-down after an approved stamp request and a cap on stamps in 24 hours (429).
+    static func checkStoreRules(_ store: Store, customer: String, kind: RequestKind, count: Int, now: Date,
+                                on connection: any SQLSession) async throws {
+        let rules = store.rules
+        let pending = rules.pendingPerCustomer == 0 ? [] : try await connection.query(requestSelect + """
+             WHERE r.customer_id = ? AND r.store_id = ? AND r.status = 'pending' AND r.expires_at > ?
+            ORDER BY r.created_at, r.id
+            """, customer, store.id, now.millis) { try requestRow($0).0 }
+        if rules.pendingPerCustomer > 0, pending.count >= rules.pendingPerCustomer, let first = pending.first {
+            throw StampError.conflict(rules.pendingPerCustomer == 1 ? "you already have a request waiting here"
+                                      : "you already have \(pending.count) requests waiting here", current: first, as: "request")
+        }
+        guard kind == .stamp, rules.stampCooldownSeconds > 0 || rules.dailyStampCap > 0 else { return }
+        let dayAgo = now.millis - 86_400_000
+        let recent = try await connection.query("""
+            SELECT count, status, coalesce(decided_at, created_at) FROM requests
+            WHERE customer_id = ? AND store_id = ? AND kind = 'stamp' AND created_at > ? AND reversed_at IS NULL
+              AND (status = 'approved' OR (status = 'pending' AND expires_at > ?))
+            """, customer, store.id, dayAgo - Int64(86_400_000), now.millis) {
+            (try $0.get(0, as: Int.self), try $0.get(1, as: String.self), try $0.get(2, as: Int64.self))
+        }
+        if rules.stampCooldownSeconds > 0,
+           let last = recent.filter({ $0.1 == RequestStatus.approved.rawValue }).map(\.2).max(),
+           now.millis < last + Int64(rules.stampCooldownSeconds) * 1000 {
+            let wait = max(1, Int((last + Int64(rules.stampCooldownSeconds) * 1000 - now.millis + 999) / 1000))
+            throw StampError(.rateLimited, "one stamp request per visit: ask again in \(wait) s", retryAfter: wait)
+        }
+        if rules.dailyStampCap > 0 {
+            let counted = recent.filter { $0.2 > dayAgo || $0.1 == RequestStatus.pending.rawValue }
+            let asked = counted.map(\.0).reduce(0, +)
+            if asked + count > rules.dailyStampCap {
+                let oldest = counted.map(\.2).min() ?? now.millis
+                let wait = max(1, Int((oldest + 86_400_000 - now.millis + 999) / 1000))
+                throw StampError(.rateLimited,
+                                 "at most \(rules.dailyStampCap) stamps a day here; \(max(0, rules.dailyStampCap - asked)) left",
+                                 retryAfter: wait)
+            }
+        }
+    }
+
+    static func customerCard(_ customer: String, at store: String, on connection: any SQLSession) async throws -> CustomerCard? {
+        try await connection.queryFirst("""
+            SELECT stamps, rewards, visits, coalesce(added_at, updated_at) FROM cards WHERE customer_id = ? AND store_id = ?
+            """, customer, store) {
+            CustomerCard(stamps: try $0.get(0), rewards: try $0.get(1), visits: try $0.get(2), memberSince: Date(millis: try $0.get(3)))
         }
     }
 
@@ -126,28 +209,41 @@ extension StampService {
             if let expired = try await Self.expireIfDue(request, now: now, on: connection, outbox: &outbox) {
                 return .expired(expired)
             }
-            var card = try await Self.loadOrNewCard(customer: request.customerId, store: request.storeId, now: now, on: connection)
-            switch request.kind {
-            case .stamp:
-                try await Self.addLedger(.stampAdded, card: card, stamps: request.count, rewards: 0, request: request.id,
-                                   member: principal.id, at: now, on: connection)
-                card = try await Self.convertAndSave(card, adding: request.count, request: request.id, member: principal.id,
-                                               now: now, on: connection)
-            case .reward:
-                guard card.rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
-                try await Self.addLedger(.rewardUsed, card: card, stamps: 0, rewards: -1, request: request.id,
-                                   member: principal.id, at: now, on: connection)
-                card.rewards -= 1
-                card.updatedAt = now
-                try await connection.run("UPDATE cards SET rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
-                                   card.rewards, now.millis, card.customerId, card.storeId)
-            }
-            let approved = try await Self.decide(request, .approved, reason: nil, by: principal.member, now: now, on: connection)
-            let approval = Approval(request: approved, card: card)
+            let approval = try await Self.approve(request, by: principal.member, now: now, on: connection)
             try outbox.emit("request.approved", to: [request.customerId] + members, data: approval, at: now)
             return .decided(approval)
         }
         return try outcome.get()
+    }
+
+    /// Approves `request` in the caller's transaction: the card changes, the visit counts.
+    static func approve(_ request: StampRequest, by member: MemberRef, now: Date,
+                        on connection: any SQLSession) async throws -> Approval {
+        var card = try await loadOrNewCard(customer: request.customerId, store: request.storeId, now: now, on: connection)
+        switch request.kind {
+        case .stamp:
+            try await addLedger(.stampAdded, card: card, stamps: request.count, rewards: 0, request: request.id,
+                                member: member.id, at: now, on: connection)
+            card = try await convertAndSave(card, adding: request.count, request: request.id, member: member.id,
+                                            now: now, on: connection)
+        case .reward:
+            guard card.rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
+            try await addLedger(.rewardUsed, card: card, stamps: 0, rewards: -1, request: request.id,
+                                member: member.id, at: now, on: connection)
+            card.rewards -= 1
+            card.updatedAt = now
+            try await connection.run("UPDATE cards SET rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
+                                     card.rewards, now.millis, card.customerId, card.storeId)
+        }
+        try await countVisit(card, on: connection)
+        var approved = try await decide(request, .approved, reason: nil, by: member, now: now, on: connection)
+        approved.customerCard = try await customerCard(request.customerId, at: request.storeId, on: connection)
+        return Approval(request: approved, card: card)
+    }
+
+    static func countVisit(_ card: Card, on connection: any SQLSession) async throws {
+        try await connection.run("UPDATE cards SET visits = visits + 1 WHERE customer_id = ? AND store_id = ?",
+                                 card.customerId, card.storeId)
     }
 
     public func reject(_ principal: Principal, requestId: String, reason: String?) async throws -> StampRequest {
@@ -303,9 +399,11 @@ extension StampService {
 
     static let requestSelect = """
         SELECT r.id, r.store_id, s.name, r.customer_id, a.name, r.kind, r.count, r.status, r.reason,
-               r.created_at, r.expires_at, r.decided_at, s.owner_id, r.decided_by, d.name
+               r.created_at, r.expires_at, r.decided_at, s.owner_id, r.decided_by, d.name, r.at_counter,
+               r.reversed_at, r.reversed_by, v.name, c.stamps, c.rewards, c.visits, coalesce(c.added_at, c.updated_at)
         FROM requests r JOIN stores s ON s.id = r.store_id JOIN accounts a ON a.id = r.customer_id
-        LEFT JOIN accounts d ON d.id = r.decided_by
+        LEFT JOIN accounts d ON d.id = r.decided_by LEFT JOIN accounts v ON v.id = r.reversed_by
+        LEFT JOIN cards c ON c.customer_id = r.customer_id AND c.store_id = r.store_id
         """
 
     static func loadRequest(_ id: String, on connection: any SQLSession) async throws -> (StampRequest, owner: String)? {
@@ -321,8 +419,16 @@ extension StampService {
             customerName: try row.get(4), kind: kind, count: try row.get(6), status: status,
             reason: try row.optional(8), createdAt: Date(millis: try row.get(9)),
             expiresAt: Date(millis: try row.get(10)), decidedAt: try row.optional(11, as: Int64.self).map(Date.init(millis:)),
-            decidedBy: memberRef(try row.optional(13), name: try row.optional(14)))
-        return (request, try row.get(12))
+            decidedBy: memberRef(try row.optional(13), name: try row.optional(14)), atCounter: try row.get(15),
+            reversedAt: try row.optional(16, as: Int64.self).map(Date.init(millis:)),
+            reversedBy: memberRef(try row.optional(17), name: try row.optional(18)),
+            customerCard: nil)
+        var withCard = request
+        if let stamps = try row.optional(19, as: Int.self) {
+            withCard.customerCard = CustomerCard(stamps: stamps, rewards: try row.get(20), visits: try row.get(21),
+                                                 memberSince: Date(millis: try row.get(22)))
+        }
+        return (withCard, try row.get(12))
     }
 
     /// The first answer to this call, when the key was used within the window with the same

@@ -23,6 +23,8 @@ public struct StampSettings: Sendable {
     public var signUpsPerAddressPerHour: Int = 20
     /// What one party may repeat.
     public var limits = PartyLimits()
+    /// The rules a new store starts with (its owner changes them).
+    public var newStoreRules = StoreRules.cafe
     public init() {}
 }
 

@@ -12,6 +12,8 @@ public struct StoreDraft: Sendable {
     public var openHours: String?
     public var requestTtlSeconds: Int?
     public var menu: [MenuItem]?
+    /// Unset rules take the server's defaults for new stores.
+    public var rules = StoreRulesPatch()
     public init(name: String, rewardItem: String) {
         self.name = name
         self.rewardItem = rewardItem
@@ -29,7 +31,37 @@ public struct StorePatch: Sendable {
     public var openHours: String??
     public var requestTtlSeconds: Int?
     public var menu: [MenuItem]?
+    public var rules = StoreRulesPatch()
     public init() {}
+}
+
+/// A change to a store's rules: nil leaves a rule alone.
+public struct StoreRulesPatch: Sendable {
+    public var requireCounterCode: Bool?
+    public var autoApproveAtCounter: Bool?
+    public var pendingPerCustomer: Int?
+    public var stampCooldownSeconds: Int?
+    public var dailyStampCap: Int?
+    public init() {}
+
+    var isEmpty: Bool {
+        requireCounterCode == nil && autoApproveAtCounter == nil && pendingPerCustomer == nil
+            && stampCooldownSeconds == nil && dailyStampCap == nil
+    }
+
+    func applied(to rules: StoreRules) throws -> StoreRules {
+        var rules = rules
+        if let requireCounterCode { rules.requireCounterCode = requireCounterCode }
+        if let autoApproveAtCounter { rules.autoApproveAtCounter = autoApproveAtCounter }
+        if let pendingPerCustomer {
+            rules.pendingPerCustomer = try Validate.range(pendingPerCustomer, field: "rules.pendingPerCustomer", 0...3)
+        }
+        if let stampCooldownSeconds {
+            rules.stampCooldownSeconds = try Validate.range(stampCooldownSeconds, field: "rules.stampCooldownSeconds", 0...86_400)
+        }
+        if let dailyStampCap { rules.dailyStampCap = try Validate.range(dailyStampCap, field: "rules.dailyStampCap", 0...1_000) }
+        return rules
+    }
 }
 
 extension StampService {
@@ -49,7 +81,7 @@ extension StampService {
             requestTtlSeconds: try Validate.range(draft.requestTtlSeconds ?? settings.defaultRequestTTL,
                                                   field: "requestTtlSeconds", 10...86_400),
             menu: try Validate.menu(draft.menu ?? []),
-            createdAt: now, updatedAt: now)
+            createdAt: now, updatedAt: now, rules: try draft.rules.applied(to: settings.newStoreRules))
         try Self.checkCoordinates(store)
         store.distanceMeters = nil
         let created = store
@@ -64,13 +96,18 @@ extension StampService {
                 if owned >= storesPerOwner {
                     throw StampError(.rateLimited, "an owner may have at most \(storesPerOwner) stores", retryAfter: 3600)
                 }
+                let rules = created.rules
                 try await connection.run("""
                     INSERT INTO stores (id, owner_id, name, stamps_per_reward, reward_item, address, latitude,
-                                        longitude, open_hours, request_ttl_seconds, created_at, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                        longitude, open_hours, request_ttl_seconds, created_at, updated_at, counter_secret,
+                                        require_counter_code, auto_approve_at_counter, pending_per_customer,
+                                        stamp_cooldown_seconds, daily_stamp_cap)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """, created.id, created.ownerId, created.name, created.stampsPerReward, created.rewardItem,
                     created.address, created.latitude, created.longitude, created.openHours,
-                    created.requestTtlSeconds, now.millis, now.millis)
+                    created.requestTtlSeconds, now.millis, now.millis, CounterCode.newSecret(),
+                    rules.requireCounterCode, rules.autoApproveAtCounter, rules.pendingPerCustomer,
+                    rules.stampCooldownSeconds, rules.dailyStampCap)
                 try await Self.replaceMenu(created.menu, of: created.id, on: connection)
                 try await connection.run("""
                     INSERT INTO store_members (store_id, account_id, role, added_at, last_active_at) VALUES (?, ?, 'owner', ?, ?)
@@ -102,6 +139,8 @@ extension StampService {
         let openHours = try patch.openHours.map { try Validate.optionalText($0, field: "openHours", max: 200) }
         let ttl = try patch.requestTtlSeconds.map { try Validate.range($0, field: "requestTtlSeconds", 10...86_400) }
         let menu = try patch.menu.map { try Validate.menu($0) }
+        let rulesPatch = patch.rules
+        _ = try rulesPatch.applied(to: .cafe)  // validated before the writer is taken
         if let latitude, let longitude, (latitude == nil) != (longitude == nil) {
             throw StampError.invalid(latitude == nil ? "latitude" : "longitude", "latitude and longitude go together")
         }
@@ -119,13 +158,18 @@ extension StampService {
             if let longitude { store.longitude = longitude }
             if let openHours { store.openHours = openHours }
             if let ttl { store.requestTtlSeconds = ttl }
+            store.rules = try rulesPatch.applied(to: store.rules)
             try Self.checkCoordinates(store)
             store.updatedAt = now
             try await connection.run("""
                 UPDATE stores SET name = ?, stamps_per_reward = ?, reward_item = ?, address = ?, latitude = ?,
-                    longitude = ?, open_hours = ?, request_ttl_seconds = ?, updated_at = ? WHERE id = ?
+                    longitude = ?, open_hours = ?, request_ttl_seconds = ?, updated_at = ?, require_counter_code = ?,
+                    auto_approve_at_counter = ?, pending_per_customer = ?, stamp_cooldown_seconds = ?, daily_stamp_cap = ?
+                WHERE id = ?
                 """, store.name, store.stampsPerReward, store.rewardItem, store.address, store.latitude,
-                store.longitude, store.openHours, store.requestTtlSeconds, now.millis, store.id)
+                store.longitude, store.openHours, store.requestTtlSeconds, now.millis, store.rules.requireCounterCode,
+                store.rules.autoApproveAtCounter, store.rules.pendingPerCustomer, store.rules.stampCooldownSeconds,
+                store.rules.dailyStampCap, store.id)
             if let menu {
                 try await Self.replaceMenu(menu, of: store.id, on: connection)
                 store.menu = menu
@@ -230,15 +274,21 @@ extension StampService {
 
     static let storeSelect = """
         SELECT s.id, s.owner_id, s.name, s.stamps_per_reward, s.reward_item, s.address, s.latitude, s.longitude,
-               s.open_hours, s.request_ttl_seconds, s.created_at, s.updated_at FROM stores s
+               s.open_hours, s.request_ttl_seconds, s.created_at, s.updated_at, s.require_counter_code,
+               s.auto_approve_at_counter, s.pending_per_customer, s.stamp_cooldown_seconds, s.daily_stamp_cap FROM stores s
         """
+    /// The columns of `storeSelect`: a query that adds its own reads them after these.
+    static let storeColumns = 17
 
     static func storeRow(_ row: borrowing Row) throws -> Store {
         Store(id: try row.get(0), ownerId: try row.get(1), name: try row.get(2),
               stampsPerReward: try row.get(3), rewardItem: try row.get(4), address: try row.optional(5),
               latitude: try row.optional(6), longitude: try row.optional(7), openHours: try row.optional(8),
               requestTtlSeconds: try row.get(9), menu: [], createdAt: Date(millis: try row.get(10)),
-              updatedAt: Date(millis: try row.get(11)), distanceMeters: nil)
+              updatedAt: Date(millis: try row.get(11)), distanceMeters: nil,
+              rules: StoreRules(requireCounterCode: try row.get(12), autoApproveAtCounter: try row.get(13),
+                                pendingPerCustomer: try row.get(14), stampCooldownSeconds: try row.get(15),
+                                dailyStampCap: try row.get(16)))
     }
 
     static func loadStore(_ id: String, on connection: any SQLSession) async throws -> Store? {

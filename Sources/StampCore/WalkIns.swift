@@ -33,7 +33,12 @@ public struct MemberCode: Codable, Sendable, Equatable {
 
 public struct OwnerStamping: Codable, Sendable, Equatable {
     public var card: Card
-    public init(card: Card) { self.card = card }
+    /// The ledger entry of the change, to undo it within minutes.
+    public var entryId: Int64
+    public init(card: Card, entryId: Int64) {
+        self.card = card
+        self.entryId = entryId
+    }
 }
 
 public struct Claimed: Codable, Sendable, Equatable {
@@ -229,7 +234,7 @@ extension StampService {
     }
 
     /// A member adds (or, for a correction, removes) stamps on the card of one of the store's customers.
-    public func stampDirectly(_ principal: Principal, storeId: String, customerId: String, count: Int) async throws -> Card {
+    public func stampDirectly(_ principal: Principal, storeId: String, customerId: String, count: Int) async throws -> OwnerStamping {
         guard count != 0 else { throw StampError.invalid("count", "count must not be 0") }
         let count = try Validate.range(count, field: "count", -100...100)
         let now = clock.now()
@@ -246,14 +251,15 @@ extension StampService {
             try await Self.countAction("stamp:" + storeId, limit: limits.directStampsPerStorePerHour, window: Self.hour,
                                  what: "\(limits.directStampsPerStorePerHour) direct stamp changes an hour per store",
                                  now: now, on: connection)
-            try await Self.addLedger(.manualStamp, card: card, stamps: count, rewards: 0, request: nil, member: principal.id,
-                               at: now, on: connection)
+            let entry = try await Self.addLedger(.manualStamp, card: card, stamps: count, rewards: 0, request: nil,
+                                           member: principal.id, at: now, on: connection)
+            if count > 0 { try await Self.countVisit(card, on: connection) }
             card = try await Self.convertAndSave(card, adding: count, member: principal.id, now: now, on: connection)
             if try await !Self.isHeld(customerId, on: connection) {
                 try outbox.emit("card.updated", to: [customerId],
                                 data: CardChange(card: card, reason: "ownerStamped", stamps: count), at: now)
             }
-            return card
+            return OwnerStamping(card: card, entryId: entry)
         }
     }
 

@@ -80,9 +80,40 @@ struct API: Sendable {
             let principal = try await principal(request)
             let input = try JSONInput(request, allowed: ["customerId", "count"])
             guard let count = try input.int("count") else { throw HTTPError.invalid("count", "count is required") }
-            let card = try await service.stampDirectly(principal, storeId: request.parameter("storeId"),
-                                                       customerId: try input.requiredString("customerId"), count: count)
-            return .response(.json(OwnerStamping(card: card)))
+            return .response(.json(try await service.stampDirectly(principal, storeId: request.parameter("storeId"),
+                                                                   customerId: try input.requiredString("customerId"), count: count)))
+        }
+        router.add(.POST, "/v1/stores/{storeId}/stamps/{entryId}/undo") { request in
+            let principal = try await principal(request)
+            _ = try JSONInput(request, allowed: [])
+            guard let entry = Int64(request.parameter("entryId")), entry > 0 else {
+                throw HTTPError(.notFound, detail: "no direct stamp of this store has that entry id")
+            }
+            return .response(.json(try await service.undoStamp(principal, storeId: request.parameter("storeId"), entryId: entry)))
+        }
+        router.add(.POST, "/v1/requests/{requestId}/undo") { request in
+            let principal = try await principal(request)
+            _ = try JSONInput(request, allowed: [])
+            return .response(.json(try await service.undoApproval(principal, requestId: request.parameter("requestId"))))
+        }
+        router.add(.GET, "/v1/stores/{storeId}/counter-code") { request in
+            let principal = try await principal(request)
+            return .response(.json(try await service.counterCode(principal, storeId: request.parameter("storeId"))))
+        }
+        router.add(.GET, "/v1/stores/{storeId}/blocks") { request in
+            let principal = try await principal(request)
+            return .response(.json(BlockList(blocked: try await service.blockedCustomers(principal, storeId: request.parameter("storeId")))))
+        }
+        router.add(.PUT, "/v1/stores/{storeId}/blocks/{customerId}") { request in
+            let principal = try await principal(request)
+            _ = try JSONInput(request, allowed: [])
+            return .response(.json(try await service.block(principal, storeId: request.parameter("storeId"),
+                                                           customerId: request.parameter("customerId"))))
+        }
+        router.add(.DELETE, "/v1/stores/{storeId}/blocks/{customerId}") { request in
+            let principal = try await principal(request)
+            try await service.unblock(principal, storeId: request.parameter("storeId"), customerId: request.parameter("customerId"))
+            return .response(Response(status: .noContent, headers: ["Cache-Control": "no-store"]))
         }
         router.add(.GET, "/v1/me/stores") { request in
             let principal = try await principal(request)
@@ -186,7 +217,39 @@ struct API: Sendable {
     // MARK: - Stores
 
     private static let storeFields: Set<String> = ["name", "stampsPerReward", "rewardItem", "address", "latitude",
-                                                   "longitude", "openHours", "requestTtlSeconds", "menu"]
+                                                   "longitude", "openHours", "requestTtlSeconds", "menu", "rules"]
+    private static let ruleFields = ["requireCounterCode", "autoApproveAtCounter", "pendingPerCustomer", "stampCooldownSeconds",
+                                     "dailyStampCap"]
+
+    /// `rules: {…}`: any of the rule fields; absent ones stay as they are (or take the defaults).
+    private func rules(_ input: JSONInput) throws -> StoreRulesPatch {
+        var patch = StoreRulesPatch()
+        guard input.has("rules") else { return patch }
+        guard let object = try input.object("rules") else { throw HTTPError.invalid("rules", "rules must be an object") }
+        if let unknown = object.keys.sorted().first(where: { !Self.ruleFields.contains($0) }) {
+            throw HTTPError.invalid("rules.\(unknown)", "rules.\(unknown) is not a store rule")
+        }
+        func bool(_ key: String) throws -> Bool? {
+            switch object[key] {
+            case nil: return nil
+            case .bool(let value)?: return value
+            case let other?: throw HTTPError.invalid("rules.\(key)", "rules.\(key) must be true or false, not \(other.kindName)")
+            }
+        }
+        func int(_ key: String) throws -> Int? {
+            guard let value = object[key] else { return nil }
+            guard let int = try JSONInput.int(value, field: "rules.\(key)") else {
+                throw HTTPError.invalid("rules.\(key)", "rules.\(key) cannot be null")
+            }
+            return int
+        }
+        patch.requireCounterCode = try bool("requireCounterCode")
+        patch.autoApproveAtCounter = try bool("autoApproveAtCounter")
+        patch.pendingPerCustomer = try int("pendingPerCustomer")
+        patch.stampCooldownSeconds = try int("stampCooldownSeconds")
+        patch.dailyStampCap = try int("dailyStampCap")
+        return patch
+    }
 
     private func createStore(_ request: Request) async throws -> Reply {
         let principal = try await principal(request)
@@ -199,6 +262,7 @@ struct API: Sendable {
         draft.openHours = try input.string("openHours")
         draft.requestTtlSeconds = try input.int("requestTtlSeconds")
         draft.menu = try menu(input)
+        draft.rules = try rules(input)
         let store = try await service.createStore(principal, draft, idempotency: try idempotencyKey(request, input))
         var response = Response.json(store, status: .created)
         response.headers.add(name: "Location", value: "/v1/stores/\(store.id)")
@@ -209,7 +273,7 @@ struct API: Sendable {
         let principal = try await principal(request)
         let input = try JSONInput(request, allowed: Self.storeFields)
         var patch = StorePatch()
-        for field in ["name", "rewardItem", "stampsPerReward", "requestTtlSeconds", "menu"] where input.isNull(field) {
+        for field in ["name", "rewardItem", "stampsPerReward", "requestTtlSeconds", "menu", "rules"] where input.isNull(field) {
             throw HTTPError.invalid(field, "\(field) cannot be null")
         }
         patch.name = try input.string("name")
@@ -221,6 +285,7 @@ struct API: Sendable {
         patch.longitude = try input.patchDouble("longitude")
         patch.openHours = try input.patchString("openHours")
         patch.menu = try menu(input)
+        patch.rules = try rules(input)
         return .response(.json(try await service.updateStore(principal, id: request.parameter("storeId"), patch)))
     }
 
@@ -255,13 +320,13 @@ struct API: Sendable {
 
     private func createRequest(_ request: Request) async throws -> Reply {
         let principal = try await principal(request)
-        let input = try JSONInput(request, allowed: ["kind", "count"])
+        let input = try JSONInput(request, allowed: ["kind", "count", "counterCode"])
         guard let kind = RequestKind(rawValue: try input.requiredString("kind")) else {
             throw HTTPError.invalid("kind", "kind must be stamp or reward")
         }
         let created = try await service.createRequest(
             principal, storeId: request.parameter("storeId"), kind: kind, count: try input.int("count"),
-            idempotency: try idempotencyKey(request, input))
+            counterCode: try input.string("counterCode"), idempotency: try idempotencyKey(request, input))
         var response = Response.json(created, status: .created)
         response.headers.add(name: "Location", value: "/v1/requests/\(created.id)")
         return .response(response)
@@ -371,6 +436,10 @@ struct Activity: Encodable, Sendable {
     var day: String
     var utcOffsetMinutes: Int
     var members: [MemberCounts]
+}
+
+struct BlockList: Encodable, Sendable {
+    var blocked: [BlockedCustomer]
 }
 
 struct CardList: Encodable, Sendable {

@@ -134,6 +134,14 @@ struct JSONInput {
         return .some(try double(key))
     }
 
+    func object(_ key: String) throws -> [String: JSONValue]? {
+        switch fields[key] {
+        case nil, .null?: return nil
+        case .object(let value)?: return value
+        case let other?: throw HTTPError.invalid(key, "\(key) must be an object, not \(other.kindName)")
+        }
+    }
+
     func array(_ key: String) throws -> [JSONValue]? {
         switch fields[key] {
         case nil, .null?: return nil

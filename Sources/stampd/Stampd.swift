@@ -57,6 +57,8 @@ struct Stampd: AsyncParsableCommand {
     var pendingRequestsPerCustomer: Int?
     @Option(help: "Requests one customer may make at one store per hour. [STAMPD_REQUESTS_PER_CUSTOMER_PER_HOUR]")
     var requestsPerCustomerPerHour: Int?
+    @Option(help: "The per-visit limits a new store starts with: cafe (1 pending request, 5 min between stamps, 10 stamps a day) or off (for load tests); owners change them. [STAMPD_NEW_STORE_LIMITS]")
+    var newStoreLimits: String?
     @Flag(help: "Cheap password hashing, for tests and benchmarks only. [STAMPD_INSECURE_FAST_PASSWORD_HASHING=1]")
     var insecureFastPasswordHashing = false
 
@@ -136,6 +138,11 @@ struct Stampd: AsyncParsableCommand {
             pendingRequestsPerCustomer, "PENDING_REQUESTS_PER_CUSTOMER", settings.limits.pendingRequestsPerCustomerPerStore)
         settings.limits.requestsPerCustomerPerStorePerHour = try setting(
             requestsPerCustomerPerHour, "REQUESTS_PER_CUSTOMER_PER_HOUR", settings.limits.requestsPerCustomerPerStorePerHour)
+        switch try setting(newStoreLimits, "NEW_STORE_LIMITS", "cafe") {
+        case "cafe": settings.newStoreRules = .cafe
+        case "off": settings.newStoreRules = .off
+        case let other: throw ValidationError("--new-store-limits must be cafe or off, not \(other)")
+        }
         for (name, value) in [("hash-queue", hasher.maximumWaiting), ("sign-ins-per-address", settings.passwordChecksPerAddressPerMinute),
                               ("sign-ins-at-once-per-address", settings.passwordChecksInFlightPerAddress),
                               ("sign-ups-per-address", settings.signUpsPerAddressPerHour),

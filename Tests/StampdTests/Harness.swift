@@ -46,6 +46,8 @@ final class TestServer: Sendable {
         settings.passwordChecksInFlightPerAddress = 1_000
         settings.limits.pendingRequestsPerCustomerPerStore = 100_000
         settings.limits.requestsPerCustomerPerStorePerHour = 100_000
+        // The per-visit rules have tests of their own, which set them on their stores.
+        settings.newStoreRules = .off
         configure(&configuration, &settings)
         let hub = EventHub(maximumPerAccount: maximumPollsPerAccount)
         let service = StampService(database: database, hub: hub, hasher: PasswordHasher(cost: .insecureFast),

@@ -106,12 +106,13 @@ import Testing
 
     /// The plans of the queries that used to scan: each must search an index. (PostgreSQL is
     /// told not to scan where it can search, since its empty test tables would make a scan the
-    /// cheaper plan; what matters is that an index serves the query.)
+    /// cheaper plan; what matters is that an index serves the query. On empty tables it may
+    /// serve a store's pending list from either index on the store, `a|b` below.)
     @Test func theHotQueriesSearchTheirIndexes() async throws {
         let server = try await TestServer.start()
         let pending = " WHERE r.store_id = ? AND r.status = 'pending' ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?"
         let plans: [(String, SQL, [any SQLBindable])] = [
-            ("requests_pending",
+            ("requests_pending|requests_store",
              SQL(sqlite: StampService.requestSelect.replacingOccurrences(of: "FROM requests r", with: "FROM requests r INDEXED BY requests_pending") + pending,
                  postgres: StampService.requestSelect + pending), ["s", 50, 0]),
             ("cards_store", SQL(StampService.cardSelect + " WHERE c.store_id = ? AND c.stamps >= s.stamps_per_reward LIMIT ?"), ["s", 200]),
@@ -133,9 +134,11 @@ import Testing
                     try await session.run("SET LOCAL enable_seqscan = off")
                     return try await session.query(SQL("EXPLAIN " + sql.postgres), parameters: parameters) { try $0.get(0, as: String.self) }
                 }
-                #expect(plan.contains { $0.contains("using \(index) ") || $0.contains("on \(index)") }, "\(sql.postgres): \(plan)")
+                let names = index.split(separator: "|")
+                #expect(plan.contains { line in names.contains { line.contains("using \($0) ") || line.contains("on \($0)") } },
+                        "\(sql.postgres): \(plan)")
             } else {
-                let name = index == "events_account_id_seq_key" ? "sqlite_autoindex_events_1" : index
+                let name = index == "events_account_id_seq_key" ? "sqlite_autoindex_events_1" : String(index.split(separator: "|")[0])
                 plan = try await server.database.read { connection in
                     try await connection.query(SQL("EXPLAIN QUERY PLAN " + sql.sqlite), parameters: parameters) { try $0.get(3, as: String.self) }
                 }

@@ -85,7 +85,7 @@ base=http://127.0.0.1:$port
 start_server() {
     "$binary" --host 127.0.0.1 --port "$port" --database "${STAMPD_TEST_DATABASE:-$work/db.sqlite}" --migrations "$repo/migrations" \
         --insecure-fast-password-hashing --log-level warning --hash-queue 1000 --metrics-port 0 \
-        --sign-ins-per-address 1000000 --sign-ups-per-address 1000000 --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 >>"$work/server.log" 2>&1 &
+        --sign-ins-per-address 1000000 --sign-ups-per-address 1000000 --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 --new-store-limits off >>"$work/server.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 100); do
         if curl -fsS --max-time 2 -o /dev/null "$base/healthz" 2>/dev/null; then return 0; fi

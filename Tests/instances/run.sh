@@ -44,7 +44,7 @@ for name in a b; do
   "$binary" --host 127.0.0.1 --port "$port" --metrics-port "$metrics" --database "$database" \
     --migrations "$repo/migrations" --trusted-proxies 127.0.0.1 --insecure-fast-password-hashing \
     --sign-ins-per-address 1000000 --sign-ins-at-once-per-address 100000 --sign-ups-per-address 1000000 \
-    --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 >"$work/$name.log" 2>&1 &
+    --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 --new-store-limits off >"$work/$name.log" 2>&1 &
   pids+=($!)
   wait_healthy "http://127.0.0.1:$port/readyz" "$!" "$work/$name.log"
   ports+=("$port")

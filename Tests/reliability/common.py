@@ -27,6 +27,7 @@ HOST = "127.0.0.1"
 # by the Swift tests, not here.
 RELAXED_LIMITS = ["--sign-ins-per-address", "1000000", "--sign-ins-at-once-per-address", "100000", "--sign-ups-per-address", "1000000",
                   "--pending-requests-per-customer", "1000000", "--requests-per-customer-per-hour", "1000000",
+                  "--new-store-limits", "off",
                   "--hash-queue", "100000"]
 
 

@@ -133,7 +133,7 @@ stop_pid() {
 # Both stampds (SQLite here, PostgreSQL later) run with the same relaxed limits.
 STAMPD_FLAGS=(--migrations "$ROOT/migrations" --insecure-fast-password-hashing --max-connections 19500 --max-polls 19500
               --hash-queue 100000 --sign-ins-per-address 1000000 --sign-ins-at-once-per-address 100000 --sign-ups-per-address 1000000
-              --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000)
+              --pending-requests-per-customer 1000000 --requests-per-customer-per-hour 1000000 --new-store-limits off)
 STAMPD_PORT=$(free_port)
 STAMPD_METRICS_PORT=$(free_port)
 say "starting stampd on 127.0.0.1:$STAMPD_PORT (database $WORK/stampd.sqlite)"
