@@ -80,6 +80,22 @@ import Testing
         let freshStaff: @Sendable () async throws -> String = {
             try await server.addStaff(to: store, owner: TestServer.Person(token: x.token, id: x.id)).id
         }
+        // A customer with a card at X's store, to block and unblock.
+        let dora = try await signUp("customer", "dora@example.com")
+        let doraRequest = try await server.askForStamps(TestServer.Person(token: dora.token, id: dora.id), store: store)
+        _ = try await server.approve(TestServer.Person(token: x.token, id: x.id), doraRequest)
+        // A fresh approval of A's request, and a fresh direct stamp of X's on A, for each undo.
+        let freshApproval: @Sendable () async throws -> String = {
+            let id = try await server.askForStamps(TestServer.Person(token: a.token, id: a.id), store: store)
+            _ = try await server.approve(TestServer.Person(token: x.token, id: x.id), id)
+            return "/v1/requests/\(id)/undo"
+        }
+        let freshStamp: @Sendable () async throws -> String = {
+            let client = try await TestClient.connect(port: port)
+            defer { client.close() }
+            let answer = try await client.request("POST", "/v1/stores/\(store)/stamps", token: x.token, json: ["customerId": a.id, "count": 1])
+            return "/v1/stores/\(store)/stamps/\(answer.int("entryId") ?? 0)/undo"
+        }
         let counter = Counter()
         let s = "/v1/stores/\(store)"
         let rows: [Row] = [
@@ -120,6 +136,18 @@ import Testing
                 path: { "\(s)/members/\(try await freshStaff())" }),
             Row(operation: "GET /v1/stores/{storeId}/activity", anonymous: 401, statuses: [403, 403, 200, 403, 403],
                 path: { "\(s)/activity?day=2026-12-01" }),
+            Row(operation: "GET /v1/stores/{storeId}/counter-code", anonymous: 401, statuses: [403, 403, 200, 403, 200],
+                path: { "\(s)/counter-code" }),
+            Row(operation: "GET /v1/stores/{storeId}/blocks", anonymous: 401, statuses: [403, 403, 200, 403, 403],
+                path: { "\(s)/blocks" }),
+            Row(operation: "PUT /v1/stores/{storeId}/blocks/{customerId}", anonymous: 401, statuses: [403, 403, 200, 403, 403],
+                path: { "\(s)/blocks/\(dora.id)" }),
+            Row(operation: "DELETE /v1/stores/{storeId}/blocks/{customerId}", anonymous: 401, statuses: [403, 403, 204, 403, 403],
+                path: { "\(s)/blocks/\(dora.id)" }),
+            Row(operation: "POST /v1/stores/{storeId}/stamps/{entryId}/undo", anonymous: 401, statuses: [403, 403, 200, 403, 200],
+                path: freshStamp),
+            Row(operation: "POST /v1/requests/{requestId}/undo", anonymous: 401, statuses: [403, 404, 200, 404, 200],
+                path: freshApproval),
             Row(operation: "POST /v1/stores/{storeId}/stamps", anonymous: 401, statuses: [403, 403, 200, 403, 200],
                 path: { "\(s)/stamps" }, body: { ["customerId": a.id, "count": 1] }),
             Row(operation: "GET /v1/requests/{requestId}", anonymous: 401, statuses: [200, 404, 200, 404, 200],

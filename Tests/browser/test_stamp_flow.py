@@ -582,10 +582,17 @@ def test_a_barista_on_a_second_browser_decides_and_the_owner_sees_who(browsers):
 
         customer = call("POST", "/v1/accounts", {"role": "customer", "login": f"{unique('c')}@example.com",
                                                  "password": PASSWORD, "name": "Dana Customer"})
-        asked = call("POST", f"/v1/stores/{store_id}/requests", {"kind": "stamp", "count": 2}, token=customer["token"])
+        # The customer reads the counter code off the barista's screen and sends it with the request.
+        code_on_screen = visible(barista, "counter-code").text.replace(" ", "")
+        assert len(code_on_screen) == 6 and code_on_screen.isdigit()
+        asked = call("POST", f"/v1/stores/{store_id}/requests", {"kind": "stamp", "count": 2, "counterCode": code_on_screen},
+                     token=customer["token"])
+        assert asked["atCounter"] is True
         css = f'#pending-list [data-testid="request-item"][data-request-id="{asked["id"]}"]'
         visible_css(owner, css, LIVE)
         on_barista = visible_css(barista, css, LIVE)
+        assert on_barista.find_element(By.CSS_SELECTOR, '[data-testid="at-counter"]').text == "At the counter"
+        screenshot(barista, "barista-at-counter.png")
         on_barista.find_element(By.CSS_SELECTOR, '[data-testid="approve"]').click()
         wait(owner, LIVE).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, css)))
         decided = visible_css(owner, f'#decided-list [data-request-id="{asked["id"]}"]', LIVE)

@@ -28,6 +28,7 @@ const state = {
   customers: [], // the customers found or registered: {id, name, login, walkIn}
   customerCards: new Map(), // customer id → their card here, as the last stamping answered it
   decisionErrors: new Map(), // request id → why the owner's last approve/reject of it failed, shown on its row
+  counter: { code: '', changesAt: 0, timer: 0 }, // the counter code on screen, and when it changes
 };
 const storeKey = () => `stampd.owner.store.${session.account.id}`;
 const soundKey = 'stampd.owner.sound';
@@ -127,6 +128,7 @@ async function openStore(id) {
     show($('staff-panel'), state.role === 'owner');
     show($('invitation'), false);
     render();
+    showCounterCode();
     await loadSnapshot();
     if (state.role === 'owner') await loadStaff();
   } catch (error) {
@@ -298,6 +300,33 @@ async function decide(request, action, item) {
     }
     render();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The counter code: fetched when it changes, with a countdown to the next one
+
+async function showCounterCode() {
+  clearTimeout(state.counter.timer);
+  const store = state.store;
+  if (!store) return;
+  try {
+    const now = await call(`/v1/stores/${encodeURIComponent(store.id)}/counter-code`);
+    if (state.store !== store) return;
+    state.counter.code = now.code;
+    state.counter.changesAt = Date.parse(now.changesAt);
+    $('counter-code').textContent = `${now.code.slice(0, 3)} ${now.code.slice(3)}`;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return;
+    $('counter-code').textContent = '— — —';
+    state.counter.changesAt = Date.now() + 5_000; // try again soon
+  }
+  tickCounterCode();
+}
+
+function tickCounterCode() {
+  const left = Math.max(0, Math.ceil((state.counter.changesAt - Date.now()) / 1000));
+  $('counter-changes').textContent = left > 0 ? `in ${left} s` : 'now';
+  state.counter.timer = left > 0 ? setTimeout(tickCounterCode, 1000) : setTimeout(showCounterCode, 250);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -687,8 +716,11 @@ function pendingItem(request) {
   const item = el('li', { class: 'request', dataset: { requestId: request.id, testid: 'request-item', status: 'pending' } },
     el('div', { class: 'request-text' },
       el('strong', { text: request.customerName }), ' asks for ', el('strong', { text: what }),
-      el('span', { class: 'when' }, ' · ', el('time', { datetime: request.createdAt, text: formatTime(request.createdAt) }))),
-    el('span', { class: 'badge', dataset: { status: 'pending' }, text: STATUS_TEXT.pending }),
+      el('span', { class: 'when' }, ' · ', el('time', { datetime: request.createdAt, text: formatTime(request.createdAt) })),
+      request.customerCard ? el('span', { class: 'request-card', dataset: { testid: 'customer-card' } }, cardLine(request.customerCard)) : null),
+    request.atCounter
+      ? el('span', { class: 'badge', dataset: { status: 'counter', testid: 'at-counter' }, text: 'At the counter' })
+      : el('span', { class: 'badge', dataset: { status: 'pending' }, text: STATUS_TEXT.pending }),
     el('div', { class: 'actions' },
       el('button', { type: 'button', class: 'approve', dataset: { testid: 'approve' },
         'aria-label': `Approve ${what} for ${request.customerName}`,
@@ -699,6 +731,12 @@ function pendingItem(request) {
     el('p', { class: 'item-status', dataset: { testid: 'request-status' } }));
   updatePendingItem(item, request);
   return item;
+}
+
+/** "3 stamps · 1 reward · 7 visits · since Mar 2026": who this customer is here. */
+function cardLine(card) {
+  const since = new Date(card.memberSince).toLocaleDateString(undefined, { month: 'short', year: 'numeric' });
+  return `${plural(card.stamps, 'stamp')} · ${plural(card.rewards, 'reward')} · ${plural(card.visits, 'visit')} · since ${since}`;
 }
 
 /** A pending row shows why its last decision failed, until the next try (or "Approving…" while one runs). */
