@@ -141,6 +141,77 @@ struct InstanceTests {
         try await a.stop()
     }
 
+    /// The owner's tablet polls A, the barista's polls B: a request made on either reaches both,
+    /// the barista's decision reaches the owner, and the owner's late decision is 409 naming him.
+    @Test func membersOnTwoInstancesShareOneQueueAndOneDecision() async throws {
+        let (a, b) = try await pair()
+        let owner = try await a.signUp("owner", name: "Olga")
+        let store = try await a.createStore(owner)
+        let barista = try await b.addStaff(to: store, owner: owner, name: "Ben")
+        let customer = try await a.signUp("customer")
+        let onA = try await a.connect(), onB = try await b.connect()
+        let ownerCursor = try await onA.request("GET", "/v1/events?timeout=0", token: owner.token).string("cursor")
+        let baristaCursor = try await onB.request("GET", "/v1/events?timeout=0", token: barista.token).string("cursor")
+        try await onA.send(TestClient.raw("GET", "/v1/events?timeout=20&after=\(ownerCursor)", token: owner.token))
+        try await onB.send(TestClient.raw("GET", "/v1/events?timeout=20&after=\(baristaCursor)", token: barista.token))
+        await a.hub.waitUntilParked(1)
+        await b.hub.waitUntilParked(1)
+        let request = try await a.askForStamps(customer, store: store)
+        for client in [onA, onB] {
+            let answer = try await client.readResponse()
+            #expect(answer.value("events", 0, "type") as? String == "request.created")
+            #expect(answer.value("events", 0, "data", "request", "id") as? String == request)
+        }
+        let next = try await onA.request("GET", "/v1/events?timeout=0", token: owner.token).string("cursor")
+        try await onA.send(TestClient.raw("GET", "/v1/events?timeout=20&after=\(next)", token: owner.token))
+        await a.hub.waitUntilParked(1)
+        #expect(try await b.approve(barista, request).status == 200)
+        let told = try await onA.readResponse()
+        #expect(told.value("events", 0, "type") as? String == "request.approved")
+        #expect(told.value("events", 0, "data", "request", "decidedBy", "name") as? String == "Ben")
+        let late = try await a.approve(owner, request)
+        #expect(late.status == 409 && late.value("request", "decidedBy", "name") as? String == "Ben")
+        onA.close()
+        onB.close()
+        try await b.stop()
+        try await a.stop()
+    }
+
+    /// Wrong counter codes sent to A and to B count against one allowance; removing a barista
+    /// through A signs them out on B at once.
+    @Test func counterCodeMissesAndRemovalsHoldAcrossInstances() async throws {
+        let (a, b) = try await pair()
+        let owner = try await a.signUp("owner")
+        let store = try await a.createStore(owner)
+        let customer = try await a.signUp("customer")
+        let onA = try await a.connect(), onB = try await b.connect()
+        let code = try await onA.request("GET", "/v1/stores/\(store)/counter-code", token: owner.token).string("code")
+        #expect(try await onB.request("GET", "/v1/stores/\(store)/counter-code", token: owner.token).string("code") == code)
+        let wrong = code == "000000" ? "000001" : "000000"
+        for attempt in 0..<5 {
+            let client = attempt.isMultiple(of: 2) ? onA : onB
+            #expect(try await client.request("POST", "/v1/stores/\(store)/requests", token: customer.token,
+                                             json: ["kind": "stamp", "counterCode": wrong]).status == 422)
+        }
+        for client in [onA, onB] {
+            #expect(try await client.request("POST", "/v1/stores/\(store)/requests", token: customer.token,
+                                             json: ["kind": "stamp", "counterCode": code]).status == 429)
+        }
+
+        let barista = try await a.addStaff(to: store, owner: owner)
+        #expect(try await onB.request("GET", "/v1/stores/\(store)/requests", token: barista.token).status == 200)
+        let cursor = try await onB.request("GET", "/v1/events?timeout=0", token: barista.token).string("cursor")
+        try await onB.send(TestClient.raw("GET", "/v1/events?timeout=20&after=\(cursor)", token: barista.token))
+        await b.hub.waitUntilParked(1)
+        #expect(try await onA.request("DELETE", "/v1/stores/\(store)/members/\(barista.id)", token: owner.token).status == 204)
+        #expect(try await onB.readResponse().status == 401)
+        #expect(try await onB.request("GET", "/v1/stores/\(store)/requests", token: barista.token).status == 401)
+        onA.close()
+        onB.close()
+        try await b.stop()
+        try await a.stop()
+    }
+
     /// Housekeeping runs on one instance at a time; another takes the next round.
     @Test func onlyOneInstanceHousekeepsAtATime() async throws {
         let (a, b) = try await pair()

@@ -138,7 +138,8 @@ import Testing
         let ledger = try await client.request("GET", "/v1/cards/\(store)/ledger", token: customer.token)
         let entries = ledger.value("entries") as? [[String: Any]] ?? []
         let stamps = entries.compactMap { $0["stampsDelta"] as? Int }.reduce(0, +)
-        #expect(card.int("cards", 0, "stamps") == stamps)
+        // (No card at all when every race went to the rejection.)
+        #expect((card.int("cards", 0, "stamps") ?? 0) == stamps)
         client.close()
         try await server.stop()
     }

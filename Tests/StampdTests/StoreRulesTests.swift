@@ -252,6 +252,25 @@ import Testing
         try await server.stop()
     }
 
+    @Test func twoMembersUndoingAtOnceReverseOnce() async throws {
+        let (server, owner, store, customer, client) = try await setUp()
+        let barista = try await server.addStaff(to: store, owner: owner)
+        for _ in 0..<5 {
+            let request = try await server.askForStamps(customer, store: store, count: 3)
+            #expect(try await server.approve(owner, request).status == 200)
+            let port = server.port
+            async let first = MemberTests.post(port, "/v1/requests/\(request)/undo", owner.token)
+            async let second = MemberTests.post(port, "/v1/requests/\(request)/undo", barista.token)
+            #expect(try await [first, second].map(\.status).sorted() == [200, 409])
+        }
+        let card = try await client.request("GET", "/v1/cards", token: customer.token)
+        #expect(card.int("cards", 0, "stamps") == 0)
+        let ledger = try await client.request("GET", "/v1/cards/\(store)/ledger", token: customer.token)
+        #expect((ledger.value("entries") as? [[String: Any]])?.filter { $0["kind"] as? String == "reversal" }.count == 5)
+        client.close()
+        try await server.stop()
+    }
+
     @Test func anApprovalWhoseRewardWasUsedCannotBeUndone() async throws {
         let (server, owner, store, customer, client) = try await setUp([:], stampsPerReward: 2)
         let request = try await server.askForStamps(customer, store: store, count: 2)
