@@ -603,6 +603,15 @@ def test_a_barista_on_a_second_browser_decides_and_the_owner_sees_who(browsers):
         assert console_problems(owner) == []
         assert console_problems(barista) == []
 
+        # The owner undoes the approval (a correcting entry on the server): both pages say so.
+        decided.find_element(By.CSS_SELECTOR, '[data-testid="undo"]').click()
+        undone = f'#decided-list [data-request-id="{asked["id"]}"] [data-testid="undone-by"]'
+        assert "undone by Olive Owner" in visible_css(owner, undone).text
+        assert "undone by Olive Owner" in visible_css(barista, undone, LIVE).text
+        wait(owner).until(EC.text_to_be_present_in_element((By.ID, "totals-stamps"), "0"))
+        card = call("GET", "/v1/cards", token=customer["token"])["cards"][0]
+        assert card["stamps"] == 0
+
         # The owner removes the barista: their page is signed out at once.
         member = visible_css(owner, '[data-testid="member"][data-role="staff"]')
         member.find_element(By.CSS_SELECTOR, '[data-testid="remove-member"]').click()

@@ -140,6 +140,7 @@ export class ApiError extends Error {
     this.status = status;
     this.field = problem?.field;
     this.retryAfter = retryAfter;
+    this.request = problem?.request; // a 409's request as it is now (decided by another member, say)
   }
 }
 

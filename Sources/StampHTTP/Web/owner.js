@@ -752,9 +752,41 @@ function decidedItem(request) {
     el('div', { class: 'request-text' },
       el('strong', { text: request.customerName }), ` · ${describeRequest(request, state.store.rewardItem)}`,
       el('span', { class: 'when' }, ' · ', el('time', { datetime: request.decidedAt, text: formatTime(request.decidedAt) })),
-      request.decidedBy ? el('span', { class: 'decided-by', dataset: { testid: 'decided-by' }, text: ` · by ${request.decidedBy.name}` }) : null),
-    el('span', { class: 'badge', dataset: { status: request.status }, text: STATUS_TEXT[request.status] }),
+      request.decidedBy ? el('span', { class: 'decided-by', dataset: { testid: 'decided-by' }, text: ` · by ${request.decidedBy.name}` }) : null,
+      request.reversedAt ? el('span', { class: 'decided-by', dataset: { testid: 'undone-by' },
+        text: ` · undone by ${request.reversedBy?.name ?? 'a member'}` }) : null),
+    el('span', { class: 'badge', dataset: { status: request.reversedAt ? 'rejected' : request.status },
+      text: request.reversedAt ? 'Undone' : STATUS_TEXT[request.status] }),
+    undoable(request)
+      ? el('button', { type: 'button', class: 'quiet', dataset: { testid: 'undo' },
+        'aria-label': `Undo the approval of ${describeRequest(request, state.store.rewardItem)} for ${request.customerName}`,
+        on: { click: (event) => undo(request, event.currentTarget) } }, 'Undo')
+      : null,
     error ? el('p', { class: 'item-status bad', dataset: { testid: 'request-status' } }, error) : null);
+}
+
+/** An approval can be undone for 5 minutes (the server says so too; this only hides the button). */
+const UNDO_WINDOW_MS = 5 * 60 * 1000;
+function undoable(request) {
+  return request.status === 'approved' && !request.reversedAt && Date.now() - Date.parse(request.decidedAt) < UNDO_WINDOW_MS;
+}
+
+/** Undoes an approval: a correcting ledger entry on the server; the row says who undid it. */
+async function undo(request, button) {
+  if (isBusy(button)) return;
+  setBusy(button, true);
+  state.decisionErrors.delete(request.id);
+  try {
+    const answer = await call(`/v1/requests/${encodeURIComponent(request.id)}/undo`, { method: 'POST' });
+    learn(answer.request);
+    say(`Undone: ${describeRequest(answer.request, state.store.rewardItem)} for ${answer.request.customerName}.`);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return;
+    state.decisionErrors.set(request.id, `Not undone: ${errorText(error)}`);
+    if (error instanceof ApiError && error.request) learn(error.request);
+  } finally {
+    render();
+  }
 }
 
 /** Updates the page from state.requests (the pending list in place, see reconcile). */
@@ -774,7 +806,7 @@ function render() {
   $('decided-list').replaceChildren(...decided.slice(0, 50).map(decidedItem));
   show($('decided-empty'), decided.length === 0);
 
-  const approved = decided.filter((r) => r.status === 'approved');
+  const approved = decided.filter((r) => r.status === 'approved' && !r.reversedAt);
   $('totals-approved').textContent = approved.length;
   $('totals-rejected').textContent = decided.filter((r) => r.status === 'rejected').length;
   $('totals-stamps').textContent = approved.filter((r) => r.kind === 'stamp').reduce((sum, r) => sum + r.count, 0);
