@@ -619,3 +619,22 @@ def test_a_barista_on_a_second_browser_decides_and_the_owner_sees_who(browsers):
         visible(barista, "signin-form", LIVE)
         assert "session has ended" in barista.find_element(By.ID, "auth-error").text
         wait(owner).until(lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="member"][data-role="staff"]'))
+
+
+def test_an_expired_request_is_announced(browsers):
+    """A request nobody decided in time leaves the queue with a notice, not silently."""
+    owner = browsers("owner", 1280, 900)
+    with console_on_failure({"owner": owner}):
+        store_id = owner_with_store(owner, unique("Slow Cafe"))
+        token = owner.execute_script("return JSON.parse(localStorage.getItem('stampd.owner.token'))")
+        # The shortest lifetime a store may set, so that the test waits seconds, not minutes.
+        call("PATCH", f"/v1/stores/{store_id}", {"requestTtlSeconds": 10}, token=token)
+        customer = call("POST", "/v1/accounts", {"role": "customer", "login": f"{unique('e')}@example.com",
+                                                 "password": PASSWORD, "name": "Eli Early"})
+        asked = call("POST", f"/v1/stores/{store_id}/requests", {"kind": "stamp"}, token=customer["token"])
+        row = f'#pending-list [data-request-id="{asked["id"]}"]'
+        visible_css(owner, row, LIVE)
+        wait(owner, 15).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, row)))
+        wait(owner, LIVE).until(EC.text_to_be_present_in_element((By.ID, "notice"), "Expired: Eli Early"))
+        attribute_is(owner, f'#decided-list [data-request-id="{asked["id"]}"]', "data-status", "expired")
+        assert console_problems(owner) == []

@@ -228,6 +228,7 @@ function learn(request) {
 function onEvents(events, { quiet }) {
   if (!state.store) return;
   const created = [];
+  const expired = [];
   for (const event of events) {
     if (event.type === 'member.joined' || event.type === 'member.removed') {
       if (event.data?.storeId === state.store.id && state.role === 'owner' && !quiet) loadStaff();
@@ -235,16 +236,28 @@ function onEvents(events, { quiet }) {
     }
     const request = event.data?.request;
     if (!request || request.storeId !== state.store.id) continue; // another of the owner's stores
+    const wasPending = state.requests.get(request.id)?.status === 'pending';
     learn(request);
     if (event.type === 'request.created') created.push(request.id);
+    if (event.type === 'request.expired' && wasPending) expired.push(request);
   }
   render();
   // Only requests that are still waiting deserve a beep: a replay of old events stays silent.
   const waiting = created.map((id) => state.requests.get(id)).filter((r) => r?.status === 'pending');
   if (waiting.length > 0 && !quiet) announce(waiting);
+  else if (expired.length > 0 && !quiet) announceExpired(expired);
   for (const request of waiting) {
     $('pending-list').querySelector(`[data-request-id="${request.id}"]`)?.classList.add('new');
   }
+}
+
+/** Nobody decided in time: say so, so that the customer at the counter is not left waiting. */
+function announceExpired(requests) {
+  const [first] = requests;
+  const text = requests.length === 1
+    ? `Expired: ${first.customerName}'s request for ${describeRequest(first, state.store.rewardItem)} waited too long. They can ask again.`
+    : `${requests.length} requests expired before anyone decided.`;
+  showNotice(text, []);
 }
 
 /** The visible and audible notice of new requests. */
@@ -253,8 +266,14 @@ function announce(requests) {
   const text = requests.length === 1
     ? `New request: ${first.customerName} asks for ${describeRequest(first, state.store.rewardItem)}.`
     : `${requests.length} new requests.`;
+  showNotice(text, requests.map((r) => r.id));
+}
+
+/** The notice at the top (with a beep when sound is on); it goes after 15 s, or once none of
+ * the requests it is about (`ids`) is pending any more. */
+function showNotice(text, ids) {
   const notice = $('notice');
-  state.noticed = requests.map((r) => r.id);
+  state.noticed = ids;
   notice.textContent = text;
   show(notice);
   notice.classList.remove('flash');
@@ -799,7 +818,7 @@ function render() {
   reconcile($('pending-list'), pending, (r) => r.id, pendingItem, updatePendingItem, $('pending-heading'));
   $('pending-count').textContent = pending.length ? `(${pending.length})` : '';
   show($('pending-empty'), pending.length === 0);
-  if (!state.noticed.some((id) => state.requests.get(id)?.status === 'pending')) show($('notice'), false);
+  if (state.noticed.length > 0 && !state.noticed.some((id) => state.requests.get(id)?.status === 'pending')) show($('notice'), false);
 
   const decided = all.filter((r) => r.status !== 'pending' && isToday(r.decidedAt))
     .sort((a, b) => b.decidedAt.localeCompare(a.decidedAt));
