@@ -638,3 +638,32 @@ def test_an_expired_request_is_announced(browsers):
         wait(owner, LIVE).until(EC.text_to_be_present_in_element((By.ID, "notice"), "Expired: Eli Early"))
         attribute_is(owner, f'#decided-list [data-request-id="{asked["id"]}"]', "data-status", "expired")
         assert console_problems(owner) == []
+
+
+def test_a_customer_types_the_counter_code_into_the_request(browsers):
+    """The customer reads the code off the store's page and sends it with the stamp request; the
+    store's row says the request was made at the counter. A wrong code is refused, by name."""
+    owner = browsers("owner", 1280, 900)
+    customer = browsers("customer", 390, 844, phone=True)
+    store_name = unique("Counter Cafe")
+    with console_on_failure({"owner": owner, "customer": customer}):
+        store_id = owner_with_store(owner, store_name)
+        customer.get(BASE + "/app")
+        sign_up(customer, "Cora Counter", f"{unique('cora')}@example.com")
+        attribute_is(customer, "#connection", "data-state", "live")
+        fill(customer, "search-q", store_name)
+        customer.find_element(By.ID, "search-submit").click()
+        result = visible_css(customer, f'[data-testid="store-result"][data-store-id="{store_id}"]')
+        field = result.find_element(By.CSS_SELECTOR, '[data-testid="counter-code-input"]')
+        code = visible(owner, "counter-code").text.replace(" ", "")
+        wrong = "000000" if code != "000000" else "000001"
+        field.send_keys(wrong)
+        result.find_element(By.CSS_SELECTOR, '[data-testid="request-stamp"]').click()
+        wait(customer).until(EC.text_to_be_present_in_element((By.ID, "message"), "counter code"))
+        field.clear()
+        field.send_keys(visible(owner, "counter-code").text)
+        result.find_element(By.CSS_SELECTOR, '[data-testid="request-stamp"]').click()
+        mine = attribute_is(customer, '[data-testid="my-request"]', "data-status", "pending")
+        row = visible_css(owner, f'#pending-list [data-request-id="{mine.get_attribute("data-request-id")}"]', LIVE)
+        assert row.find_element(By.CSS_SELECTOR, '[data-testid="at-counter"]').text == "At the counter"
+        assert console_problems(customer, expected_statuses=(422,)) == []

@@ -172,9 +172,11 @@ function onEvents(events, { quiet }) {
  * Asks a store for stamps or a reward. The Idempotency-Key makes a retry after a network error
  * safe: the server answers the first request again instead of making a second one.
  */
-async function ask(storeId, kind, count, button) {
+async function ask(storeId, kind, count, button, counterCode = '') {
   const key = uuid();
   const body = kind === 'stamp' ? { kind, count } : { kind };
+  // The code the counter shows, as typed: spaces do not matter to the server.
+  if (kind === 'stamp' && counterCode.trim()) body.counterCode = counterCode.replace(/\s/g, '');
   if (isBusy(button)) return;
   setBusy(button, true);
   say('Sending your request…');
@@ -194,7 +196,9 @@ async function ask(storeId, kind, count, button) {
     learn(request);
     state.feed.post({ request }); // other tabs get no event for it: tell them
     render();
-    say(`Asked ${request.storeName} for ${describeRequest(request)}. Waiting for the cafe…`);
+    say(request.status === 'approved'
+      ? `${request.storeName} approved ${describeRequest(request)} at the counter.`
+      : `Asked ${request.storeName} for ${describeRequest(request)}${request.atCounter ? ' at the counter' : ''}. Waiting for the cafe…`);
   } catch (error) {
     say(`Not sent: ${errorText(error)}`);
   } finally {
@@ -411,10 +415,15 @@ function storeItem(store) {
   const count = el('select', { id: countId, dataset: { testid: 'stamp-count' } },
     ...Array.from({ length: 10 }, (_, i) => el('option', { value: String(i + 1), text: String(i + 1) })));
   const button = el('button', { type: 'submit', dataset: { testid: 'request-stamp' } }, 'Ask for stamps');
+  const codeId = `code-${store.id}`;
+  const required = store.rules?.requireCounterCode === true;
+  const code = el('input', { id: codeId, class: 'code-input', inputmode: 'numeric', autocomplete: 'off', maxlength: '7',
+    placeholder: '123 456', dataset: { testid: 'counter-code-input' }, ...(required ? { required: true } : {}) });
   const form = el('form', { class: 'inline ask', on: { submit: (event) => {
     event.preventDefault();
-    ask(store.id, 'stamp', Number(count.value), button);
-  } } }, el('label', { for: countId }, 'Stamps'), count, button);
+    ask(store.id, 'stamp', Number(count.value), button, code.value);
+  } } }, el('label', { for: countId }, 'Stamps'), count,
+  el('label', { for: codeId }, required ? 'Counter code' : 'Counter code (optional)'), code, button);
   return el('li', { class: 'store', dataset: { storeId: store.id, testid: 'store-result' } },
     el('h3', { text: store.name }),
     el('p', { class: 'store-meta' }, `${plural(store.stampsPerReward, 'stamp')} → ${store.rewardItem}`,
