@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -91,7 +91,10 @@ def console_problems(driver, expected_statuses=()):
 
 
 def wait(driver, timeout=10):
-    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,))
+    # A page that reloads (signing out does) can make the driver's probe fail once with "cannot find
+    # context": that is not an answer, so the wait asks again until its time is up.
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException, WebDriverException))
 
 
 def visible(driver, element_id, timeout=10):
