@@ -13,7 +13,8 @@ struct InstanceTests {
     /// A and B on one database.
     func pair() async throws -> (TestServer, TestServer) {
         let a = try await TestServer.start()
-        let b = try await TestServer.start(databasePath: a.databasePath)
+        // One wall clock, as two instances on one network have.
+        let b = try await TestServer.start(databasePath: a.databasePath, clock: a.clock)
         return (a, b)
     }
 
