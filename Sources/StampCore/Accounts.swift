@@ -252,18 +252,26 @@ extension StampService {
     private func revokeSessions(of account: String, except kept: [UInt8]?) async throws {
         let now = clock.now().millis
         sessions.forget(account: account)
-        let revoked = try await write { connection, _ -> [[UInt8]] in
-            let digests = try await connection.query("SELECT token_hash FROM sessions WHERE account_id = ? AND revoked_at IS NULL",
-                                               account) { try $0.get(0, as: [UInt8].self) }.filter { $0 != kept }
-            try await connection.run(SQL(
-                sqlite: "UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS NOT ?",
-                postgres: "UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS DISTINCT FROM ?"),
-                now, account, kept ?? [])
-            try await self.announceRevocation(of: account, sessions: digests, on: connection)
-            return digests
+        let revoked = try await write { connection, _ in
+            try await self.revokeSessions(of: account, except: kept, now: now, on: connection)
         }
         sessions.forget(account: account)
         hub.revoke(account: account, sessions: Set(revoked))
+    }
+
+    /// Revokes every live session of `account` but `kept` in the caller's transaction and tells
+    /// the other instances; returns the digests, for the caller to forget and to answer their
+    /// parked polls after the commit.
+    func revokeSessions(of account: String, except kept: [UInt8]?, now: Int64,
+                        on connection: any SQLSession) async throws -> [[UInt8]] {
+        let digests = try await connection.query("SELECT token_hash FROM sessions WHERE account_id = ? AND revoked_at IS NULL",
+                                           account) { try $0.get(0, as: [UInt8].self) }.filter { $0 != kept }
+        try await connection.run(SQL(
+            sqlite: "UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS NOT ?",
+            postgres: "UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL AND token_hash IS DISTINCT FROM ?"),
+            now, account, kept ?? [])
+        try await announceRevocation(of: account, sessions: digests, on: connection)
+        return digests
     }
 
     static func insertSession(token: String, account: String, now: Date, expiresAt: Date, on connection: any SQLSession) async throws {

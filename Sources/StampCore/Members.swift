@@ -169,11 +169,7 @@ extension StampService {
             }
             guard member.role == .staff else { throw StampError(.conflict, "the owner cannot be removed from their store") }
             try await connection.run("DELETE FROM store_members WHERE store_id = ? AND account_id = ?", storeId, accountId)
-            let digests = try await connection.query("SELECT token_hash FROM sessions WHERE account_id = ? AND revoked_at IS NULL",
-                                               accountId) { try $0.get(0, as: [UInt8].self) }
-            try await connection.run("UPDATE sessions SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL",
-                               now.millis, accountId)
-            try await self.announceRevocation(of: accountId, sessions: digests, on: connection)
+            let digests = try await self.revokeSessions(of: accountId, except: nil, now: now.millis, on: connection)
             try outbox.emit("member.removed", to: try await Self.memberIds(of: storeId, on: connection),
                             data: MemberChange(storeId: storeId, member: member), at: now)
             return digests
@@ -255,11 +251,14 @@ extension StampService {
             }
             throw StampError(.forbidden, "only the store's members may do this")
         }
-        if let now {
-            try await connection.run("UPDATE store_members SET last_active_at = ? WHERE store_id = ? AND account_id = ?",
-                               now.millis, storeId, principal.id)
-        }
+        if let now { try await touchMember(principal.id, of: storeId, now: now, on: connection) }
         return role
+    }
+
+    /// Records a member's write as their last activity at the store.
+    static func touchMember(_ account: String, of storeId: String, now: Date, on connection: any SQLSession) async throws {
+        try await connection.run("UPDATE store_members SET last_active_at = ? WHERE store_id = ? AND account_id = ?",
+                                 now.millis, storeId, account)
     }
 
     static func requireOwner(_ principal: Principal, of storeId: String, on connection: any SQLSession,

@@ -225,25 +225,23 @@ extension StampService {
             try await addLedger(.stampAdded, card: card, stamps: request.count, rewards: 0, request: request.id,
                                 member: member.id, at: now, on: connection)
             card = try await convertAndSave(card, adding: request.count, request: request.id, member: member.id,
-                                            now: now, on: connection)
+                                            visit: true, now: now, on: connection)
         case .reward:
             guard card.rewards > 0 else { throw StampError(.conflict, "no reward is available on this card") }
             try await addLedger(.rewardUsed, card: card, stamps: 0, rewards: -1, request: request.id,
                                 member: member.id, at: now, on: connection)
             card.rewards -= 1
             card.updatedAt = now
-            try await connection.run("UPDATE cards SET rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
-                                     card.rewards, now.millis, card.customerId, card.storeId)
+            try await connection.run("""
+                UPDATE cards SET rewards = ?, updated_at = ?, visits = visits + 1 WHERE customer_id = ? AND store_id = ?
+                """, card.rewards, now.millis, card.customerId, card.storeId)
         }
-        try await countVisit(card, on: connection)
         var approved = try await decide(request, .approved, reason: nil, by: member, now: now, on: connection)
-        approved.customerCard = try await customerCard(request.customerId, at: request.storeId, on: connection)
+        // The request was read with the card as it was; the answer shows it after this visit.
+        approved.customerCard = CustomerCard(stamps: card.stamps, rewards: card.rewards,
+                                             visits: (request.customerCard?.visits ?? 0) + 1,
+                                             memberSince: request.customerCard?.memberSince ?? now)
         return Approval(request: approved, card: card)
-    }
-
-    static func countVisit(_ card: Card, on connection: any SQLSession) async throws {
-        try await connection.run("UPDATE cards SET visits = visits + 1 WHERE customer_id = ? AND store_id = ?",
-                                 card.customerId, card.storeId)
     }
 
     public func reject(_ principal: Principal, requestId: String, reason: String?) async throws -> StampRequest {
@@ -362,7 +360,7 @@ extension StampService {
             throw StampError.notFound("request")
         }
         try requirePending(request)
-        try await requireMember(principal, of: request.storeId, on: connection, touching: now)
+        try await touchMember(principal.id, of: request.storeId, now: now, on: connection)
         return (request, try await memberIds(of: request.storeId, on: connection))
     }
 

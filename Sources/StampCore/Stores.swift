@@ -44,11 +44,6 @@ public struct StoreRulesPatch: Sendable {
     public var dailyStampCap: Int?
     public init() {}
 
-    var isEmpty: Bool {
-        requireCounterCode == nil && autoApproveAtCounter == nil && pendingPerCustomer == nil
-            && stampCooldownSeconds == nil && dailyStampCap == nil
-    }
-
     func applied(to rules: StoreRules) throws -> StoreRules {
         var rules = rules
         if let requireCounterCode { rules.requireCounterCode = requireCounterCode }

@@ -253,8 +253,8 @@ extension StampService {
                                  now: now, on: connection)
             let entry = try await Self.addLedger(.manualStamp, card: card, stamps: count, rewards: 0, request: nil,
                                            member: principal.id, at: now, on: connection)
-            if count > 0 { try await Self.countVisit(card, on: connection) }
-            card = try await Self.convertAndSave(card, adding: count, member: principal.id, now: now, on: connection)
+            card = try await Self.convertAndSave(card, adding: count, member: principal.id, visit: count > 0, now: now,
+                                           on: connection)
             if try await !Self.isHeld(customerId, on: connection) {
                 try outbox.emit("card.updated", to: [customerId],
                                 data: CardChange(card: card, reason: "ownerStamped", stamps: count), at: now)
@@ -374,8 +374,9 @@ extension StampService {
 
     /// Adds `stamps` (after its ledger row is written), turns full sets into rewards with a ledger
     /// row of their own, and saves the card.
-    static func convertAndSave(_ card: Card, adding stamps: Int, request: String? = nil, member: String? = nil, now: Date,
-                               on connection: any SQLSession) async throws -> Card {
+    /// `visit` counts the change as a visit of the customer (an approval, a direct stamp).
+    static func convertAndSave(_ card: Card, adding stamps: Int, request: String? = nil, member: String? = nil,
+                               visit: Bool = false, now: Date, on connection: any SQLSession) async throws -> Card {
         var card = card
         let total = card.stamps + stamps
         let earned = total / card.stampsPerReward
@@ -386,8 +387,9 @@ extension StampService {
         card.stamps = total - earned * card.stampsPerReward
         card.rewards += earned
         card.updatedAt = now
-        try await connection.run("UPDATE cards SET stamps = ?, rewards = ?, updated_at = ? WHERE customer_id = ? AND store_id = ?",
-                           card.stamps, card.rewards, now.millis, card.customerId, card.storeId)
+        try await connection.run("""
+            UPDATE cards SET stamps = ?, rewards = ?, updated_at = ?, visits = visits + ? WHERE customer_id = ? AND store_id = ?
+            """, card.stamps, card.rewards, now.millis, visit ? 1 : 0, card.customerId, card.storeId)
         return card
     }
 }
