@@ -132,8 +132,10 @@ extension StampService {
     /// The store refuses requests from the customer (owner only); they keep their card.
     public func block(_ principal: Principal, storeId: String, customerId: String) async throws -> BlockedCustomer {
         let now = clock.now()
+        let limit = settings.limits.storeChangesPerHour
         return try await write { connection, _ in
             try await Self.requireOwner(principal, of: storeId, on: connection, touching: now)
+            try await Self.countStoreChange(storeId, limit: limit, now: now, on: connection)
             // Only someone who has a card here or asked here: no probing of other accounts.
             guard let name = try await connection.queryFirst("""
                 SELECT a.name FROM accounts a WHERE a.id = ? AND (
@@ -153,8 +155,10 @@ extension StampService {
 
     public func unblock(_ principal: Principal, storeId: String, customerId: String) async throws {
         let now = clock.now()
+        let limit = settings.limits.storeChangesPerHour
         try await write { connection, _ in
             try await Self.requireOwner(principal, of: storeId, on: connection, touching: now)
+            try await Self.countStoreChange(storeId, limit: limit, now: now, on: connection)
             let removed = try await connection.run("DELETE FROM store_blocks WHERE store_id = ? AND customer_id = ?", storeId, customerId)
             if removed == 0 { throw StampError.notFound("blocked customer") }
         }
@@ -167,6 +171,12 @@ extension StampService {
                 try Self.blockRow($0)
             }
         }
+    }
+
+    /// Blocking and unblocking are changes of the store: they share its hourly allowance.
+    static func countStoreChange(_ storeId: String, limit: Int, now: Date, on connection: any SQLSession) async throws {
+        try await countAction("store-change:" + storeId, limit: limit, window: hour,
+                              what: "\(limit) changes an hour per store", now: now, on: connection)
     }
 
     static let blockSelect = """

@@ -143,8 +143,7 @@ extension StampService {
         let (store, more) = try await write { connection, outbox -> (Store, Bool) in
             guard var store = try await Self.loadStore(id, on: connection) else { throw StampError.notFound("store") }
             try await Self.requireOwner(principal, of: id, on: connection, touching: now)
-            try await Self.countAction("store-change:" + id, limit: changesPerHour, window: Self.hour,
-                                 what: "\(changesPerHour) changes an hour per store", now: now, on: connection)
+            try await Self.countStoreChange(id, limit: changesPerHour, now: now, on: connection)
             if let name { store.name = name }
             if let perReward { store.stampsPerReward = perReward }
             if let rewardItem { store.rewardItem = rewardItem }
