@@ -9,11 +9,13 @@ final class PostgresSession: SQLSession {
     let connection: PostgresConnection
     let texts: StatementTexts
     let logger: Logger
+    let scope: DeploymentScope
 
-    init(connection: PostgresConnection, texts: StatementTexts, logger: Logger) {
+    init(connection: PostgresConnection, texts: StatementTexts, logger: Logger, scope: DeploymentScope) {
         self.connection = connection
         self.texts = texts
         self.logger = logger
+        self.scope = scope
     }
 
     @discardableResult
@@ -38,17 +40,17 @@ final class PostgresSession: SQLSession {
         return try map(Row(CellRow(first)))
     }
 
-    /// Transaction-scoped advisory locks in the space of class 1 (the migrations' lock is a
-    /// one-key lock, a space of its own), sorted, so two writers never wait for each other.
+    /// Transaction-scoped advisory locks in the space of class 1 (class 2 is housekeeping's,
+    /// 3 the migrations'), sorted, so two writers never wait for each other.
     func holdUntilCommit(_ keys: [String]) async throws {
         for key in Set(keys).sorted() {
-            try await run("SELECT pg_advisory_xact_lock(1, hashtext(?))", key)
+            try await run("SELECT pg_advisory_xact_lock(1, hashtext(?))", scope.lockKey(key))
         }
     }
 
     /// `pg_notify` in the transaction: PostgreSQL delivers it to the listeners at commit.
     func notify(_ channel: String, _ payload: String) async throws {
-        try await run("SELECT pg_notify(?, ?)", channel, payload)
+        try await run("SELECT pg_notify(?, ?)", scope.channel(channel), payload)
     }
 
     /// Runs text without parameters, several statements allowed (transaction control, migrations).

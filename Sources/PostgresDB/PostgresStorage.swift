@@ -23,11 +23,13 @@ public final class PostgresStorage: Storage {
     private let running: Task<Void, Never>
     private let logger: Logger
     private let texts = StatementTexts()
+    private let scope: DeploymentScope
 
     /// Starts the pool. No connection is made until the first call; `waitUntilReachable` waits for one.
     public init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "stampd.db")) {
         self.configuration = configuration
         self.logger = logger
+        self.scope = DeploymentScope(schema: configuration.schema)
         var options = PostgresClient.Configuration(host: configuration.host, port: configuration.port,
                                                    username: configuration.username, password: configuration.password,
                                                    database: configuration.database, tls: configuration.tls.pool)
@@ -49,7 +51,7 @@ public final class PostgresStorage: Storage {
     public func read<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
         do {
             return try await withPooledConnection(limit: configuration.queryTimeout) { connection in
-                try await body(PostgresSession(connection: connection, texts: self.texts, logger: self.logger))
+                try await body(self.session(on: connection))
             }
         } catch {
             throw PostgresFault.classify(error)
@@ -149,7 +151,7 @@ public final class PostgresStorage: Storage {
 
     private func transaction<T: Sendable>(on connection: PostgresConnection,
                                           _ body: @Sendable (any SQLSession) async throws -> T) async throws -> T {
-        let session = PostgresSession(connection: connection, texts: texts, logger: logger)
+        let session = session(on: connection)
         try await session.simple("BEGIN ISOLATION LEVEL REPEATABLE READ")
         let value: T
         do {
@@ -186,21 +188,23 @@ public final class PostgresStorage: Storage {
     }
 
     /// Applies the migrations of `folder` (the PostgreSQL ones), each in its own transaction,
-    /// under an advisory lock so that instances starting together migrate one after the other.
+    /// under an advisory lock so that instances of one deployment starting together migrate one
+    /// after the other (and other deployments on the database need not wait).
     @discardableResult
     public func migrate(folder: String) async throws -> [Migration] {
         let migrator = try Migrator(directory: folder)
+        let key = scope.lockKey("migrations")
         do {
             return try await withPooledConnection { connection in
-                let session = PostgresSession(connection: connection, texts: self.texts, logger: self.logger)
-                try await session.simple("SELECT pg_advisory_lock(\(Self.migrationLock))")
+                let session = self.session(on: connection)
+                try await session.run("SELECT pg_advisory_lock(3, hashtext(?))", key)
                 do {
                     let applied = try await Self.migrate(migrator, on: session)
-                    try await session.simple("SELECT pg_advisory_unlock(\(Self.migrationLock))")
+                    try await session.run("SELECT pg_advisory_unlock(3, hashtext(?))", key)
                     return applied
                 } catch {
                     try? await session.simple("ROLLBACK")
-                    try? await session.simple("SELECT pg_advisory_unlock(\(Self.migrationLock))")
+                    _ = try? await session.run("SELECT pg_advisory_unlock(3, hashtext(?))", key)
                     throw error
                 }
             }
@@ -210,9 +214,6 @@ public final class PostgresStorage: Storage {
             throw PostgresFault.classify(error)
         }
     }
-
-    /// The advisory lock key of migrations ("stampd" in ASCII).
-    static let migrationLock: Int64 = 0x7374_616d_7064
 
     private static func migrate(_ migrator: Migrator, on session: PostgresSession) async throws -> [Migration] {
         try await session.simple("""
@@ -287,7 +288,7 @@ public final class PostgresStorage: Storage {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for channel in channels {
                 group.addTask {
-                    try await connection.listen(on: channel) { notifications in
+                    try await connection.listen(on: self.scope.channel(channel)) { notifications in
                         if registered.tick() { handler(.listening) }
                         for try await notification in notifications {
                             handler(.message(channel: channel, payload: notification.payload))
@@ -311,6 +312,10 @@ public final class PostgresStorage: Storage {
         }
     }
 
+    private func session(on connection: PostgresConnection) -> PostgresSession {
+        PostgresSession(connection: connection, texts: texts, logger: logger, scope: scope)
+    }
+
     private func connectionConfiguration() -> PostgresConnection.Configuration {
         var options = PostgresConnection.Configuration(host: configuration.host, port: configuration.port,
                                                        username: configuration.username, password: configuration.password,
@@ -323,8 +328,9 @@ public final class PostgresStorage: Storage {
     public func exclusively(_ name: String, _ body: @escaping @Sendable () async throws -> Void) async throws -> Bool {
         do {
             return try await withPooledConnection { connection in
-                let session = PostgresSession(connection: connection, texts: self.texts, logger: self.logger)
+                let session = self.session(on: connection)
                 // A session-level lock: it ends with the body, or with this connection if the process dies.
+                let name = self.scope.lockKey(name)
                 guard try await session.queryFirst("SELECT pg_try_advisory_lock(2, hashtext(?))", name,
                                                    row: { try $0.get(0, as: Bool.self) }) == true else { return false }
                 let unlock = "SELECT pg_advisory_unlock(2, hashtext(?))"

@@ -178,8 +178,10 @@ extension StampService {
         return store
     }
 
-    /// Cards converted per transaction after `stampsPerReward` is lowered.
-    static let conversionBatch = 200
+    /// Cards converted per transaction after `stampsPerReward` is lowered. Each card is a few
+    /// statements (the card, its ledger row, its event), so a batch of 50 keeps one transaction
+    /// short enough not to hold up a busy store's other writes (on SQLite, every store's).
+    static let conversionBatch = 50
 
     /// Converts the cards of `storeId` holding a full set or more, a batch per transaction.
     /// Returns how many it converted.

@@ -3,7 +3,7 @@
 import Foundation
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct AuthorizationTests {
+@Suite(.timeLimit(.minutes(2))) struct AuthorizationTests {
     struct World {
         let server: TestServer
         let owner: TestServer.Person
@@ -48,7 +48,7 @@ import Testing
     }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct ValidationTests {
+@Suite(.timeLimit(.minutes(2))) struct ValidationTests {
     func expectInvalid(_ response: TestResponse, field: String, status: Int = 400,
                        sourceLocation: SourceLocation = #_sourceLocation) {
         #expect(response.status == status, "\(response.text)", sourceLocation: sourceLocation)

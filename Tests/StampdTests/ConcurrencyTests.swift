@@ -7,7 +7,7 @@ import Storage
 import Synchronization
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct ConcurrencyTests {
+@Suite(.timeLimit(.minutes(2))) struct ConcurrencyTests {
     /// Runs `count` calls at once, each on its own connection; returns their statuses.
     func atOnce(_ count: Int, _ call: @escaping @Sendable (TestClient) async throws -> TestResponse,
                 on server: TestServer) async throws -> [TestResponse] {

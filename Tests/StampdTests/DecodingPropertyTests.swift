@@ -52,7 +52,7 @@ enum Mutations {
     }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct DecodingPropertyTests {
+@Suite(.timeLimit(.minutes(2))) struct DecodingPropertyTests {
     func request(body: [UInt8], target: String = "/v1/accounts") -> Request {
         Request(method: .POST, uri: target, pathSegments: [], query: [:],
                 headers: ["Content-Type": "application/json"], body: ByteBuffer(bytes: body), id: "t",

@@ -5,7 +5,7 @@ import Storage
 @testable import StampCore
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct EventPositionTests {
+@Suite(.timeLimit(.minutes(2))) struct EventPositionTests {
     /// A database from before positions (migrations 0001–0003) with events of two accounts,
     /// interleaved, the oldest pruned; then the upgrade.
     @Test(.enabled(if: !TestStorage.isPostgres, "an upgrade of SQLite databases from before positions"))

@@ -7,7 +7,7 @@ import StampCore
 import StampHTTP
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct HTTPServerTests {
+@Suite(.timeLimit(.minutes(2))) struct HTTPServerTests {
     @Test func healthAndReadinessAnswer() async throws {
         let server = try await TestServer.start()
         let client = try await server.connect()

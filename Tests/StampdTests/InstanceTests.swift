@@ -8,7 +8,7 @@ import Storage
 import Synchronization
 import Testing
 
-@Suite(.timeLimit(.minutes(1)), .enabled(if: TestStorage.isPostgres, "needs STAMPD_TEST_POSTGRES_URL"))
+@Suite(.timeLimit(.minutes(2)), .enabled(if: TestStorage.isPostgres, "needs STAMPD_TEST_POSTGRES_URL"))
 struct InstanceTests {
     /// A and B on one database.
     func pair() async throws -> (TestServer, TestServer) {

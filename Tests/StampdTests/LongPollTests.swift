@@ -4,7 +4,7 @@ import Foundation
 import StampCore
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct LongPollTests {
+@Suite(.timeLimit(.minutes(2))) struct LongPollTests {
     @Test func aPollWithEventsAnswersAtOnce() async throws {
         let server = try await TestServer.start()
         let owner = try await server.signUp("owner")
@@ -312,7 +312,7 @@ final class WakeCounter: @unchecked Sendable {
     var reasons: [WakeReason] { lock.withLock { stored } }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct PrunedLogPollTests {
+@Suite(.timeLimit(.minutes(2))) struct PrunedLogPollTests {
     @Test func aFirstPollWithoutACursorGetsItsEventEvenAfterPruning() async throws {
         let server = try await TestServer.start { _, settings in settings.eventRetention = 60 }
         let owner = try await server.signUp("owner")

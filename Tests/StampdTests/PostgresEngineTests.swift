@@ -6,7 +6,7 @@ import Storage
 import Synchronization
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct PostgresEngineTests {
+@Suite(.timeLimit(.minutes(2))) struct PostgresEngineTests {
     @Test func aPostgresURLCarriesTheConnectionAndItsOptions() throws {
         let configuration = try PostgresConfiguration(url: "postgresql://stamp%40d:p%3Ass@db.example:6543/cafe?sslmode=require&search_path=s1")
         #expect(configuration.host == "db.example")
@@ -55,7 +55,7 @@ import Testing
 
 /// What the engine does when concurrent writers conflict: retried a bounded number of times,
 /// then refused as unavailable (503), never committed twice.
-@Suite(.timeLimit(.minutes(1)), .enabled(if: TestStorage.isPostgres, "needs STAMPD_TEST_POSTGRES_URL"))
+@Suite(.timeLimit(.minutes(2)), .enabled(if: TestStorage.isPostgres, "needs STAMPD_TEST_POSTGRES_URL"))
 struct PostgresConflictTests {
     /// Opens the test schema `schema` with `retries` conflict retries and one counter row.
     func counter(retries: Int) async throws -> PostgresStorage {
@@ -143,4 +143,44 @@ final class AsyncBarrier: Sendable {
 final class AttemptCounter: Sendable {
     private let value = Mutex(0)
     func next() -> Int { value.withLock { $0 += 1; return $0 } }
+}
+
+/// Deployments in two schemas of one database keep to themselves: notifications and advisory
+/// locks are database-wide in PostgreSQL, so the engine scopes both to the schema.
+@Suite(.timeLimit(.minutes(2)), .enabled(if: TestStorage.isPostgres, "needs STAMPD_TEST_POSTGRES_URL"))
+struct PostgresDeploymentTests {
+    func storage(schema: String) throws -> PostgresStorage {
+        var configuration = try PostgresConfiguration(url: TestStorage.postgresURL!, tls: .disable, poolSize: 2)
+        configuration.schema = schema
+        return PostgresStorage(configuration: configuration)
+    }
+
+    @Test func aDeploymentInAnotherSchemaNeitherWakesNorBlocksThisOne() async throws {
+        let (mine, theirs) = (TestStorage.newLocation(), TestStorage.newLocation())
+        let listener = try storage(schema: mine), neighbour = try storage(schema: mine), stranger = try storage(schema: theirs)
+        let (heard, hear) = AsyncStream.makeStream(of: DatabaseNotice.self)
+        let listening = Task { await listener.listen(to: ["stampd_events"]) { hear.yield($0) } }
+        var notices = heard.makeAsyncIterator()
+        #expect(await notices.next() == .listening)
+        // The stranger's commit comes first; notifications reach a listener in commit order.
+        try await stranger.write { try await $0.notify("stampd_events", "theirs") }
+        try await neighbour.write { try await $0.notify("stampd_events", "mine") }
+        #expect(await notices.next() == .message(channel: "stampd_events", payload: "mine"))
+
+        // Housekeeping's claim: the neighbour in the same schema is refused, the stranger is not.
+        let claimed = AsyncBarrier(count: 2), done = AsyncBarrier(count: 2)
+        async let holding = listener.exclusively("housekeeping") {
+            await claimed.arrive()
+            await done.arrive()
+        }
+        await claimed.arrive()
+        #expect(try await neighbour.exclusively("housekeeping") {} == false)
+        #expect(try await stranger.exclusively("housekeeping") {} == true)
+        await done.arrive()
+        #expect(try await holding == true)
+
+        listening.cancel()
+        await listening.value
+        for storage in [listener, neighbour, stranger] { await storage.close() }
+    }
 }

@@ -34,7 +34,7 @@ struct SchemaShape: Equatable, CustomStringConvertible {
     }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct SchemaTests {
+@Suite(.timeLimit(.minutes(2))) struct SchemaTests {
     static let sqliteTypes = ["TEXT": "text", "INTEGER": "integer", "REAL": "real", "BLOB": "blob"]
     static let postgresTypes = ["text": "text", "bigint": "integer", "double precision": "real", "bytea": "blob"]
 

@@ -4,7 +4,7 @@ import SQLiteDB
 import Storage
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct StampFlowTests {
+@Suite(.timeLimit(.minutes(2))) struct StampFlowTests {
     /// Exactly the README's walk-through: every curl step shown there is here.
     /// The README's "Walk-ins and member codes" steps, as written there.
     @Test func theReadmeWalkInStepsWork() async throws {

@@ -6,7 +6,7 @@ import StampCore
 @testable import StampHTTP
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct SignInTests {
+@Suite(.timeLimit(.minutes(2))) struct SignInTests {
     static func signIn(_ server: TestServer, _ login: String, _ password: String, from address: String? = nil) async throws -> TestResponse {
         let client = try await server.connect(from: address)
         defer { client.close() }
@@ -198,7 +198,7 @@ import Testing
     }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct TextRuleTests {
+@Suite(.timeLimit(.minutes(2))) struct TextRuleTests {
     static func signUp(_ client: TestClient, _ login: String, name: String = "N", password: String = "correct horse") async throws -> TestResponse {
         try await client.request("POST", "/v1/accounts", json: ["role": "customer", "login": login, "password": password, "name": name])
     }
@@ -252,7 +252,7 @@ import Testing
     }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct SessionTests {
+@Suite(.timeLimit(.minutes(2))) struct SessionTests {
     @Test func revokingASessionAnswersItsParkedPollWith401AtOnce() async throws {
         let server = try await TestServer.start()
         let customer = try await server.signUp("customer")
@@ -351,7 +351,7 @@ import Testing
     }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct RepeatLimitTests {
+@Suite(.timeLimit(.minutes(2))) struct RepeatLimitTests {
     @Test func aCustomerHasOnlyAFewRequestsWaitingAtAStoreAndSoManyAnHour() async throws {
         let server = try await TestServer.start { _, settings in
             settings.limits.pendingRequestsPerCustomerPerStore = 3

@@ -3,7 +3,7 @@
 import Foundation
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct WalkInTests {
+@Suite(.timeLimit(.minutes(2))) struct WalkInTests {
     /// Signs up through the API, answering the whole response (the harness's helper requires 201).
     static func signUp(_ client: TestClient, _ login: String, claimCode: String? = nil) async throws -> TestResponse {
         var body: [String: Any] = ["role": "customer", "login": login, "password": "my own password", "name": "Dana"]
@@ -295,7 +295,7 @@ import Testing
     }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct GiftTests {
+@Suite(.timeLimit(.minutes(2))) struct GiftTests {
     struct Pair {
         let server: TestServer
         let owner: TestServer.Person
@@ -402,7 +402,7 @@ import Testing
     }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct GiftProbeTests {
+@Suite(.timeLimit(.minutes(2))) struct GiftProbeTests {
     @Test func probingUnknownLoginsUsesUpTheGiftAllowanceAndANoCardAnswerSaysNothingOfTheLogin() async throws {
         let server = try await TestServer.start()
         let owner = try await server.signUp("owner")
@@ -428,7 +428,7 @@ import Testing
     }
 }
 
-@Suite(.timeLimit(.minutes(1))) struct GiftRetryTests {
+@Suite(.timeLimit(.minutes(2))) struct GiftRetryTests {
     @Test func aRetriedGiftAnswersItsFirstResultEvenWhenTheBalanceIsSpent() async throws {
         let server = try await TestServer.start()
         let owner = try await server.signUp("owner")
