@@ -79,7 +79,9 @@ echo "run.sh: stampd is up at $base"
 mkdir -p "$repo/artifacts"
 set +e
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
+# STAMPD_BINARY lets a test run a server of its own (one it stops and starts again: the outage test).
 STAMPD_BASE_URL="$base" STAMPD_METRICS_URL="http://127.0.0.1:$metrics_port" STAMPD_ARTIFACTS="$repo/artifacts" \
+  STAMPD_BINARY="$binary" STAMPD_MIGRATIONS="$repo/migrations" \
   "$python" -m pytest -p no:cacheprovider -v "$repo/Tests/browser" ${PYTEST_ARGS:-}
 status=$?
 set -e

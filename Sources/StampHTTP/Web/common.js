@@ -177,8 +177,11 @@ export function errorText(error) {
   }
   if (error?.name === 'AbortError') return 'Cancelled.';
   if (error instanceof Error && !(error instanceof TypeError) && error.message) return error.message;
-  return 'The server cannot be reached. Check the connection and try again.';
+  return NETWORK_TROUBLE;
 }
+
+/** What a call that got no answer says; cleared from the page once the feed is live again. */
+export const NETWORK_TROUBLE = 'The server cannot be reached. Check the connection and try again.';
 
 // ---------------------------------------------------------------------------------------------
 // Problems next to their fields. A problem+json answer may name the `field` it is about: its
@@ -247,7 +250,11 @@ export function authenticatedCall(session, onRefused) {
 }
 
 /** Says something in the page's status line (read out by screen readers). */
-export function say(text) { $('message').textContent = text; }
+export function say(text) {
+  const message = $('message');
+  message.textContent = text;
+  message.title = text; // where the strip shows one line (the store's page), the whole text
+}
 
 export class Session {
   constructor(page, role) {
@@ -354,13 +361,15 @@ export function setupAuthForms(session, onSignedIn) {
 
 const POLL_SECONDS = 25;
 const MAX_BACKOFF_MS = 30_000;
+const READY_PROBE_MS = 1_000;
 
 export class EventFeed {
   /**
    * handlers: onEvents(events, {quiet}) — a batch, oldest first; quiet on the first sync of a
    *             browser that had no cursor yet (old events, no beeping);
    *           onReset() — the cursor was too old: reload the state from the API;
-   *           onStatus(state, detail) — 'connecting' | 'live' | 'reconnecting', detail in words;
+   *           onStatus(state, detail, retryAt) — 'connecting' | 'live' | 'reconnecting', detail in
+   *             words, and while reconnecting when the next try is (ms since the epoch);
    *           onUnauthorized() — the token was refused;
    *           onMessage(message) — what another tab sent with post().
    */
@@ -375,6 +384,13 @@ export class EventFeed {
     this.leader = false;
     this.solo = false; // true where every tab polls for itself (no Web Locks)
     this.status = ['connecting', 'Connecting…'];
+    this.waking = null; // while waiting to retry: ends the wait early (retryNow, the server is back)
+  }
+
+  /** Tries again now instead of at the end of the backoff ("Retry now"). */
+  retryNow() {
+    if (this.leader) this.waking?.abort();
+    else this.channel?.postMessage({ kind: 'retry' });
   }
 
   start() {
@@ -404,10 +420,10 @@ export class EventFeed {
   /** Passes what the leader learnt to the follower tabs. */
   share(message) { if (this.leader && !this.solo) this.channel?.postMessage(message); }
 
-  setStatus(state, detail) {
-    this.status = [state, detail];
-    this.handlers.onStatus?.(state, detail);
-    this.share({ kind: 'status', state, detail });
+  setStatus(state, detail, retryAt = null) {
+    this.status = [state, detail, retryAt];
+    this.handlers.onStatus?.(state, detail, retryAt);
+    this.share({ kind: 'status', state, detail, retryAt });
   }
 
   /** A message from another tab. */
@@ -415,8 +431,9 @@ export class EventFeed {
     switch (data?.kind) {
       case 'batch': this.handlers.onEvents(data.events, { quiet: data.quiet }); break;
       case 'reset': this.handlers.onReset(); break;
-      case 'status': if (!this.leader) this.handlers.onStatus?.(data.state, `${data.detail} (through another tab)`); break;
-      case 'hello': this.share({ kind: 'status', state: this.status[0], detail: this.status[1] }); break;
+      case 'status': if (!this.leader) this.handlers.onStatus?.(data.state, `${data.detail} (through another tab)`, data.retryAt); break;
+      case 'hello': this.share({ kind: 'status', state: this.status[0], detail: this.status[1], retryAt: this.status[2] }); break;
+      case 'retry': if (this.leader) this.waking?.abort(); break;
       case 'app': this.handlers.onMessage?.(data.message); break;
       default: break;
     }
@@ -468,9 +485,9 @@ export class EventFeed {
         // Exponential backoff with jitter (1 s, 2 s, 4 s … 30 s); the server's Retry-After wins.
         const backoff = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (failures - 1));
         const delay = error.retryAfter ? error.retryAfter * 1000 : backoff / 2 + Math.random() * backoff / 2;
-        this.setStatus('reconnecting', `Reconnecting: retry in ${Math.ceil(delay / 1000)} s`);
+        this.setStatus('reconnecting', 'Reconnecting', Date.now() + delay);
         console.warn('event poll failed', error);
-        await sleep(delay, stop);
+        await this.waitToRetry(delay, stop);
       } finally {
         clearTimeout(watchdog);
         stop.removeEventListener('abort', abort);
@@ -478,15 +495,39 @@ export class EventFeed {
     }
     this.leader = false;
   }
+
+  /**
+   * Waits `delay` ms before the next try, or less: "Retry now", the network coming back, or the
+   * server answering /readyz again (asked every second, so the page is live within about 2 s of
+   * the server's return even deep into the backoff).
+   */
+  async waitToRetry(delay, stop) {
+    const waking = new AbortController();
+    this.waking = waking;
+    const end = () => waking.abort();
+    stop.addEventListener('abort', end);
+    const probe = setInterval(async () => {
+      try {
+        const answer = await fetch('/readyz', { cache: 'no-store', signal: AbortSignal.timeout(900) });
+        if (answer.ok) end();
+      } catch { /* still away */ }
+    }, READY_PROBE_MS);
+    await sleep(delay, waking.signal);
+    clearInterval(probe);
+    stop.removeEventListener('abort', end);
+    this.waking = null;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
-// The beep: WebAudio, no audio file. Browsers start audio only after a user gesture, so the
-// context is created (or resumed) on the first click or key press.
+// The beep: WebAudio, no audio file. Most browsers start audio only after a user gesture: the
+// context is made at once (running where the browser allows it), and resumed on the first click
+// or key press. `onChange` hears when it starts, so a page can say that sound is held back.
 
 export class Beeper {
   constructor() {
     this.context = null;
+    this.onChange = null;
     const unlock = () => this.unlock();
     window.addEventListener('pointerdown', unlock, { capture: true });
     window.addEventListener('keydown', unlock, { capture: true });
@@ -495,10 +536,14 @@ export class Beeper {
   unlock() {
     const Context = window.AudioContext || window.webkitAudioContext;
     if (!Context) return;
-    this.context ??= new Context();
+    if (!this.context) {
+      this.context = new Context();
+      this.context.addEventListener('statechange', () => this.onChange?.());
+    }
     if (this.context.state === 'suspended') this.context.resume().catch(() => {});
   }
 
+  get supported() { return !!(window.AudioContext || window.webkitAudioContext); }
   get ready() { return this.context?.state === 'running'; }
 
   /** Two short rising tones. */
@@ -520,9 +565,32 @@ export class Beeper {
   }
 }
 
-/** Shows the feed's state in the header indicator (text, not colour alone). */
-export function showConnection(state, detail) {
+/**
+ * Shows the feed's state: the header indicator (text, not colour alone) and, while the connection
+ * is lost, the full-width banner (#outage, where the page has one) with a live countdown to the
+ * next try. Once live, no "cannot be reached" from an earlier call is left on the page.
+ */
+export function showConnection(state, detail, retryAt = null) {
   const node = $('connection');
   node.dataset.state = state;
-  node.textContent = detail;
+  node.textContent = state === 'reconnecting' && retryAt ? `${detail}…` : detail;
+  const banner = $('outage');
+  clearInterval(outageTimer);
+  if (banner) {
+    show(banner, state === 'reconnecting');
+    if (state === 'reconnecting') {
+      const tick = () => {
+        const left = Math.max(0, Math.ceil(((retryAt ?? Date.now()) - Date.now()) / 1000));
+        $('outage-retry-in').textContent = left > 0 ? `Trying again in ${left} s.` : 'Trying again now…';
+      };
+      tick();
+      outageTimer = setInterval(tick, 250);
+    }
+  }
+  if (state === 'live') {
+    for (const text of document.querySelectorAll('#message, .error, .item-status')) {
+      if (text.textContent.includes(NETWORK_TROUBLE)) text.textContent = '';
+    }
+  }
 }
+let outageTimer = 0;

@@ -13,6 +13,8 @@ import {
   plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, showProblem, startOfToday, STATUS_TEXT,
   storage,
 } from '/assets/common.js';
+import { Queue } from '/assets/queue.js';
+import { Settings } from '/assets/settings.js';
 
 const session = new Session('owner', 'owner');
 const beeper = new Beeper();
@@ -29,12 +31,24 @@ const state = {
   customerCards: new Map(), // customer id → their card here, as the last stamping answered it
   decisionErrors: new Map(), // request id → why the owner's last approve/reject of it failed, shown on its row
   counter: { code: '', changesAt: 0, timer: 0 }, // the counter code on screen, and when it changes
+  wakeLock: null, // keeps a counter tablet's screen on while the page is open
 };
 const storeKey = () => `stampd.owner.store.${session.account.id}`;
 const soundKey = 'stampd.owner.sound';
 
 /** Every authenticated call goes through here: a refused token signs the page out. */
 const call = authenticatedCall(session, () => sessionEnded());
+
+const queue = new Queue($('pending-list'), $('pending-heading'), {
+  decide: (request, action, line) => decide(request, action, line),
+  undo: (request, button) => undo(request, button),
+  cardLine: (card) => cardLine(card),
+  rewardItem: () => state.store?.rewardItem ?? '',
+  redraw: () => render(),
+  errors: state.decisionErrors,
+});
+
+const settings = new Settings(call, (store) => storeChanged(store));
 
 
 // ---------------------------------------------------------------------------------------------
@@ -46,7 +60,7 @@ function signedIn() {
   $('account-name').textContent = session.account.name;
   say('');
   state.feed = new EventFeed(session, {
-    onEvents, onReset: loadSnapshot, onStatus: showConnection, onUnauthorized: sessionEnded,
+    onEvents, onReset: loadSnapshot, onStatus: connectionChanged, onUnauthorized: sessionEnded,
   });
   state.feed.start();
   chooseStore();
@@ -117,7 +131,8 @@ async function openStore(id) {
     state.store = store;
     state.role = membership.role;
     state.requests = new Map();
-    state.decisionErrors = new Map();
+    state.decisionErrors.clear();
+    queue.clear();
     resetCustomers();
     storage.set(storeKey(), store.id);
     $('store-title').textContent = store.name;
@@ -127,8 +142,12 @@ async function openStore(id) {
     show($('dashboard'));
     show($('staff-panel'), state.role === 'owner');
     show($('invitation'), false);
+    document.querySelector('[data-view="settings"]').hidden = state.role !== 'owner';
+    if (state.role === 'owner') settings.show(store);
+    showView(state.role === 'owner' && location.hash === '#settings' ? 'settings' : 'counter');
     render();
     showCounterCode();
+    keepScreenOn();
     await loadSnapshot();
     if (state.role === 'owner') await loadStaff();
   } catch (error) {
@@ -137,6 +156,26 @@ async function openStore(id) {
     if (gone && storage.get(storeKey()) === id) storage.remove(storeKey()); // not a member (any more)
     showSetup(error instanceof ApiError || error instanceof TypeError ? errorText(error) : error.message);
   }
+}
+
+/** The store as the owner's last change left it: the title, the queue's reward wording, the list to switch from. */
+function storeChanged(store) {
+  state.store = store;
+  $('store-title').textContent = store.name;
+  const membership = state.memberships.find((m) => m.store.id === store.id);
+  if (membership) membership.store = store;
+  render();
+}
+
+/** The counter (the queue, customers, the code) or the owner's settings; the feed runs under both. */
+function showView(name) {
+  for (const panel of document.querySelectorAll('[data-view-panel]')) panel.hidden = panel.dataset.viewPanel !== name;
+  for (const tab of document.querySelectorAll('.view-tab')) {
+    if (tab.dataset.view === name) tab.setAttribute('aria-current', 'page');
+    else tab.removeAttribute('aria-current');
+  }
+  const hash = name === 'counter' ? '' : `#${name}`;
+  if (location.hash !== hash) history.replaceState(null, '', `${location.pathname}${location.search}${hash}`);
 }
 
 async function createStore(event) {
@@ -260,13 +299,21 @@ function announceExpired(requests) {
   showNotice(text, []);
 }
 
-/** The visible and audible notice of new requests. */
+/** The visible and audible notice of new requests; a vibration and, while the tab is hidden, a
+ * system notification where the owner allowed them. */
 function announce(requests) {
   const [first] = requests;
   const text = requests.length === 1
     ? `New request: ${first.customerName} asks for ${describeRequest(first, state.store.rewardItem)}.`
     : `${requests.length} new requests.`;
   showNotice(text, requests.map((r) => r.id));
+  // Browsers allow vibration only after the page was touched (and log an error otherwise).
+  if (navigator.userActivation?.hasBeenActive) navigator.vibrate?.([120, 60, 120]);
+  if (document.hidden && 'Notification' in window && Notification.permission === 'granted') {
+    try {
+      new Notification(state.store.name, { body: text, tag: 'stampd-requests', icon: '/assets/icon.svg' });
+    } catch { /* some browsers allow notifications only from a service worker */ }
+  }
 }
 
 /** The notice at the top (with a beep when sound is on); it goes after 15 s, or once none of
@@ -275,6 +322,7 @@ function showNotice(text, ids) {
   const notice = $('notice');
   state.noticed = ids;
   notice.textContent = text;
+  notice.title = text;
   show(notice);
   notice.classList.remove('flash');
   void notice.offsetWidth; // restart the animation
@@ -296,7 +344,10 @@ async function decide(request, action, item) {
   buttons.forEach((button) => setBusy(button, true));
   item.classList.add('busy');
   state.decisionErrors.delete(request.id);
-  itemStatus(item, action === 'approve' ? 'Approving…' : 'Rejecting…');
+  // Said on the button, not in a line under it: the row keeps its height while the call runs.
+  const pressed = item.querySelector(`[data-testid="${action}"]`);
+  pressed.textContent = action === 'approve' ? 'Approving…' : 'Rejecting…';
+  itemStatus(item, '');
   try {
     const answer = await call(`/v1/requests/${encodeURIComponent(request.id)}/${action}`, { method: 'POST' });
     learn(answer.request);
@@ -315,6 +366,7 @@ async function decide(request, action, item) {
   } finally {
     if (item.isConnected) {
       buttons.forEach((button) => setBusy(button, false));
+      pressed.textContent = action === 'approve' ? 'Approve' : 'Reject';
       item.classList.remove('busy');
     }
     render();
@@ -730,39 +782,10 @@ const latest = (customer) => state.customers.find((c) => c.id === customer.id) ?
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
-function pendingItem(request) {
-  const what = describeRequest(request, state.store.rewardItem);
-  const item = el('li', { class: 'request', dataset: { requestId: request.id, testid: 'request-item', status: 'pending' } },
-    el('div', { class: 'request-text' },
-      el('strong', { text: request.customerName }), ' asks for ', el('strong', { text: what }),
-      el('span', { class: 'when' }, ' · ', el('time', { datetime: request.createdAt, text: formatTime(request.createdAt) })),
-      request.customerCard ? el('span', { class: 'request-card', dataset: { testid: 'customer-card' } }, cardLine(request.customerCard)) : null),
-    request.atCounter
-      ? el('span', { class: 'badge', dataset: { status: 'counter', testid: 'at-counter' }, text: 'At the counter' })
-      : el('span', { class: 'badge', dataset: { status: 'pending' }, text: STATUS_TEXT.pending }),
-    el('div', { class: 'actions' },
-      el('button', { type: 'button', class: 'approve', dataset: { testid: 'approve' },
-        'aria-label': `Approve ${what} for ${request.customerName}`,
-        on: { click: () => decide(request, 'approve', item) } }, 'Approve'),
-      el('button', { type: 'button', class: 'reject', dataset: { testid: 'reject' },
-        'aria-label': `Reject ${what} for ${request.customerName}`,
-        on: { click: () => decide(request, 'reject', item) } }, 'Reject')),
-    el('p', { class: 'item-status', dataset: { testid: 'request-status' } }));
-  updatePendingItem(item, request);
-  return item;
-}
-
 /** "3 stamps · 1 reward · 7 visits · since Mar 2026": who this customer is here. */
 function cardLine(card) {
   const since = new Date(card.memberSince).toLocaleDateString(undefined, { month: 'short', year: 'numeric' });
   return `${plural(card.stamps, 'stamp')} · ${plural(card.rewards, 'reward')} · ${plural(card.visits, 'visit')} · since ${since}`;
-}
-
-/** A pending row shows why its last decision failed, until the next try (or "Approving…" while one runs). */
-function updatePendingItem(item, request) {
-  if (item.classList.contains('busy')) return;
-  const error = state.decisionErrors.get(request.id);
-  itemStatus(item, error ?? '', !!error);
 }
 
 function decidedItem(request) {
@@ -815,7 +838,7 @@ function render() {
   const all = [...state.requests.values()].filter((r) => r.storeId === store.id);
   const pending = all.filter((r) => r.status === 'pending')
     .sort((a, b) => a.createdAt.localeCompare(b.createdAt)); // first come, first served
-  reconcile($('pending-list'), pending, (r) => r.id, pendingItem, updatePendingItem, $('pending-heading'));
+  queue.render(pending, state.requests);
   $('pending-count').textContent = pending.length ? `(${pending.length})` : '';
   show($('pending-empty'), pending.length === 0);
   if (state.noticed.length > 0 && !state.noticed.some((id) => state.requests.get(id)?.status === 'pending')) show($('notice'), false);
@@ -840,6 +863,31 @@ function showSound() {
   const button = $('sound-toggle');
   button.setAttribute('aria-pressed', String(on));
   button.textContent = on ? 'Sound: on' : 'Sound: off';
+  // After a reload the browser holds sound back until the page is touched: say so, not beep silently.
+  show($('sound-blocked'), on && beeper.supported && !beeper.ready);
+}
+
+/** The feed's state: the indicator and banner (common.js), and the queue not clickable while stale. */
+function connectionChanged(status, detail, retryAt) {
+  showConnection(status, detail, retryAt);
+  const stale = status === 'reconnecting';
+  if (stale && !queue.stale) $('pending-stale').textContent = `Not current: shown as it was at ${formatTime(new Date().toISOString())}. `
+    + 'Decisions wait until the connection is back.';
+  queue.setStale(stale);
+  queue.moving(() => show($('pending-stale'), stale));
+}
+
+/** Alerts outside the page: system notifications (asked for with a tap), and the screen kept on. */
+function showAlertChoices() {
+  show($('notify-enable'), 'Notification' in window && Notification.permission === 'default');
+}
+
+async function keepScreenOn() {
+  if (!navigator.wakeLock || document.hidden || !state.store || state.wakeLock) return;
+  try {
+    state.wakeLock = await navigator.wakeLock.request('screen');
+    state.wakeLock.addEventListener('release', () => { state.wakeLock = null; });
+  } catch { /* not allowed here (no secure context, battery saver): the screen may sleep */ }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -862,6 +910,7 @@ $('sound-toggle').addEventListener('click', () => {
   if (storage.get(soundKey) !== false) beeper.beep(); // a test beep, so the owner hears it works
 });
 $('notice').addEventListener('click', () => show($('notice'), false));
+for (const tab of document.querySelectorAll('.view-tab')) tab.addEventListener('click', () => showView(tab.dataset.view));
 $('find-form').addEventListener('submit', findCustomers);
 $('member-form').addEventListener('submit', addByMemberCode);
 $('walkin-form').addEventListener('submit', registerWalkIn);
@@ -875,7 +924,20 @@ $('claim-hide').addEventListener('click', () => {
   show($('claim'), false);
   $('customers-heading').focus();
 });
+$('sound-enable').addEventListener('click', () => {
+  beeper.unlock(); // the tap itself is the gesture the browser waits for
+  say('Sound is on.');
+});
+$('notify-enable').addEventListener('click', async () => {
+  await Notification.requestPermission().catch(() => 'denied');
+  showAlertChoices();
+});
+$('outage-retry').addEventListener('click', () => state.feed?.retryNow());
+document.addEventListener('visibilitychange', () => { if (!document.hidden) keepScreenOn(); });
+beeper.onChange = showSound;
+beeper.unlock(); // running at once where the browser allows it, else held until a tap
 showSound();
+showAlertChoices();
 
 if (await session.restore()) signedIn();
 else show($('auth'));
