@@ -141,6 +141,7 @@ struct API: Sendable {
             return .response(Response(status: .noContent, headers: ["Cache-Control": "no-store"]))
         }
         router.add(.GET, "/v1/stores/{storeId}/activity") { try await activity($0) }
+        router.add(.GET, "/v1/stores/{storeId}/summary") { try await summary($0) }
         router.add(.POST, "/v1/me/member-code") { request in
             let principal = try await principal(request)
             _ = try JSONInput(request, allowed: [])
@@ -350,10 +351,7 @@ struct API: Sendable {
     /// Per-member counts for one day (`day=YYYY-MM-DD`, in the store's `utcOffsetMinutes`).
     private func activity(_ request: Request) async throws -> Reply {
         let principal = try await principal(request)
-        let offset = try queryInt(request, "utcOffsetMinutes") ?? 0
-        guard (-14 * 60...14 * 60).contains(offset) else {
-            throw HTTPError.invalid("utcOffsetMinutes", "utcOffsetMinutes must be between -840 and 840")
-        }
+        let offset = try utcOffset(request)
         guard let dayText = request.query["day"] else { throw HTTPError.invalid("day", "day is required (YYYY-MM-DD)") }
         guard let start = Self.dayStart(dayText, offsetMinutes: offset) else {
             throw HTTPError.invalid("day", "day must be a date as YYYY-MM-DD")
@@ -361,6 +359,24 @@ struct API: Sendable {
         let counts = try await service.memberCounts(principal, storeId: request.parameter("storeId"), from: start,
                                                     to: start.addingTimeInterval(86_400))
         return .response(.json(Activity(day: dayText, utcOffsetMinutes: offset, members: counts)))
+    }
+
+    /// The store's figures per day for the last `days` (30) days, today included.
+    private func summary(_ request: Request) async throws -> Reply {
+        let principal = try await principal(request)
+        let offset = try utcOffset(request)
+        let days = try queryInt(request, "days") ?? 30
+        return .response(.json(try await service.summary(principal, storeId: request.parameter("storeId"), days: days,
+                                                         utcOffsetMinutes: offset)))
+    }
+
+    /// `utcOffsetMinutes` (east of UTC, as the page's clock is), 0 when left out.
+    private func utcOffset(_ request: Request) throws -> Int {
+        let offset = try queryInt(request, "utcOffsetMinutes") ?? 0
+        guard (-14 * 60...14 * 60).contains(offset) else {
+            throw HTTPError.invalid("utcOffsetMinutes", "utcOffsetMinutes must be between -840 and 840")
+        }
+        return offset
     }
 
     /// Midnight of `YYYY-MM-DD` at `offsetMinutes` east of UTC.
