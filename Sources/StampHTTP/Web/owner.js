@@ -15,6 +15,7 @@ import {
 } from '/assets/common.js';
 import { Queue } from '/assets/queue.js';
 import { Settings } from '/assets/settings.js';
+import { Numbers } from '/assets/numbers.js';
 
 const session = new Session('owner', 'owner');
 const beeper = new Beeper();
@@ -49,6 +50,7 @@ const queue = new Queue($('pending-list'), $('pending-heading'), {
 });
 
 const settings = new Settings(call, (store) => storeChanged(store));
+const numbers = new Numbers(call);
 
 
 // ---------------------------------------------------------------------------------------------
@@ -142,9 +144,10 @@ async function openStore(id) {
     show($('dashboard'));
     show($('staff-panel'), state.role === 'owner');
     show($('invitation'), false);
-    document.querySelector('[data-view="settings"]').hidden = state.role !== 'owner';
+    for (const tab of document.querySelectorAll('.view-tab[data-owner-only]')) tab.hidden = state.role !== 'owner';
     if (state.role === 'owner') settings.show(store);
-    showView(state.role === 'owner' && location.hash === '#settings' ? 'settings' : 'counter');
+    const asked = location.hash.slice(1);
+    showView(state.role === 'owner' && ['numbers', 'settings'].includes(asked) ? asked : 'counter');
     render();
     showCounterCode();
     keepScreenOn();
@@ -174,6 +177,8 @@ function showView(name) {
     if (tab.dataset.view === name) tab.setAttribute('aria-current', 'page');
     else tab.removeAttribute('aria-current');
   }
+  if (name === 'numbers') numbers.open(state.store);
+  else numbers.close();
   const hash = name === 'counter' ? '' : `#${name}`;
   if (location.hash !== hash) history.replaceState(null, '', `${location.pathname}${location.search}${hash}`);
 }
@@ -281,6 +286,7 @@ function onEvents(events, { quiet }) {
     if (event.type === 'request.expired' && wasPending) expired.push(request);
   }
   render();
+  if (events.length > 0) numbers.changed();
   // Only requests that are still waiting deserve a beep: a replay of old events stays silent.
   const waiting = created.map((id) => state.requests.get(id)).filter((r) => r?.status === 'pending');
   if (waiting.length > 0 && !quiet) announce(waiting);
