@@ -34,23 +34,27 @@ extension StampService {
         guard principal.role == .customer else { throw StampError(.forbidden, "only customers have cards") }
         let entries = try await read { connection -> [LedgerEntry]? in
             guard try await Self.loadCard(customer: principal.id, store: storeId, on: connection) != nil else { return nil }
-            return try await connection.query("""
-                SELECT l.id, l.kind, l.stamps_delta, l.rewards_delta, l.request_id, l.at, l.member_id, m.name, l.reverses
-                FROM ledger l LEFT JOIN accounts m ON m.id = l.member_id
-                WHERE l.customer_id = ? AND l.store_id = ? ORDER BY l.id
-                """, principal.id, storeId) { row in
-                guard let kind = LedgerKind(rawValue: try row.get(1)) else {
-                    throw StampError(.unavailable, "stored ledger row has an unknown kind")
-                }
-                return LedgerEntry(id: try row.get(0), kind: kind, stampsDelta: try row.get(2),
-                                   rewardsDelta: try row.get(3), requestId: try row.optional(4),
-                                   at: Date(millis: try row.get(5)),
-                                   member: Self.memberRef(try row.optional(6), name: try row.optional(7)),
-                                   reverses: try row.optional(8))
-            }
+            return try await connection.query(Self.ledgerSelect + " WHERE l.customer_id = ? AND l.store_id = ? ORDER BY l.id",
+                                              principal.id, storeId) { try Self.ledgerRow($0) }
         }
         guard let entries else { throw StampError.notFound("card") }
         return entries
+    }
+
+    static let ledgerSelect = """
+        SELECT l.id, l.kind, l.stamps_delta, l.rewards_delta, l.request_id, l.at, l.member_id, m.name, l.reverses
+        FROM ledger l LEFT JOIN accounts m ON m.id = l.member_id
+        """
+
+    static func ledgerRow(_ row: borrowing Row) throws -> LedgerEntry {
+        guard let kind = LedgerKind(rawValue: try row.get(1)) else {
+            throw StampError(.unavailable, "stored ledger row has an unknown kind")
+        }
+        return LedgerEntry(id: try row.get(0), kind: kind, stampsDelta: try row.get(2),
+                           rewardsDelta: try row.get(3), requestId: try row.optional(4),
+                           at: Date(millis: try row.get(5)),
+                           member: Self.memberRef(try row.optional(6), name: try row.optional(7)),
+                           reverses: try row.optional(8))
     }
 
     static let cardSelect = """

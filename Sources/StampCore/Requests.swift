@@ -162,20 +162,38 @@ extension StampService {
     /// The store's requests, newest first, for its members; `decidedBy` narrows them to one
     /// member's decisions (the owner's view of who decided what).
     public func storeRequests(_ principal: Principal, storeId: String, status: RequestStatus?, decidedBy: String? = nil,
+                              customerId: String? = nil, since: Date? = nil, before: Date? = nil,
                               limit: Int, cursor: String?) async throws -> Page<StampRequest> {
         let limit = try Validate.range(limit, field: "limit", 1...100)
         let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
-        if let decidedBy, !(1...100).contains(decidedBy.utf8.count)
-            || !decidedBy.utf8.allSatisfy({ $0 == 0x2D || $0 == 0x5F || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) }) {
-            throw StampError.invalid("decidedBy", "decidedBy is a member's account id (letters, digits, _ and -)")
+        for (field, id) in [("decidedBy", decidedBy), ("customerId", customerId)] {
+            if let id, !Self.isIdentifier(id) {
+                throw StampError.invalid(field, "\(field) is an account id (1 to 100 letters, digits, _ and -)")
+            }
         }
         var requests = try await read { connection -> [StampRequest] in
             try await Self.requireMember(principal, of: storeId, on: connection)
             var sql = SQL(Self.requestSelect + " WHERE r.store_id = ?")
             var parameters: [any SQLBindable] = [storeId]
-            if let decidedBy {
-                sql = sql + " AND r.decided_by = ?"
-                parameters.append(decidedBy)
+            let narrowed = decidedBy != nil || customerId != nil || since != nil || before != nil
+            if narrowed {
+                // History: by member, by customer, by time (the store's index by date bounds it).
+                if let decidedBy {
+                    sql = sql + " AND r.decided_by = ?"
+                    parameters.append(decidedBy)
+                }
+                if let customerId {
+                    sql = sql + " AND r.customer_id = ?"
+                    parameters.append(customerId)
+                }
+                if let since {
+                    sql = sql + " AND r.created_at >= ?"
+                    parameters.append(since.millis)
+                }
+                if let before {
+                    sql = sql + " AND r.created_at < ?"
+                    parameters.append(before.millis)
+                }
                 if let status {
                     sql = sql + " AND r.status = ?"
                     parameters.append(status.rawValue)
@@ -199,6 +217,13 @@ extension StampService {
         let more = requests.count > limit
         if more { requests.removeLast() }
         return Page(items: requests, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
+    }
+
+    /// An id as the server makes them (and `counter-code`): 1 to 100 ASCII letters, digits, `_` and `-`.
+    static func isIdentifier(_ text: String) -> Bool {
+        (1...100).contains(text.utf8.count) && text.utf8.allSatisfy {
+            $0 == 0x2D || $0 == 0x5F || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0)
+        }
     }
 
     /// Approves a pending request and changes the card in the same transaction.

@@ -69,6 +69,18 @@ struct API: Sendable {
             }
             return .response(.json(added, status: .created))
         }
+        router.add(.GET, "/v1/stores/{storeId}/customers/{customerId}") { request in
+            let principal = try await principal(request)
+            return .response(.json(try await service.customerHistory(
+                principal, storeId: request.parameter("storeId"), customerId: request.parameter("customerId"),
+                limit: try queryInt(request, "limit") ?? 50, cursor: request.query["cursor"])))
+        }
+        router.add(.GET, "/v1/stores/{storeId}/cards") { request in
+            let principal = try await principal(request)
+            let page = try await service.storeCustomers(principal, storeId: request.parameter("storeId"),
+                                                        limit: try queryInt(request, "limit") ?? 50, cursor: request.query["cursor"])
+            return .response(.json(StoreCustomerList(customers: page.items, nextCursor: page.nextCursor)))
+        }
         router.add(.POST, "/v1/stores/{storeId}/customers/{customerId}/claim-code") { request in
             let principal = try await principal(request)
             _ = try JSONInput(request, allowed: [])
@@ -343,7 +355,8 @@ struct API: Sendable {
             status = parsed
         }
         let page = try await service.storeRequests(principal, storeId: request.parameter("storeId"), status: status,
-                                                   decidedBy: request.query["decidedBy"],
+                                                   decidedBy: request.query["decidedBy"], customerId: request.query["customerId"],
+                                                   since: try queryTimestamp(request, "since"), before: try queryTimestamp(request, "before"),
                                                    limit: try queryInt(request, "limit") ?? 50, cursor: request.query["cursor"])
         return .response(.json(RequestList(requests: page.items, nextCursor: page.nextCursor)))
     }
@@ -428,6 +441,15 @@ func queryInt(_ request: Request, _ name: String) throws -> Int? {
     return value
 }
 
+/// An RFC 3339 time (`2026-12-01T00:00:00Z`, fractions allowed).
+func queryTimestamp(_ request: Request, _ name: String) throws -> Date? {
+    guard let text = request.query[name] else { return nil }
+    guard text.utf8.count <= 40, let date = StampJSON.parseTimestamp(text) else {
+        throw HTTPError.invalid(name, "\(name) must be an RFC 3339 time such as 2026-12-01T00:00:00Z")
+    }
+    return date
+}
+
 func queryDouble(_ request: Request, _ name: String) throws -> Double? {
     guard let text = request.query[name] else { return nil }
     guard let value = Double(text), value.isFinite else { throw HTTPError.invalid(name, "\(name) must be a number") }
@@ -464,6 +486,11 @@ struct CardList: Encodable, Sendable {
 
 struct CustomerList: Encodable, Sendable {
     var customers: [CustomerSummary]
+}
+
+struct StoreCustomerList: Encodable, Sendable {
+    var customers: [StoreCustomer]
+    var nextCursor: String?
 }
 
 struct LedgerList: Encodable, Sendable {
