@@ -585,6 +585,7 @@ def test_a_barista_on_a_second_browser_decides_and_the_owner_sees_who(browsers):
         assert visible(barista, "store-role").text == "Staff"
         assert not barista.find_element(By.ID, "staff-panel").is_displayed()
         assert not barista.find_element(By.CSS_SELECTOR, '[data-testid="view-settings"]').is_displayed()
+        assert barista.find_element(By.CSS_SELECTOR, '[data-testid="view-history"]').is_displayed()  # the records are for staff too
         attribute_is(barista, "#connection", "data-state", "live")
         # The owner's staff list hears of the new member.
         wait(owner, LIVE).until(EC.text_to_be_present_in_element((By.ID, "staff-list"), "Ben Barista"))

@@ -16,6 +16,7 @@ import {
 import { Queue } from '/assets/queue.js';
 import { Settings } from '/assets/settings.js';
 import { Numbers } from '/assets/numbers.js';
+import { Records } from '/assets/records.js';
 
 const session = new Session('owner', 'owner');
 const beeper = new Beeper();
@@ -33,6 +34,7 @@ const state = {
   decisionErrors: new Map(), // request id → why the owner's last approve/reject of it failed, shown on its row
   counter: { code: '', changesAt: 0, timer: 0 }, // the counter code on screen, and when it changes
   wakeLock: null, // keeps a counter tablet's screen on while the page is open
+  view: null, // the view on screen: counter, history, customers, numbers or settings
 };
 const storeKey = () => `stampd.owner.store.${session.account.id}`;
 const soundKey = 'stampd.owner.sound';
@@ -51,6 +53,7 @@ const queue = new Queue($('pending-list'), $('pending-heading'), {
 
 const settings = new Settings(call, (store) => storeChanged(store));
 const numbers = new Numbers(call);
+const records = new Records(call, () => state.store?.rewardItem ?? '', (name) => showView(name));
 
 
 // ---------------------------------------------------------------------------------------------
@@ -146,8 +149,11 @@ async function openStore(id) {
     show($('invitation'), false);
     for (const tab of document.querySelectorAll('.view-tab[data-owner-only]')) tab.hidden = state.role !== 'owner';
     if (state.role === 'owner') settings.show(store);
+    records.reset(store, state.role);
+    state.view = null;
     const asked = location.hash.slice(1);
-    showView(state.role === 'owner' && ['numbers', 'settings'].includes(asked) ? asked : 'counter');
+    const allowed = state.role === 'owner' ? ['history', 'customers', 'numbers', 'settings'] : ['history', 'customers'];
+    showView(allowed.includes(asked) ? asked : 'counter');
     render();
     showCounterCode();
     keepScreenOn();
@@ -172,6 +178,8 @@ function storeChanged(store) {
 
 /** The counter (the queue, customers, the code) or the owner's settings; the feed runs under both. */
 function showView(name) {
+  const opening = state.view !== name;
+  state.view = name;
   for (const panel of document.querySelectorAll('[data-view-panel]')) panel.hidden = panel.dataset.viewPanel !== name;
   for (const tab of document.querySelectorAll('.view-tab')) {
     if (tab.dataset.view === name) tab.setAttribute('aria-current', 'page');
@@ -179,6 +187,9 @@ function showView(name) {
   }
   if (name === 'numbers') numbers.open(state.store);
   else numbers.close();
+  // A view of records reads when it opens (the feed does not keep it current).
+  if (opening && name === 'history') records.openHistory();
+  if (opening && name === 'customers') records.openCustomers();
   const hash = name === 'counter' ? '' : `#${name}`;
   if (location.hash !== hash) history.replaceState(null, '', `${location.pathname}${location.search}${hash}`);
 }
