@@ -20,7 +20,7 @@ skip=",${SKIP:-},"
 say() { printf '\n== %s\n' "$*"; }
 
 # --- what a clean machine lacks -------------------------------------------------------------
-apt_packages=(libsqlite3-dev sqlite3 chromium chromium-driver nginx-light libnginx-mod-nchan wrk)
+apt_packages=(libsqlite3-dev sqlite3 chromium chromium-driver nginx-light libnginx-mod-nchan wrk zbar-tools)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -44,7 +44,34 @@ function signedIn() {
   resetCodes();
   render();
   refreshAll();
-  search('');
+  if (!showLinkedStore()) search('');
+}
+
+/** The store a counter sign links to (/app#store=<id>): listed alone, ready to ask. */
+function linkedStoreId() {
+  const match = /^#store=([A-Za-z0-9_-]{1,100})$/.exec(location.hash);
+  return match ? match[1] : null;
+}
+
+function showLinkedStore() {
+  const id = linkedStoreId();
+  if (!id) return false;
+  const number = ++searches;
+  call(`/v1/stores/${encodeURIComponent(id)}`).then((store) => {
+    if (number !== searches) return;
+    const list = $('search-results');
+    list.replaceChildren(storeItem(store));
+    list.dataset.query = '';
+    show($('search-empty'), false);
+    list.querySelector('[data-testid="request-stamp"]').scrollIntoView({ block: 'center' });
+    say(`${store.name}: ask for your stamps below.`);
+  }, (error) => {
+    if (number !== searches) return;
+    say(error instanceof ApiError && error.status === 404 ? 'That cafe is not here any more. Find it by its name below.'
+      : `Could not open the cafe: ${errorText(error)}`);
+    search('');
+  });
+  return true;
 }
 
 async function signOut() {
@@ -561,5 +588,6 @@ $('claim-form').addEventListener('submit', claim);
 $('member-show').addEventListener('click', showMemberCode);
 $('member-hide').addEventListener('click', () => hideMemberCode());
 
+window.addEventListener('hashchange', () => { if (session.token) showLinkedStore(); });
 if (await session.restore()) signedIn();
 else show($('auth'));

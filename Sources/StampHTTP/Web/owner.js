@@ -17,6 +17,7 @@ import { Queue } from '/assets/queue.js';
 import { Settings } from '/assets/settings.js';
 import { Numbers } from '/assets/numbers.js';
 import { Records } from '/assets/records.js';
+import { drawSign } from '/assets/sign.js';
 
 const session = new Session('owner', 'owner');
 const beeper = new Beeper();
@@ -152,7 +153,7 @@ async function openStore(id) {
     records.reset(store, state.role);
     state.view = null;
     const asked = location.hash.slice(1);
-    const allowed = state.role === 'owner' ? ['history', 'customers', 'numbers', 'settings'] : ['history', 'customers'];
+    const allowed = ['history', 'customers', 'sign', ...(state.role === 'owner' ? ['numbers', 'settings'] : [])];
     showView(allowed.includes(asked) ? asked : 'counter');
     render();
     showCounterCode();
@@ -180,6 +181,7 @@ function storeChanged(store) {
 function showView(name) {
   const opening = state.view !== name;
   state.view = name;
+  document.body.dataset.view = name; // print styles: the sign alone
   for (const panel of document.querySelectorAll('[data-view-panel]')) panel.hidden = panel.dataset.viewPanel !== name;
   for (const tab of document.querySelectorAll('.view-tab')) {
     if (tab.dataset.view === name) tab.setAttribute('aria-current', 'page');
@@ -190,6 +192,7 @@ function showView(name) {
   // A view of records reads when it opens (the feed does not keep it current).
   if (opening && name === 'history') records.openHistory();
   if (opening && name === 'customers') records.openCustomers();
+  if (opening && name === 'sign') drawSign(state.store).catch((error) => say(`The sign could not be drawn: ${error.message}`));
   const hash = name === 'counter' ? '' : `#${name}`;
   if (location.hash !== hash) history.replaceState(null, '', `${location.pathname}${location.search}${hash}`);
 }
@@ -928,6 +931,9 @@ $('sound-toggle').addEventListener('click', () => {
 });
 $('notice').addEventListener('click', () => show($('notice'), false));
 for (const tab of document.querySelectorAll('.view-tab')) tab.addEventListener('click', () => showView(tab.dataset.view));
+$('sign-open').addEventListener('click', () => showView('sign'));
+$('sign-close').addEventListener('click', () => showView('counter'));
+$('sign-print').addEventListener('click', () => window.print());
 $('find-form').addEventListener('submit', findCustomers);
 $('member-form').addEventListener('submit', addByMemberCode);
 $('walkin-form').addEventListener('submit', registerWalkIn);
