@@ -129,6 +129,19 @@ def decide(driver, line, action):
     line.find_element(By.CSS_SELECTOR, f'[data-testid="{action}"]').click()
 
 
+def reject(driver, line, reason=None):
+    """Rejects a queue line: Reject, then (in the line's place) a reason or none, then Reject again
+    once the half second that tells a confirmation from a double tap has passed."""
+    decide(driver, line, "reject")
+    choice = line.find_element(By.CSS_SELECTOR, '[data-testid="reject-reason"]')
+    if reason:
+        Select(choice).select_by_visible_text(reason)
+    confirm = line.find_element(By.CSS_SELECTOR, '[data-testid="reject-confirm"]')
+    wait(driver).until(lambda d: d.execute_script(
+        "return performance.now() > Number(arguments[0].dataset.confirmFrom)", confirm))
+    confirm.click()
+
+
 def sign_up(driver, name, login):
     fill(driver, "signup-name", name)
     fill(driver, "signup-login", login)
@@ -556,9 +569,19 @@ def test_failed_approval_keeps_the_row(browsers):
         assert "busy" not in item.get_attribute("class")
         screenshot(owner, "owner-failed-approval.png")
 
+        # Reject asks why in the line's place, and Keep goes back without deciding.
+        height = item.size["height"]
         decide(owner, item, "reject")
+        assert item.find_element(By.CSS_SELECTOR, '[data-testid="reject-reason"]').is_displayed()
+        assert item.size["height"] == height  # nothing below it moves
+        item.find_element(By.CSS_SELECTOR, '[data-testid="reject-cancel"]').click()
+        assert item.find_element(By.CSS_SELECTOR, '[data-testid="reject"]').is_displayed()
+        reject(owner, item, "Please ask at the counter")
         wait(owner).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, row(second))))
         attribute_is(owner, f'#decided-list [data-request-id="{second["id"]}"]', "data-status", "rejected")
+        assert "Please ask at the counter" in owner.find_element(
+            By.CSS_SELECTOR, f'#decided-list [data-request-id="{second["id"]}"]').text
+        assert call("GET", f"/v1/requests/{second['id']}", token=customer["token"])["reason"] == "Please ask at the counter"
         assert console_problems(owner, expected_statuses=(409,)) == []
 
 

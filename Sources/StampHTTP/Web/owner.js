@@ -44,7 +44,7 @@ const soundKey = 'stampd.owner.sound';
 const call = authenticatedCall(session, () => sessionEnded());
 
 const queue = new Queue($('pending-list'), $('pending-heading'), {
-  decide: (request, action, line) => decide(request, action, line),
+  decide: (request, action, line, reason) => decide(request, action, line, reason),
   undo: (request, button) => undo(request, button),
   cardLine: (card) => cardLine(card),
   rewardItem: () => state.store?.rewardItem ?? '',
@@ -358,18 +358,19 @@ function showNotice(text, ids) {
  * (elsewhere, cancelled, expired), it moves to "Decided today". Either way the reason shows on
  * the request's own row (state.decisionErrors), not only in the status line at the top.
  */
-async function decide(request, action, item) {
+async function decide(request, action, item, reason = null) {
   const buttons = [...item.querySelectorAll('button')];
   if (buttons.some(isBusy)) return; // already on its way
   buttons.forEach((button) => setBusy(button, true));
   item.classList.add('busy');
   state.decisionErrors.delete(request.id);
   // Said on the button, not in a line under it: the row keeps its height while the call runs.
-  const pressed = item.querySelector(`[data-testid="${action}"]`);
+  const pressed = item.querySelector(action === 'reject' ? '[data-testid="reject-confirm"], [data-testid="reject"]' : '[data-testid="approve"]');
   pressed.textContent = action === 'approve' ? 'Approving…' : 'Rejecting…';
   itemStatus(item, '');
   try {
-    const answer = await call(`/v1/requests/${encodeURIComponent(request.id)}/${action}`, { method: 'POST' });
+    const answer = await call(`/v1/requests/${encodeURIComponent(request.id)}/${action}`,
+      { method: 'POST', ...(reason ? { body: { reason } } : {}) });
     learn(answer.request);
     const what = describeRequest(answer.request, state.store.rewardItem);
     say(`${STATUS_TEXT[answer.request.status]}: ${what} for ${answer.request.customerName}.`);
@@ -816,7 +817,8 @@ function decidedItem(request) {
       el('span', { class: 'when' }, ' · ', el('time', { datetime: request.decidedAt, text: formatTime(request.decidedAt) })),
       request.decidedBy ? el('span', { class: 'decided-by', dataset: { testid: 'decided-by' }, text: ` · by ${request.decidedBy.name}` }) : null,
       request.reversedAt ? el('span', { class: 'decided-by', dataset: { testid: 'undone-by' },
-        text: ` · undone by ${request.reversedBy?.name ?? 'a member'}` }) : null),
+        text: ` · undone by ${request.reversedBy?.name ?? 'a member'}` }) : null,
+      request.reason ? el('span', { class: 'when', dataset: { testid: 'reject-reason-shown' }, text: ` · “${request.reason}”` }) : null),
     el('span', { class: 'badge', dataset: { status: request.reversedAt ? 'rejected' : request.status },
       text: request.reversedAt ? 'Undone' : STATUS_TEXT[request.status] }),
     undoable(request)

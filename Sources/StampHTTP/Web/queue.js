@@ -13,6 +13,10 @@ import { el, describeRequest, formatTime, plural, reconcile, STATUS_TEXT } from 
 
 /** How long a decided line stays in place. */
 export const KEEP_DECIDED_MS = 6_000;
+/** Reasons a member picks when rejecting; the customer reads them. */
+const STAMP_REASONS = ['This visit was stamped already', 'Please order first', 'Please ask at the counter'];
+const REWARD_REASONS = ['The reward is not available right now', 'Please ask at the counter'];
+
 /** How long a row that moved ignores taps. */
 export const SETTLE_MS = 500;
 /** A stamp request for this many stamps or more asks to confirm its approval. */
@@ -151,13 +155,56 @@ export class Queue {
       request.atCounter
         ? el('span', { class: 'badge', dataset: { status: 'counter', testid: 'at-counter' }, text: 'At the counter' })
         : el('span', { class: 'badge', dataset: { status: 'pending' }, text: STATUS_TEXT.pending }),
-      el('div', { class: 'actions' },
-        el('button', { type: 'button', class: 'approve', dataset: { testid: 'approve' }, 'aria-label': `Approve ${what} for ${who}`,
-          on: { click: (event) => this.tap(node, request, 'approve', event.currentTarget) } }, 'Approve'),
-        el('button', { type: 'button', class: 'reject', dataset: { testid: 'reject' }, 'aria-label': `Reject ${what} for ${who}`,
-          on: { click: (event) => this.tap(node, request, 'reject', event.currentTarget) } }, 'Reject')),
+      el('div', { class: 'actions' }, ...this.decisionButtons(node, request)),
       el('p', { class: 'item-status', dataset: { testid: 'request-status' } }),
     ];
+  }
+
+  decisionButtons(node, request) {
+    const what = describeRequest(request, this.actions.rewardItem());
+    const who = request.customerName;
+    return [
+      el('button', { type: 'button', class: 'approve', dataset: { testid: 'approve' }, 'aria-label': `Approve ${what} for ${who}`,
+        on: { click: (event) => this.tap(node, request, 'approve', event.currentTarget) } }, 'Approve'),
+      el('button', { type: 'button', class: 'reject', dataset: { testid: 'reject' }, 'aria-label': `Reject ${what} for ${who}`,
+        on: { click: (event) => this.tap(node, request, 'reject', event.currentTarget) } }, 'Reject'),
+    ];
+  }
+
+  /**
+   * Reject asks why, in the line's own place (a list of reasons the customer will read, a
+   * confirming Reject and Keep), so that the line keeps its height; the reason is optional.
+   */
+  askReason(node, request) {
+    const what = describeRequest(request, this.actions.rewardItem());
+    const id = `reason-${request.id}`;
+    const reasons = request.kind === 'reward' ? REWARD_REASONS : STAMP_REASONS;
+    const select = el('select', { id, dataset: { testid: 'reject-reason' }, 'aria-label': `Why reject ${what} for ${request.customerName}` },
+      el('option', { value: '', text: 'No reason given' }), ...reasons.map((text) => el('option', { value: text, text })));
+    const confirm = el('button', { type: 'button', class: 'reject', dataset: { testid: 'reject-confirm' },
+      on: { click: async () => {
+        if (performance.now() < Number(confirm.dataset.confirmFrom)) return; // the double tap that opened it
+        await this.actions.decide(request, 'reject', node, select.value || null);
+        if (node.isConnected && node.dataset.drawn === 'pending') this.keep(node, request);
+      } } }, 'Reject');
+    confirm.dataset.confirmFrom = String(performance.now() + 400);
+    const keep = el('button', { type: 'button', class: 'quiet', dataset: { testid: 'reject-cancel' },
+      on: { click: () => this.keep(node, request) } }, 'Keep');
+    // The choice takes the whole line (the group's row above still names the customer), at
+    // least as tall as the line was.
+    node.style.minHeight = `${node.getBoundingClientRect().height}px`;
+    node.classList.add('asking');
+    node.querySelector('.actions').replaceChildren(select, confirm, keep);
+    select.focus();
+  }
+
+  /** Back from asking why to the line's two buttons. */
+  keep(node, request) {
+    const hadFocus = node.contains(document.activeElement);
+    node.classList.remove('asking');
+    node.querySelector('.actions').replaceChildren(...this.decisionButtons(node, request));
+    node.style.minHeight = '';
+    if (hadFocus) node.querySelector('[data-testid="reject"]').focus();
   }
 
   decidedParts(request) {
@@ -221,6 +268,7 @@ export class Queue {
       return;
     }
     if (button.dataset.confirming === 'true' && performance.now() < Number(button.dataset.confirmFrom)) return;
+    if (action === 'reject') { this.askReason(node, request); return; }
     this.actions.decide(request, action, node);
   }
 
@@ -228,6 +276,7 @@ export class Queue {
   key(event) {
     const line = event.target.closest?.('.line');
     if (!line || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target.matches('select, input, textarea')) return; // typing in the reason list picks a reason
     if (event.repeat && (event.key === 'Enter' || event.key === ' ')) { event.preventDefault(); return; }
     const key = event.key.toLowerCase();
     if (key !== 'a' && key !== 'r') return;
