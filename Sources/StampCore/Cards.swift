@@ -41,8 +41,16 @@ extension StampService {
         return entries
     }
 
+    /// A ledger row with the member who made it and, for a gift, the other person (the gift's
+    /// row has the same store, time and count; gifts_sender and gifts_receiver find it).
     static let ledgerSelect = """
-        SELECT l.id, l.kind, l.stamps_delta, l.rewards_delta, l.request_id, l.at, l.member_id, m.name, l.reverses
+        SELECT l.id, l.kind, l.stamps_delta, l.rewards_delta, l.request_id, l.at, l.member_id, m.name, l.reverses,
+               CASE l.kind
+                 WHEN 'gift_sent' THEN (SELECT a.name FROM gifts g JOIN accounts a ON a.id = g.to_id
+                   WHERE g.from_id = l.customer_id AND g.at = l.at AND g.store_id = l.store_id AND g.count = -l.stamps_delta LIMIT 1)
+                 WHEN 'gift_received' THEN (SELECT a.name FROM gifts g JOIN accounts a ON a.id = g.from_id
+                   WHERE g.to_id = l.customer_id AND g.at = l.at AND g.store_id = l.store_id AND g.count = l.stamps_delta LIMIT 1)
+               END
         FROM ledger l LEFT JOIN accounts m ON m.id = l.member_id
         """
 
@@ -54,7 +62,7 @@ extension StampService {
                            rewardsDelta: try row.get(3), requestId: try row.optional(4),
                            at: Date(millis: try row.get(5)),
                            member: Self.memberRef(try row.optional(6), name: try row.optional(7)),
-                           reverses: try row.optional(8))
+                           reverses: try row.optional(8), counterpart: try row.optional(9))
     }
 
     static let cardSelect = """

@@ -170,6 +170,8 @@ public struct LedgerEntry: Codable, Sendable, Equatable {
     public var member: MemberRef?
     /// For a `reversal`: the entry it undoes.
     public var reverses: Int64?
+    /// For a gift: the name of the other person (who received it, or who gave it).
+    public var counterpart: String? = nil
 }
 
 /// One delivered event: what `GET /v1/events` lists.

@@ -330,6 +330,11 @@ import Testing
         #expect(received.value("events", 0, "data", "counterpart") as? String == "Gia")
         let sent = try await client.request("GET", "/v1/cards/\(world.store)/ledger", token: world.giver.token)
         #expect((sent.value("entries") as? [[String: Any]])?.last?["kind"] as? String == "gift_sent")
+        // Each side's ledger names the other person of the gift.
+        #expect((sent.value("entries") as? [[String: Any]])?.last?["counterpart"] as? String == "Fred")
+        let got = try await client.request("GET", "/v1/cards/\(world.store)/ledger", token: friend)
+        #expect((got.value("entries") as? [[String: Any]])?.last?["kind"] as? String == "gift_received")
+        #expect((got.value("entries") as? [[String: Any]])?.last?["counterpart"] as? String == "Gia")
         client.close()
         try await world.server.stop()
     }

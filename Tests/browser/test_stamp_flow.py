@@ -430,12 +430,18 @@ def test_walk_in_claim_and_gift(browsers):
         card.find_element(By.CSS_SELECTOR, '[data-testid="give-stamps"]').click()
         to = wait(customer).until(EC.visibility_of(card.find_element(By.CSS_SELECTOR, '[data-testid="gift-to"]')))
         to.send_keys(phone)
+        # A gift is said in a sentence first, and sent on the second tap.
+        card.find_element(By.CSS_SELECTOR, '[data-testid="gift-submit"]').click()
+        confirm = card.find_element(By.CSS_SELECTOR, '[data-testid="gift-confirm"]')
+        assert confirm.text == f"Give 1 stamp to {phone}? This cannot be undone."
         card.find_element(By.CSS_SELECTOR, '[data-testid="gift-submit"]').click()
         wait(customer).until(lambda _: to.get_attribute("aria-invalid") == "true")
         assert "someone else" in card.text
         screenshot(customer, "customer-gift.png")
         to.clear()
         to.send_keys(receiver_login)
+        card.find_element(By.CSS_SELECTOR, '[data-testid="gift-submit"]').click()
+        assert receiver_login in confirm.text and customer.find_element(By.CSS_SELECTOR, card_css).get_attribute("data-stamps") == "2"
         card.find_element(By.CSS_SELECTOR, '[data-testid="gift-submit"]').click()
         attribute_is(customer, card_css, "data-stamps", "1")
         wait(customer).until(EC.text_to_be_present_in_element((By.ID, "message"), "You gave Gia 1 stamp"))

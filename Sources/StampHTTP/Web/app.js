@@ -11,13 +11,17 @@ import {
 } from '/assets/common.js';
 
 const session = new Session('app', 'customer');
-const state = { cards: new Map(), requests: new Map(), feed: null, ledgerStore: null, memberTimer: 0 };
+const state = {
+  cards: new Map(), requests: new Map(), feed: null, ledgerStore: null, memberTimer: 0,
+  asked: new Map(), // request id → the status line next to the button that asked it
+  reward: null, // the reward request the "show this to the barista" screen is about
+};
 const recentKey = () => `stampd.app.recent.${session.account.id}`;
 const KEEP_RECENT = 20;
 
 const LEDGER_TEXT = {
   stamp_added: 'Stamps added', reward_earned: 'Reward earned', reward_used: 'Reward used',
-  gift_sent: 'Gift sent', gift_received: 'Gift received', manual_stamp: 'Stamps from the cafe',
+  gift_sent: 'Gift sent', gift_received: 'Gift received', manual_stamp: 'Stamps from the cafe', reversal: 'Undone by the cafe',
 };
 
 /** Every authenticated call goes through here: a refused token signs the page out. */
@@ -114,7 +118,14 @@ async function refreshAll() {
 }
 
 function learn(request) {
-  if (mergeRequest(state.requests, request)) {
+  const changed = mergeRequest(state.requests, request);
+  if (changed) {
+    const now = state.requests.get(request.id);
+    const line = state.asked.get(request.id);
+    if (line?.isConnected) showAsk(line, askText(now), now.status === 'rejected' || now.status === 'expired');
+    if (state.reward?.id === request.id) showRewardScreen(now);
+  }
+  if (changed) {
     // Keep the newest few in localStorage, to show them again after a reload.
     const recent = [...state.requests.values()].sort((a, b) => b.createdAt.localeCompare(a.createdAt)).slice(0, KEEP_RECENT);
     storage.set(recentKey(), recent);
@@ -199,7 +210,7 @@ function onEvents(events, { quiet }) {
  * Asks a store for stamps or a reward. The Idempotency-Key makes a retry after a network error
  * safe: the server answers the first request again instead of making a second one.
  */
-async function ask(storeId, kind, count, button, counterCode = '') {
+async function ask(storeId, kind, count, button, counterCode = '', line = null) {
   const key = uuid();
   const body = kind === 'stamp' ? { kind, count } : { kind };
   // The code the counter shows, as typed: spaces do not matter to the server.
@@ -207,6 +218,7 @@ async function ask(storeId, kind, count, button, counterCode = '') {
   if (isBusy(button)) return;
   setBusy(button, true);
   say('Sending your request…');
+  if (line) showAsk(line, 'Sending…');
   try {
     let request;
     for (let attempt = 1; ; attempt += 1) {
@@ -220,7 +232,11 @@ async function ask(storeId, kind, count, button, counterCode = '') {
         await new Promise((resolve) => { setTimeout(resolve, 1000 * attempt); });
       }
     }
+    if (line) state.asked.set(request.id, line);
+    if (kind === 'reward') state.reward = request;
     learn(request);
+    if (line) showAsk(line, askText(request));
+    if (kind === 'reward') showRewardScreen(request);
     state.feed.post({ request }); // other tabs get no event for it: tell them
     render();
     say(request.status === 'approved'
@@ -228,9 +244,55 @@ async function ask(storeId, kind, count, button, counterCode = '') {
       : `Asked ${request.storeName} for ${describeRequest(request)}${request.atCounter ? ' at the counter' : ''}. Waiting for the cafe…`);
   } catch (error) {
     say(`Not sent: ${errorText(error)}`);
+    if (line) showAsk(line, `Not sent: ${errorText(error)}`, true);
   } finally {
     setBusy(button, false);
   }
+}
+
+/** Where an ask stands, in the words the line next to its button uses. */
+function askText(request) {
+  const what = describeRequest(request, state.cards.get(request.storeId)?.rewardItem);
+  switch (request.status) {
+    case 'pending': return `Sent: ${what}, waiting for ${request.storeName}…`;
+    case 'approved': return `Approved: ${what}.`;
+    case 'rejected': return `Not approved${request.reason ? `: ${request.reason}` : ''}.`;
+    case 'expired': return 'Expired: nobody at the counter answered in time. Ask again when you are there.';
+    case 'cancelled': return 'Cancelled.';
+    default: return STATUS_TEXT[request.status] ?? '';
+  }
+}
+
+function showAsk(line, text, bad = false) {
+  line.textContent = text;
+  line.classList.toggle('bad', bad);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reward screen: big, for the barista to read off the phone, while the reward is asked for.
+
+function showRewardScreen(request) {
+  const screen = $('reward-screen');
+  const item = state.cards.get(request.storeId)?.rewardItem ?? 'your reward';
+  screen.dataset.status = request.status;
+  $('reward-store').textContent = request.storeName;
+  $('reward-item').textContent = item;
+  $('reward-state').textContent = {
+    pending: 'Show this to the barista: they confirm it on their screen.',
+    approved: `Enjoy your ${item}!`,
+    rejected: `Not confirmed${request.reason ? `: ${request.reason}` : ''}. The reward stays on your card.`,
+    expired: 'Nobody confirmed it in time. The reward stays on your card.',
+    cancelled: 'Cancelled. The reward stays on your card.',
+  }[request.status] ?? '';
+  $('reward-heading').textContent = request.status === 'approved' ? 'Reward given' : 'Reward ready';
+  const opening = screen.hidden;
+  show(screen);
+  if (opening) $('reward-close').focus();
+}
+
+function closeRewardScreen() {
+  show($('reward-screen'), false);
+  state.reward = null;
 }
 
 async function cancel(request, button) {
@@ -261,6 +323,7 @@ function toggleGift(item, open) {
     form.elements.namedItem('to').focus();
   } else {
     clearProblems(form, form.querySelector('.form-error'));
+    resetGiftConfirmation(form);
     show(toggle, (state.cards.get(item.dataset.storeId)?.stamps ?? 0) > 0);
     (toggle.hidden ? item.querySelector('button') : toggle).focus();
   }
@@ -275,6 +338,15 @@ async function give(card, form, button) {
   if (isBusy(button)) return;
   const data = new FormData(form);
   const body = { to: data.get('to').trim(), count: Number(data.get('count')) };
+  // First the sentence of what will happen; the gift goes on the second, deliberate tap.
+  const confirmation = form.querySelector('.gift-confirm');
+  if (form.dataset.confirmed !== JSON.stringify(body)) {
+    if (!body.to || !Number.isInteger(body.count) || body.count < 1) { form.reportValidity(); return; }
+    form.dataset.confirmed = JSON.stringify(body);
+    confirmation.textContent = `Give ${plural(body.count, 'stamp')} to ${body.to}? This cannot be undone.`;
+    button.textContent = `Yes, give ${plural(body.count, 'stamp')}`;
+    return;
+  }
   const fingerprint = JSON.stringify(body);
   if (form.dataset.fingerprint !== fingerprint) {
     form.dataset.fingerprint = fingerprint;
@@ -297,6 +369,7 @@ async function give(card, form, button) {
       }
     }
     delete form.dataset.fingerprint;
+    resetGiftConfirmation(form);
     learnCard(gift.card);
     render();
     const item = form.closest('.card');
@@ -311,6 +384,12 @@ async function give(card, form, button) {
   }
 }
 
+function resetGiftConfirmation(form) {
+  delete form.dataset.confirmed;
+  form.querySelector('.gift-confirm').textContent = '';
+  form.querySelector('[data-testid="gift-submit"]').textContent = 'Give';
+}
+
 function giftForm(card) {
   const id = (name) => `gift-${name}-${card.storeId}`;
   const button = el('button', { type: 'submit', dataset: { testid: 'gift-submit' } }, 'Give');
@@ -323,9 +402,12 @@ function giftForm(card) {
   el('label', { for: id('count') }, 'Stamps'),
   el('input', { id: id('count'), name: 'count', type: 'number', inputmode: 'numeric', min: '1', value: '1', required: true,
     class: 'count-input', dataset: { testid: 'gift-count' } }),
+  el('p', { class: 'gift-confirm', role: 'status', dataset: { testid: 'gift-confirm' } }),
   el('div', { class: 'inline form-actions' }, button,
     el('button', { type: 'button', class: 'quiet', on: { click: () => toggleGift(form.closest('.card'), false) } }, 'Cancel')),
   el('p', { class: 'error form-error', role: 'alert' }));
+  // A changed gift is a new question: the sentence goes until it is asked again.
+  form.addEventListener('input', () => resetGiftConfirmation(form));
   return form;
 }
 
@@ -446,16 +528,17 @@ function storeItem(store) {
   const required = store.rules?.requireCounterCode === true;
   const code = el('input', { id: codeId, class: 'code-input', inputmode: 'numeric', autocomplete: 'off', maxlength: '7',
     placeholder: '123 456', dataset: { testid: 'counter-code-input' }, ...(required ? { required: true } : {}) });
+  const line = el('p', { class: 'ask-status', role: 'status', dataset: { testid: 'ask-status' } });
   const form = el('form', { class: 'inline ask', on: { submit: (event) => {
     event.preventDefault();
-    ask(store.id, 'stamp', Number(count.value), button, code.value);
+    ask(store.id, 'stamp', Number(count.value), button, code.value, line);
   } } }, el('label', { for: countId }, 'Stamps'), count,
   el('label', { for: codeId }, required ? 'Counter code' : 'Counter code (optional)'), code, button);
   return el('li', { class: 'store', dataset: { storeId: store.id, testid: 'store-result' } },
     el('h3', { text: store.name }),
     el('p', { class: 'store-meta' }, `${plural(store.stampsPerReward, 'stamp')} → ${store.rewardItem}`,
       store.address ? ` · ${store.address}` : '', store.openHours ? ` · ${store.openHours}` : ''),
-    form);
+    form, line);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -470,7 +553,12 @@ function requestItem(request) {
     el('div', { class: 'actions' },
       el('button', { type: 'button', class: 'quiet cancel', dataset: { testid: 'cancel' },
         'aria-label': `Cancel the request to ${request.storeName}`,
-        on: { click: (event) => cancel(request, event.currentTarget) } }, 'Cancel')));
+        on: { click: (event) => cancel(request, event.currentTarget) } }, 'Cancel'),
+      el('button', { type: 'button', class: 'quiet again', hidden: true, dataset: { testid: 'ask-again' },
+        'aria-label': `Ask ${request.storeName} again for ${describeRequest(request)}`,
+        on: { click: (event) => ask(request.storeId, request.kind, request.count, event.currentTarget, '',
+          item.querySelector('.ask-status')) } }, 'Ask again')),
+    el('p', { class: 'ask-status', role: 'status', dataset: { testid: 'ask-status' } }));
   updateRequestItem(item, request);
   return item;
 }
@@ -482,6 +570,7 @@ function updateRequestItem(item, request) {
   const badge = item.querySelector('.badge');
   badge.dataset.status = request.status;
   badge.textContent = request.status === 'pending' ? 'Pending: waiting for the cafe' : STATUS_TEXT[request.status] + reason;
+  show(item.querySelector('.again'), request.status === 'expired');
   const cancelButton = item.querySelector('.cancel');
   if (request.status !== 'pending' && cancelButton) {
     if (cancelButton.contains(document.activeElement)) $('requests-heading').focus();
@@ -500,15 +589,18 @@ function cardItem(card) {
     el('p', { class: 'card-note', role: 'status', dataset: { testid: 'card-note' } }),
     el('div', { class: 'actions' },
       el('button', { type: 'button', dataset: { testid: 'card-ask' }, 'aria-label': `Ask ${card.storeName} for a stamp`,
-        on: { click: (event) => ask(card.storeId, 'stamp', 1, event.currentTarget) } }, 'Ask for a stamp'),
+        on: { click: (event) => ask(card.storeId, 'stamp', 1, event.currentTarget, '', item.querySelector('.ask-status')) } },
+      'Ask for a stamp'),
       el('button', { type: 'button', class: 'use-reward', dataset: { testid: 'use-reward' },
         'aria-label': `Use a reward at ${card.storeName}`,
-        on: { click: (event) => ask(card.storeId, 'reward', 1, event.currentTarget) } }, 'Use a reward'),
+        on: { click: (event) => ask(card.storeId, 'reward', 1, event.currentTarget, '', item.querySelector('.ask-status')) } },
+      'Use a reward'),
       el('button', { type: 'button', class: 'quiet give', dataset: { testid: 'give-stamps' }, 'aria-expanded': 'false',
         'aria-controls': gift.id, 'aria-label': `Give stamps from the ${card.storeName} card`,
         on: { click: () => toggleGift(item, gift.hidden) } }, 'Give stamps'),
       el('button', { type: 'button', class: 'quiet', dataset: { testid: 'show-ledger' },
         'aria-label': `History of the ${card.storeName} card`, on: { click: () => showLedger(card.storeId) } }, 'History')),
+    el('p', { class: 'ask-status', role: 'status', dataset: { testid: 'ask-status' } }),
     gift);
   updateCardItem(item, card);
   return item;
@@ -552,10 +644,16 @@ async function showLedger(storeId) {
     state.ledgerStore = storeId;
     $('ledger-title').textContent = `History: ${card?.storeName ?? 'card'}`;
     const signed = (n) => (n > 0 ? `+${n}` : String(n));
-    $('ledger-rows').replaceChildren(...entries.map((entry) => el('tr', {},
+    // Newest first; a gift names the other person.
+    const what = (entry) => {
+      if (entry.kind === 'manual_stamp' && entry.stampsDelta < 0) return 'Correction by the cafe';
+      if (entry.kind === 'gift_sent' && entry.counterpart) return `Gift to ${entry.counterpart}`;
+      if (entry.kind === 'gift_received' && entry.counterpart) return `Gift from ${entry.counterpart}`;
+      return LEDGER_TEXT[entry.kind] ?? entry.kind;
+    };
+    $('ledger-rows').replaceChildren(...[...entries].reverse().map((entry) => el('tr', { dataset: { testid: 'my-ledger-row', kind: entry.kind } },
       el('td', {}, el('time', { datetime: entry.at, text: formatDateTime(entry.at) })),
-      el('td', { text: entry.kind === 'manual_stamp' && entry.stampsDelta < 0 ? 'Correction by the cafe'
-        : LEDGER_TEXT[entry.kind] ?? entry.kind }),
+      el('td', { text: what(entry) }),
       el('td', { text: entry.stampsDelta ? signed(entry.stampsDelta) : '' }),
       el('td', { text: entry.rewardsDelta ? signed(entry.rewardsDelta) : '' }))));
     show($('ledger'), entries.length > 0);
@@ -584,6 +682,7 @@ $('search-form').addEventListener('submit', (event) => {
   search($('search-q').value.trim());
 });
 $('ledger-close').addEventListener('click', closeLedger);
+$('reward-close').addEventListener('click', closeRewardScreen);
 $('claim-form').addEventListener('submit', claim);
 $('member-show').addEventListener('click', showMemberCode);
 $('member-hide').addEventListener('click', () => hideMemberCode());
