@@ -54,15 +54,16 @@ extension StampService {
         FROM ledger l LEFT JOIN accounts m ON m.id = l.member_id
         """
 
-    static func ledgerRow(_ row: borrowing Row) throws -> LedgerEntry {
-        guard let kind = LedgerKind(rawValue: try row.get(1)) else {
+    /// A row of `ledgerSelect`, whose columns start at `first` (after any the caller put before them).
+    static func ledgerRow(_ row: borrowing Row, from first: Int = 0) throws -> LedgerEntry {
+        guard let kind = LedgerKind(rawValue: try row.get(first + 1)) else {
             throw StampError(.unavailable, "stored ledger row has an unknown kind")
         }
-        return LedgerEntry(id: try row.get(0), kind: kind, stampsDelta: try row.get(2),
-                           rewardsDelta: try row.get(3), requestId: try row.optional(4),
-                           at: Date(millis: try row.get(5)),
-                           member: Self.memberRef(try row.optional(6), name: try row.optional(7)),
-                           reverses: try row.optional(8), counterpart: try row.optional(9))
+        return LedgerEntry(id: try row.get(first), kind: kind, stampsDelta: try row.get(first + 2),
+                           rewardsDelta: try row.get(first + 3), requestId: try row.optional(first + 4),
+                           at: Date(millis: try row.get(first + 5)),
+                           member: Self.memberRef(try row.optional(first + 6), name: try row.optional(first + 7)),
+                           reverses: try row.optional(first + 8), counterpart: try row.optional(first + 9))
     }
 
     static let cardSelect = """

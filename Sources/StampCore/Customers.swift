@@ -21,6 +21,12 @@ public struct CustomerHistory: Codable, Sendable, Equatable {
     public var nextCursor: String?
 }
 
+/// A row of the store's ledger with whose card it is.
+public struct StoreLedgerEntry: Codable, Sendable, Equatable {
+    public var customer: MemberRef
+    public var entry: LedgerEntry
+}
+
 extension StampService {
     private static let customerSelect = """
         SELECT a.id, a.name, a.login, a.walk_in, c.stamps, c.rewards, c.visits, coalesce(c.added_at, c.updated_at), c.updated_at
@@ -47,6 +53,39 @@ extension StampService {
         let more = customers.count > limit
         if more { customers.removeLast() }
         return Page(items: customers, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
+    }
+
+    /// The store's ledger, newest first: every stamp, reward, gift and correction on its cards,
+    /// by customer, member and time (any member). Bounded by the store's index by time.
+    public func storeLedger(_ principal: Principal, storeId: String, customerId: String?, memberId: String?,
+                            since: Date?, before: Date?, limit: Int, cursor: String?) async throws -> Page<StoreLedgerEntry> {
+        let limit = try Validate.range(limit, field: "limit", 1...100)
+        let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
+        for (field, id) in [("customerId", customerId), ("memberId", memberId)] {
+            if let id, !Self.isIdentifier(id) {
+                throw StampError.invalid(field, "\(field) is an account id (1 to 100 letters, digits, _ and -)")
+            }
+        }
+        var entries = try await read { connection in
+            try await Self.requireMember(principal, of: storeId, on: connection)
+            var sql = SQL(Self.ledgerSelect.replacingOccurrences(of: "SELECT l.id,", with: "SELECT l.customer_id, c.name, l.id,")
+                .replacingOccurrences(of: "FROM ledger l", with: "FROM ledger l JOIN accounts c ON c.id = l.customer_id")
+                + " WHERE l.store_id = ?")
+            var parameters: [any SQLBindable] = [storeId]
+            if let customerId { sql = sql + " AND l.customer_id = ?"; parameters.append(customerId) }
+            if let memberId { sql = sql + " AND l.member_id = ?"; parameters.append(memberId) }
+            if let since { sql = sql + " AND l.at >= ?"; parameters.append(since.millis) }
+            if let before { sql = sql + " AND l.at < ?"; parameters.append(before.millis) }
+            sql = sql + " ORDER BY l.at DESC, l.id DESC LIMIT ? OFFSET ?"
+            parameters += [limit + 1, offset]
+            return try await connection.query(sql, parameters: parameters) { row in
+                StoreLedgerEntry(customer: MemberRef(id: try row.get(0), name: try row.get(1)),
+                                 entry: try Self.ledgerRow(row, from: 2))
+            }
+        }
+        let more = entries.count > limit
+        if more { entries.removeLast() }
+        return Page(items: entries, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
     }
 
     /// One customer's card at the store and its ledger, newest first (any member).

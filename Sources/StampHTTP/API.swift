@@ -75,6 +75,15 @@ struct API: Sendable {
                 principal, storeId: request.parameter("storeId"), customerId: request.parameter("customerId"),
                 limit: try queryInt(request, "limit") ?? 50, cursor: request.query["cursor"])))
         }
+        router.add(.GET, "/v1/stores/{storeId}/ledger") { request in
+            let principal = try await principal(request)
+            let page = try await service.storeLedger(
+                principal, storeId: request.parameter("storeId"), customerId: request.query["customerId"],
+                memberId: request.query["memberId"], since: try queryTimestamp(request, "since"),
+                before: try queryTimestamp(request, "before"), limit: try queryInt(request, "limit") ?? 50,
+                cursor: request.query["cursor"])
+            return .response(.json(StoreLedgerList(entries: page.items, nextCursor: page.nextCursor)))
+        }
         router.add(.GET, "/v1/stores/{storeId}/cards") { request in
             let principal = try await principal(request)
             let page = try await service.storeCustomers(principal, storeId: request.parameter("storeId"),
@@ -486,6 +495,11 @@ struct CardList: Encodable, Sendable {
 
 struct CustomerList: Encodable, Sendable {
     var customers: [CustomerSummary]
+}
+
+struct StoreLedgerList: Encodable, Sendable {
+    var entries: [StoreLedgerEntry]
+    var nextCursor: String?
 }
 
 struct StoreCustomerList: Encodable, Sendable {

@@ -136,6 +136,8 @@ import Testing
                 path: { "\(s)/members/\(try await freshStaff())" }),
             Row(operation: "GET /v1/stores/{storeId}/activity", anonymous: 401, statuses: [403, 403, 200, 403, 403],
                 path: { "\(s)/activity?day=2026-12-01" }),
+            Row(operation: "GET /v1/stores/{storeId}/ledger", anonymous: 401, statuses: [403, 403, 200, 403, 200],
+                path: { "\(s)/ledger" }),
             Row(operation: "GET /v1/stores/{storeId}/cards", anonymous: 401, statuses: [403, 403, 200, 403, 200],
                 path: { "\(s)/cards" }),
             Row(operation: "GET /v1/stores/{storeId}/customers/{customerId}", anonymous: 401, statuses: [403, 403, 200, 403, 200],

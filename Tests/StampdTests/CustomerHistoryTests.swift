@@ -52,6 +52,24 @@ import Testing
             #expect(try await client.request("GET", "/v1/stores/\(store)/cards?\(bad)", token: owner.token).status == 400, "\(bad)")
         }
 
+        // The store's ledger: every card's rows, newest first, by customer and by member.
+        func ledgerRows(_ query: String, token: String? = nil) async throws -> [String] {
+            let answer = try await client.request("GET", "/v1/stores/\(store)/ledger?\(query)", token: token ?? barista.token)
+            #expect(answer.status == 200, "\(query): \(answer.text)")
+            return (answer.value("entries") as? [[String: Any]] ?? []).map {
+                "\(($0["customer"] as? [String: Any])?["name"] ?? "?") \(($0["entry"] as? [String: Any])?["kind"] ?? "?")"
+            }
+        }
+        #expect(try await ledgerRows("") == ["Ann manual_stamp", "Ben stamp_added", "Ann stamp_added"])
+        #expect(try await ledgerRows("customerId=\(ann.id)") == ["Ann manual_stamp", "Ann stamp_added"])
+        #expect(try await ledgerRows("memberId=\(barista.id)") == ["Ann manual_stamp"])
+        #expect(try await ledgerRows("limit=1&since=\(StampJSON.formatTimestamp(Date(timeIntervalSince1970: 1_795_860_030)))")
+                == ["Ann manual_stamp"])
+        for token in [stranger.token, ann.token] {
+            #expect(try await client.request("GET", "/v1/stores/\(store)/ledger", token: token).status == 403)
+        }
+        #expect(try await client.request("GET", "/v1/stores/\(store)/ledger?memberId=%3C", token: owner.token).status == 400)
+
         // The request history by customer and by time.
         func ids(_ query: String) async throws -> [String] {
             let answer = try await client.request("GET", "/v1/stores/\(store)/requests?\(query)", token: barista.token)

@@ -106,6 +106,19 @@ def test_history_search_and_a_customers_ledger(browsers):
         assert len(shown(owner)) == 5
         screenshot(owner, "owner-history.png")
 
+        # Stamps and rewards: the rows of the cards, with the same filters (Eli's, by name).
+        owner.find_element(By.CSS_SELECTOR, '[data-testid="history-kind-ledger"]').click()
+        entries = '#history-list [data-testid="history-entry"]'
+        wait(owner).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, entries)) == 5)  # 3 approvals, a stamp, a reward earned
+        fill(owner, "history-customer", "Eli")
+        search(owner)
+        wait(owner).until(lambda d: [e.get_attribute("data-kind") for e in d.find_elements(By.CSS_SELECTOR, entries)]
+                          == ["reward_earned", "manual_stamp", "stamp_added"])
+        assert "+3 stamps" in owner.find_elements(By.CSS_SELECTOR, entries)[1].text
+        owner.find_element(By.ID, "history-customer").clear()
+        owner.find_element(By.ID, "history-kind-requests").click()
+        wait(owner).until(lambda d: len(shown(d)) == 5)
+
         # A customer's page from the history: the card and its ledger, newest first.
         owner.find_element(By.CSS_SELECTOR, '#history-list [data-testid="history-customer"]').click()
         page = visible_css(owner, '[data-testid="customer-page"]')

@@ -41,9 +41,12 @@ export class Records {
     this.showView = showView;
     this.store = null;
     this.role = null;
-    this.history = { query: null, cursor: null };
+    this.history = { kind: 'requests', query: null, cursor: null };
     this.customers = { cursor: null };
     this.ledger = { customerId: null, cursor: null };
+    for (const button of document.querySelectorAll('.history-kinds button')) {
+      button.addEventListener('click', () => this.listKind(button.dataset.kind));
+    }
     $('history-form').addEventListener('submit', (event) => { event.preventDefault(); this.search(); });
     $('history-more').addEventListener('click', () => this.moreHistory());
     $('customers-more').addEventListener('click', () => this.moreCustomers());
@@ -55,7 +58,7 @@ export class Records {
   reset(store, role) {
     this.store = store;
     this.role = role;
-    this.history = { query: null, cursor: null };
+    this.history = { kind: this.history.kind, query: null, cursor: null };
     this.customers = { cursor: null };
     const form = $('history-form');
     form.reset();
@@ -78,6 +81,49 @@ export class Records {
   async openHistory() {
     if (this.role === 'owner') await this.loadMembers();
     await this.search();
+  }
+
+  /** Requests, or the rows of the cards (stamps, rewards, gifts, corrections), with the same filters. */
+  listKind(kind) {
+    this.history.kind = kind;
+    for (const button of document.querySelectorAll('.history-kinds button')) {
+      button.setAttribute('aria-pressed', String(button.dataset.kind === kind));
+    }
+    show($('history-status-field'), kind === 'requests');
+    $('history-member-label').textContent = kind === 'requests' ? 'Decided by' : 'Made by';
+    this.search();
+  }
+
+  /** The list's path for a query: requests, or the store's ledger (whose member filter is memberId). */
+  historyPath(query) {
+    if (this.history.kind === 'requests') return this.path(`/requests?${query}`);
+    const ledger = new URLSearchParams(query);
+    ledger.delete('status');
+    if (ledger.has('decidedBy')) {
+      const member = ledger.get('decidedBy');
+      ledger.delete('decidedBy');
+      if (member !== 'counter-code') ledger.set('memberId', member);
+    }
+    return this.path(`/ledger?${ledger}`);
+  }
+
+  /** The items of one answer, as rows of the list on screen. */
+  historyItems(answer) {
+    return this.history.kind === 'requests'
+      ? answer.requests.map((r) => this.historyItem(r))
+      : answer.entries.map((e) => this.historyEntry(e));
+  }
+
+  historyEntry({ customer, entry }) {
+    const kind = entry.kind === 'manual_stamp' && entry.stampsDelta < 0 ? 'Correction at the counter' : LEDGER_TEXT[entry.kind] ?? entry.kind;
+    return el('li', { class: 'request', dataset: { testid: 'history-entry', kind: entry.kind } },
+      el('div', { class: 'request-text' },
+        el('button', { type: 'button', class: 'link', dataset: { testid: 'history-customer' },
+          on: { click: () => this.openCustomer(customer.id) } }, customer.name),
+        ` · ${kind}: ${delta(entry)}`,
+        entry.counterpart ? ` (${entry.kind === 'gift_sent' ? 'to' : 'from'} ${entry.counterpart})` : '',
+        el('span', { class: 'when' }, ' · ', el('time', { datetime: entry.at, text: formatDateTime(entry.at) })),
+        entry.member ? el('span', { class: 'decided-by', text: ` · by ${entry.member.name}` }) : null));
   }
 
   async loadMembers() {
@@ -123,11 +169,12 @@ export class Records {
         query.set('customerId', found[0].id);
       }
       this.history.query = query;
-      const answer = await this.call(this.path(`/requests?${query}`));
-      $('history-list').replaceChildren(...answer.requests.map((r) => this.historyItem(r)));
+      const answer = await this.call(this.historyPath(query));
+      const items = this.historyItems(answer);
+      $('history-list').replaceChildren(...items);
       this.history.cursor = answer.nextCursor ?? null;
       show($('history-more'), !!answer.nextCursor);
-      $('history-summary').textContent = answer.requests.length === 0 ? 'No requests match.'
+      $('history-summary').textContent = items.length === 0 ? `No ${this.history.kind === 'requests' ? 'requests' : 'entries'} match.`
         : `Newest first${answer.nextCursor ? ', more below' : ''}.`;
     } catch (error) {
       if (error instanceof ApiError && error.status === 401) return;
@@ -153,8 +200,8 @@ export class Records {
     try {
       const query = new URLSearchParams(this.history.query);
       query.set('cursor', this.history.cursor);
-      const answer = await this.call(this.path(`/requests?${query}`));
-      $('history-list').append(...answer.requests.map((r) => this.historyItem(r)));
+      const answer = await this.call(this.historyPath(query));
+      $('history-list').append(...this.historyItems(answer));
       this.history.cursor = answer.nextCursor ?? null;
       show(button, !!answer.nextCursor);
     } catch (error) {
