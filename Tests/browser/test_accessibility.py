@@ -13,7 +13,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
-    BASE, PASSWORD, attribute_is, browsers, call, console_on_failure, fill, owner_with_store, sign_up, unique, visible,
+    owner_token,
+    BASE, attribute_is, browsers, call, console_on_failure, fill, owner_with_store, sign_up, unique, visible,
     visible_css, wait,
 )
 
@@ -40,8 +41,6 @@ def assert_accessible(driver, state):
                                                  for v in found)
 
 
-def owner_token(driver):
-    return driver.execute_script("return JSON.parse(localStorage.getItem('stampd.owner.token'))")
 
 
 def test_both_pages_pass_axe_in_their_main_states(browsers):

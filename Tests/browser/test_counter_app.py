@@ -10,7 +10,6 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-import uuid
 
 import pytest
 from selenium.webdriver.common.action_chains import ActionChains
@@ -18,23 +17,16 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
-    BASE, LIVE, PASSWORD, attribute_is, browsers, call, console_on_failure, console_problems, decide, new_browser,
+    owner_token, api_customer as customer, api_ask as ask,
+    LIVE, attribute_is, browsers, call, console_on_failure, console_problems, decide, new_browser,
     owner_with_store, screenshot, sign_up, unique, visible, visible_css, wait,
 )
 
 
-def owner_token(driver):
-    return driver.execute_script("return JSON.parse(localStorage.getItem('stampd.owner.token'))")
 
 
-def customer(name):
-    return call("POST", "/v1/accounts", {"role": "customer", "login": f"{unique('c')}@example.com",
-                                         "password": PASSWORD, "name": name})
 
 
-def ask(store_id, who, body):
-    return call("POST", f"/v1/stores/{store_id}/requests", body, token=who["token"],
-                headers={"Idempotency-Key": str(uuid.uuid4())})
 
 
 def request_status(request_id, token):

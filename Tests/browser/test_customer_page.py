@@ -11,7 +11,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
-    BASE, LIVE, PASSWORD, attribute_is, browsers, call, console_on_failure, console_problems, fill, owner_with_store,
+    BASE, LIVE, PASSWORD, attribute_is, browsers, call, console_on_failure, console_problems, owner_with_store,
     screenshot, sign_up, unique, visible, visible_css, wait,
 )
 

@@ -3,30 +3,22 @@ reading the drawing back (bar height × axis maximum / plot height), not by comp
 
 Run through Tests/browser/run.sh (see test_stamp_flow.py for the helpers).
 """
-import uuid
 
 from selenium.webdriver.common.by import By
 
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
-    PASSWORD, browsers, call, console_on_failure, console_problems, owner_with_store, screenshot, unique,
+    owner_token, api_customer as customer, api_ask as ask,
+    browsers, call, console_on_failure, console_problems, owner_with_store, screenshot, unique,
     visible_css, wait,
 )
 
 SERIES = ["approved", "rejected", "expired", "cancelled", "undone", "pending"]
 
 
-def owner_token(driver):
-    return driver.execute_script("return JSON.parse(localStorage.getItem('stampd.owner.token'))")
 
 
-def customer(name):
-    return call("POST", "/v1/accounts", {"role": "customer", "login": f"{unique('c')}@example.com",
-                                         "password": PASSWORD, "name": name})
 
 
-def ask(store_id, who, body):
-    return call("POST", f"/v1/stores/{store_id}/requests", body, token=who["token"],
-                headers={"Idempotency-Key": str(uuid.uuid4())})
 
 
 def drawn(driver, testid):

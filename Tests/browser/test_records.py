@@ -7,22 +7,17 @@ import datetime
 import uuid
 
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select
 
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
-    PASSWORD, browsers, call, console_on_failure, console_problems, fill, owner_with_store, screenshot, unique,
-    visible, visible_css, wait,
+    owner_token, api_customer as customer,
+    browsers, call, console_on_failure, console_problems, fill, owner_with_store, screenshot, unique,
+    visible_css, wait,
 )
 
 
-def owner_token(driver):
-    return driver.execute_script("return JSON.parse(localStorage.getItem('stampd.owner.token'))")
 
 
-def customer(name, login=None):
-    return call("POST", "/v1/accounts", {"role": "customer", "login": login or f"{unique('c')}@example.com",
-                                         "password": PASSWORD, "name": name})
 
 
 def ask(store_id, who, count=1):

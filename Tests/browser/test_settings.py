@@ -7,13 +7,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
+    owner_token,
     BASE, browsers, call, console_on_failure, console_problems, fill, owner_with_store, screenshot, unique, visible,
     visible_css, wait,
 )
 
 
-def owner_token(driver):
-    return driver.execute_script("return JSON.parse(localStorage.getItem('stampd.owner.token'))")
 
 
 def save(driver, form_id):

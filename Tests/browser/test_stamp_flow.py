@@ -181,6 +181,23 @@ def call(method, path, body=None, token=None, headers=None):
         return json.loads(text) if text and response.headers.get_content_type().endswith("json") else text
 
 
+def owner_token(driver):
+    """The owner page's session token, for the parts of a test made through the API."""
+    return driver.execute_script("return JSON.parse(localStorage.getItem('stampd.owner.token'))")
+
+
+def api_customer(name, login=None):
+    """A customer account made through the API: {token, account}."""
+    return call("POST", "/v1/accounts", {"role": "customer", "login": login or f"{unique('c')}@example.com",
+                                         "password": PASSWORD, "name": name})
+
+
+def api_ask(store_id, who, body):
+    """A request of `who` at the store, made through the API with an Idempotency-Key."""
+    return call("POST", f"/v1/stores/{store_id}/requests", body, token=who["token"],
+                headers={"Idempotency-Key": str(uuid.uuid4())})
+
+
 def parked_polls():
     """Polls parked on the server (on every instance, when several share the load)."""
     total = 0.0
