@@ -201,7 +201,9 @@ public final class Database: Storage, @unchecked Sendable {
             return
         }
         do {
+            let started = DispatchTime.now().uptimeNanoseconds
             try writer.execute("COMMIT")
+            SyncMetrics.commit.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- started))
         } catch {
             if writer.isInTransaction { try? writer.execute("ROLLBACK") }
             logger.warning("write transaction could not commit", metadata: ["error": "\(error)"])

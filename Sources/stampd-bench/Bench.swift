@@ -395,6 +395,22 @@ struct ReportTable {
                 }
                 rows.append(r)
             }
+            // The disk's share, measured by stampd in the same phase, and the goal it sets: stampd's
+            // own overhead below nchan's whole latency, delivery pN ≤ nchan's pN + the WAL sync's pN.
+            func disk(_ target: String) -> String {
+                guard v("b.\(target).commit_p50_ms") != nil else { return "–" }
+                let sync = v("b.\(target).sync_p50_ms") == nil ? ""
+                    : " (WAL sync \(fmt(v("b.\(target).sync_p50_ms"), 2)) / \(fmt(v("b.\(target).sync_p99_ms"), 2)))"
+                return "\(fmt(v("b.\(target).commit_p50_ms"), 2)) / \(fmt(v("b.\(target).commit_p99_ms"), 2)) ms\(sync)"
+            }
+            rows.append(Row(figure: "COMMIT p50 / p99 in the latency phase (of which the WAL's sync), from stampd's /metrics",
+                            sqlite: disk("stampd"), postgres: disk(second), nchan: "–", sqliteRatio: "–", postgresRatio: "–"))
+            for label in ["p50", "p99"] {
+                guard let n = v("b.nchan.\(label)_ms"), let d = v("b.stampd.\(label)_ms"), let s = v("b.stampd.sync_\(label)_ms") else { continue }
+                rows.append(Row(figure: "Goal: delivery \(label) ≤ nchan's \(label) + the WAL sync's \(label)",
+                                sqlite: "\(fmt(d, 2)) ms (goal ≤ \(fmt(n + s, 2)))", postgres: "–", nchan: fmt(n, 2, " ms"),
+                                sqliteRatio: "–", postgresRatio: "–", target: "≤ nchan + sync", sqliteMet: met(d <= n + s)))
+            }
             func posts(_ target: String) -> String {
                 guard v("b.\(target).post_p50_ms") != nil else { return "–" }
                 return "\(fmt(v("b.\(target).post_p50_ms"), 2)) / \(fmt(v("b.\(target).post_p99_ms"), 2)) ms"

@@ -183,9 +183,9 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         }
     }
 
-    /// The polls parked on every instance.
-    func parkedOnServer() async throws -> Int {
-        var total = 0
+    /// Every instance's /metrics, as text (an instance that did not answer 200 is left out).
+    func metricsTexts() async throws -> [String] {
+        var texts: [String] = []
         for index in metrics.indices {
             if metricsConns[index] == nil { metricsConns[index] = try await metrics[index].connect().get() }
             let answer: HTTPAnswer
@@ -195,10 +195,22 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
                 metricsConns[index] = try await metrics[index].connect().get()
                 answer = try await wait(metricsConns[index]!.future(.GET, "/metrics"), seconds: 30, what: "GET /metrics")
             }
-            // The gauge appears once the first poll parks.
-            if answer.status == 200, let value = prometheusValue(answer.text, name: "stampd_parked_polls") { total += Int(value) }
+            if answer.status == 200 { texts.append(answer.text) }
         }
-        return total
+        return texts
+    }
+
+    /// The polls parked on every instance.
+    func parkedOnServer() async throws -> Int {
+        // The gauge appears once the first poll parks.
+        try await metricsTexts().compactMap { prometheusValue($0, name: "stampd_parked_polls") }.reduce(0) { $0 + Int($1) }
+    }
+
+    /// The disk's share, as stampd measured it: its commit and (SQLite) WAL sync histograms.
+    private func diskBuckets() async throws -> (commit: [(bound: Double, count: Double)], sync: [(bound: Double, count: Double)]) {
+        let texts = try await metricsTexts()
+        return (prometheusBuckets(texts, name: "stampd_db_commit_seconds", selector: "engine="),
+                prometheusBuckets(texts, name: "stampd_sqlite_sync_seconds", selector: "file=\"wal\""))
     }
 
     /// The CPU time of every instance.
@@ -324,8 +336,18 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         guard failures.isEmpty else { throw BenchError.unexpected("customer connections failed: \(failures.prefix(3))") }
         let senders = zip(conns, customers).map { conn, customer in Sender(conn: conn, auth: customer.auth) }
         defer { for poller in owners { poller.conn.loop.execute { poller.onEvents = nil } } }
+        let disk = try await diskBuckets()
         try await measured(label: "latency phase", prefix: "b.\(name)") { staged in
             try await self.latencyAttempt(owners: owners, senders: senders, loop: loop, into: staged)
+        }
+        // What the disk took meanwhile, from stampd's own histograms (over every attempt of the phase).
+        let diskAfter = try await diskBuckets()
+        for (key, before, after) in [("commit", disk.commit, diskAfter.commit), ("sync", disk.sync, diskAfter.sync)] {
+            for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+                if let seconds = histogramQuantile(q, before: before, after: after) {
+                    results.set("b.\(name).\(key)_\(label)_ms", seconds * 1000)
+                }
+            }
         }
     }
 

@@ -373,6 +373,43 @@ struct EventsAnswer {
 }
 
 /// The value of a Prometheus sample line `name value` (no labels).
+/// The cumulative buckets (upper bound, count) of one histogram series in a Prometheus text,
+/// `selector` a label pair its line must hold (`file="wal"`), summed over the texts of every instance.
+func prometheusBuckets(_ texts: [String], name: String, selector: String) -> [(bound: Double, count: Double)] {
+    var counts: [Double: Double] = [:]
+    for text in texts {
+        for line in text.split(separator: "\n") where line.hasPrefix(name + "_bucket{") && line.contains(selector) {
+            // `le` as a label of its own (not the end of `file=`).
+            guard let start = line.range(of: ",le=\"") ?? line.range(of: "{le=\""), let end = line[start.upperBound...].firstIndex(of: "\""),
+                  let value = line.split(separator: " ").last.flatMap({ Double($0) }) else { continue }
+            let text = line[start.upperBound..<end]
+            let bound = text == "+Inf" ? Double.infinity : Double(text) ?? .nan
+            if !bound.isNaN { counts[bound, default: 0] += value }
+        }
+    }
+    return counts.keys.sorted().map { (bound: $0, count: counts[$0]!) }
+}
+
+/// The q-quantile of what was recorded between two scrapes of cumulative buckets, interpolated
+/// linearly inside its bucket (as Prometheus's histogram_quantile does); nil when nothing was.
+func histogramQuantile(_ q: Double, before: [(bound: Double, count: Double)], after: [(bound: Double, count: Double)]) -> Double? {
+    let earlier = Dictionary(before.map { ($0.bound, $0.count) }, uniquingKeysWith: +)
+    let delta = after.map { (bound: $0.bound, count: $0.count - (earlier[$0.bound] ?? 0)) }
+    guard let total = delta.last?.count, total > 0 else { return nil }
+    let rank = q * total
+    var lowerBound = 0.0, lowerCount = 0.0
+    for bucket in delta {
+        if bucket.count >= rank {
+            if bucket.bound.isInfinite { return lowerBound }
+            let inBucket = bucket.count - lowerCount
+            return inBucket <= 0 ? bucket.bound : lowerBound + (bucket.bound - lowerBound) * (rank - lowerCount) / inBucket
+        }
+        lowerBound = bucket.bound
+        lowerCount = bucket.count
+    }
+    return lowerBound
+}
+
 func prometheusValue(_ text: String, name: String) -> Double? {
     for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
         return Double(line.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces))

@@ -81,7 +81,15 @@ struct Stampd: AsyncParsableCommand {
         let logger = Logger(label: "stampd")
 
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var metricsFactory = PrometheusMetricsFactory(registry: registry)
+        // A sync and a commit take tens of microseconds to tens of milliseconds: finer buckets
+        // than the default's 5 ms at the bottom.
+        let diskBuckets: [Duration] = [.microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500),
+                                       .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+                                       .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+                                       .seconds(1)]
+        for label in ["stampd_sqlite_sync_seconds", "stampd_db_commit_seconds"] { metricsFactory.durationHistogramBuckets[label] = diskBuckets }
+        MetricsSystem.bootstrap(metricsFactory)
 
         let databaseSetting = try setting(database, "DATABASE", "./stampd.sqlite")
         let migrationsPath = migrations ?? env["STAMPD_MIGRATIONS"] ?? Self.defaultMigrationsFolder()

@@ -257,3 +257,25 @@ extension SQLSession {
         try connection.execute(sql)
     }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct SyncTimingTests {
+    /// Every connection opens through the timed VFS, and a commit with synchronous = FULL syncs the
+    /// WAL through it: the disk's share of a commit is measured, not guessed.
+    @Test func aCommitSyncsTheWALThroughTheTimedVFS() async throws {
+        let path = temporaryDatabasePath()
+        let database = try Database(path: path, readers: 1)
+        let vfs = try #require(SyncMetrics.vfs)
+        #expect(vfs == "stampd-timed")
+        try await database.write { session in try await session.run("CREATE TABLE t (x INTEGER)") }
+        let before = SyncMetrics.walSyncCount.load(ordering: .relaxed)
+        for value in 0..<3 {
+            try await database.write { session in try await session.run("INSERT INTO t VALUES (?)", value) }
+        }
+        #expect(SyncMetrics.walSyncCount.load(ordering: .relaxed) >= before + 3)
+        let count = try await database.read { session in
+            try await session.queryFirst("SELECT count(*) FROM t") { try $0.get(0, as: Int.self) }
+        }
+        #expect(count == 3)
+        await database.close()
+    }
+}
