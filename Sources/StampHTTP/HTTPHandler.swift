@@ -38,7 +38,7 @@ final class HTTPHandler: ChannelInboundHandler {
 
     private struct Parked {
         let waiter: WaiterID
-        let timeout: Scheduled<Bool>
+        let timeout: PollDeadlines.Token
         let poll: LongPoll
         let deadline: NIODeadline
     }
@@ -49,6 +49,8 @@ final class HTTPHandler: ChannelInboundHandler {
     private var body: ByteBuffer?
     private var inFlight: InFlight?
     private var parked: Parked?
+    /// The poll deadlines of this connection's event loop.
+    private var deadlines: PollDeadlines?
     /// The task answering the current request, if it needs one.
     private var work: Task<Void, Never>?
     private var serverClosing = false
@@ -64,7 +66,10 @@ final class HTTPHandler: ChannelInboundHandler {
 
     private let trustedProxies: TrustedProxies
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        deadlines = PollDeadlines.of(context.eventLoop)
+    }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -109,7 +114,7 @@ final class HTTPHandler: ChannelInboundHandler {
         // A client that leaves frees its parked poll now, not at its timeout.
         if let parked {
             self.parked = nil
-            parked.timeout.cancel()
+            deadlines?.cancel(parked.timeout)
             hub.cancel(parked.waiter, reason: .disconnected)
         }
         context.fireChannelInactive()
@@ -187,7 +192,8 @@ final class HTTPHandler: ChannelInboundHandler {
         switch outcome {
         case .parked(let waiter):
             let hub = self.hub
-            let timeout = loop.scheduleTask(deadline: deadline) { hub.cancel(waiter, reason: .timeout) }
+            let deadlines = self.deadlines ?? PollDeadlines.of(loop)
+            let timeout = deadlines.add(deadline: deadline) { hub.cancel(waiter, reason: .timeout) }
             parked = Parked(waiter: waiter, timeout: timeout, poll: poll, deadline: deadline)
         case .ready:
             readAgain(poll, context: context, deadline: deadline)
@@ -203,7 +209,7 @@ final class HTTPHandler: ChannelInboundHandler {
     private func woken(_ reason: WakeReason) {
         guard let parked, let context else { return }
         self.parked = nil
-        parked.timeout.cancel()
+        deadlines?.cancel(parked.timeout)
         switch reason {
         case .event(let publishedAt):
             PollMetrics.deliveryLatency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- publishedAt))
