@@ -48,8 +48,9 @@ final class PollDeadlines {
     /// cancelled already is no error.
     func cancel(_ token: Token) {
         loop.preconditionInEventLoop()
-        guard var entries = slots[token.slot], entries.removeValue(forKey: token.id) != nil else { return }
-        slots[token.slot] = entries.isEmpty ? nil : entries
+        // In place: a copy of the slot's entries would make a cancel cost the slot's size.
+        guard slots[token.slot]?.removeValue(forKey: token.id) != nil else { return }
+        if slots[token.slot]?.isEmpty == true { slots[token.slot] = nil }
         if slots.isEmpty {
             tick?.cancel()  // the one task of this loop: nothing to scan
             tick = nil
