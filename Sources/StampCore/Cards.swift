@@ -34,7 +34,7 @@ extension StampService {
         guard principal.role == .customer else { throw StampError(.forbidden, "only customers have cards") }
         let entries = try await read { connection -> [LedgerEntry]? in
             guard try await Self.loadCard(customer: principal.id, store: storeId, on: connection) != nil else { return nil }
-            return try await connection.query(Self.ledgerSelect + " WHERE l.customer_id = ? AND l.store_id = ? ORDER BY l.id",
+            return try await connection.query(Self.ledgerSelect() + " WHERE l.customer_id = ? AND l.store_id = ? ORDER BY l.id",
                                               principal.id, storeId) { try Self.ledgerRow($0) }
         }
         guard let entries else { throw StampError.notFound("card") }
@@ -43,16 +43,19 @@ extension StampService {
 
     /// A ledger row with the member who made it and, for a gift, the other person (the gift's
     /// row has the same store, time and count; gifts_sender and gifts_receiver find it).
-    static let ledgerSelect = """
-        SELECT l.id, l.kind, l.stamps_delta, l.rewards_delta, l.request_id, l.at, l.member_id, m.name, l.reverses,
+    /// `leading` columns come before the row's own (read them, then `ledgerRow(from:)` past
+    /// them), and `joining` adds a join for them.
+    static func ledgerSelect(leading: String = "", joining: String = "") -> String { """
+        SELECT \(leading) l.id, l.kind, l.stamps_delta, l.rewards_delta, l.request_id, l.at, l.member_id, m.name, l.reverses,
                CASE l.kind
                  WHEN 'gift_sent' THEN (SELECT a.name FROM gifts g JOIN accounts a ON a.id = g.to_id
                    WHERE g.from_id = l.customer_id AND g.at = l.at AND g.store_id = l.store_id AND g.count = -l.stamps_delta LIMIT 1)
                  WHEN 'gift_received' THEN (SELECT a.name FROM gifts g JOIN accounts a ON a.id = g.from_id
                    WHERE g.to_id = l.customer_id AND g.at = l.at AND g.store_id = l.store_id AND g.count = l.stamps_delta LIMIT 1)
                END
-        FROM ledger l LEFT JOIN accounts m ON m.id = l.member_id
+        FROM ledger l \(joining) LEFT JOIN accounts m ON m.id = l.member_id
         """
+    }
 
     /// A row of `ledgerSelect`, whose columns start at `first` (after any the caller put before them).
     static func ledgerRow(_ row: borrowing Row, from first: Int = 0) throws -> LedgerEntry {

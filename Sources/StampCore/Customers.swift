@@ -44,15 +44,13 @@ extension StampService {
     public func storeCustomers(_ principal: Principal, storeId: String, limit: Int, cursor: String?) async throws -> Page<StoreCustomer> {
         let limit = try Validate.range(limit, field: "limit", 1...100)
         let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
-        var customers = try await read { connection in
+        let customers = try await read { connection in
             try await Self.requireMember(principal, of: storeId, on: connection)
             return try await connection.query(Self.customerSelect + """
                  WHERE c.store_id = ? ORDER BY c.updated_at DESC, c.customer_id LIMIT ? OFFSET ?
                 """, storeId, limit + 1, offset) { try Self.storeCustomerRow($0) }
         }
-        let more = customers.count > limit
-        if more { customers.removeLast() }
-        return Page(items: customers, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
+        return Page(overfetched: customers, limit: limit, offset: offset)
     }
 
     /// The store's ledger, newest first: every stamp, reward, gift and correction on its cards,
@@ -61,15 +59,10 @@ extension StampService {
                             since: Date?, before: Date?, limit: Int, cursor: String?) async throws -> Page<StoreLedgerEntry> {
         let limit = try Validate.range(limit, field: "limit", 1...100)
         let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
-        for (field, id) in [("customerId", customerId), ("memberId", memberId)] {
-            if let id, !Self.isIdentifier(id) {
-                throw StampError.invalid(field, "\(field) is an account id (1 to 100 letters, digits, _ and -)")
-            }
-        }
-        var entries = try await read { connection in
+        try Self.requireIdentifiers([("customerId", customerId), ("memberId", memberId)])
+        let entries = try await read { connection in
             try await Self.requireMember(principal, of: storeId, on: connection)
-            var sql = SQL(Self.ledgerSelect.replacingOccurrences(of: "SELECT l.id,", with: "SELECT l.customer_id, c.name, l.id,")
-                .replacingOccurrences(of: "FROM ledger l", with: "FROM ledger l JOIN accounts c ON c.id = l.customer_id")
+            var sql = SQL(Self.ledgerSelect(leading: "l.customer_id, c.name,", joining: "JOIN accounts c ON c.id = l.customer_id")
                 + " WHERE l.store_id = ?")
             var parameters: [any SQLBindable] = [storeId]
             if let customerId { sql = sql + " AND l.customer_id = ?"; parameters.append(customerId) }
@@ -83,9 +76,7 @@ extension StampService {
                                  entry: try Self.ledgerRow(row, from: 2))
             }
         }
-        let more = entries.count > limit
-        if more { entries.removeLast() }
-        return Page(items: entries, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
+        return Page(overfetched: entries, limit: limit, offset: offset)
     }
 
     /// One customer's card at the store and its ledger, newest first (any member).
@@ -100,13 +91,10 @@ extension StampService {
                                                               storeId, customerId, row: { try Self.storeCustomerRow($0) }) else {
                 throw StampError(.notFound, "no customer with a card at this store has that id")
             }
-            var ledger = try await connection.query(Self.ledgerSelect + """
+            let ledger = Page(overfetched: try await connection.query(Self.ledgerSelect() + """
                  WHERE l.customer_id = ? AND l.store_id = ? ORDER BY l.id DESC LIMIT ? OFFSET ?
-                """, customerId, storeId, limit + 1, offset) { try Self.ledgerRow($0) }
-            let more = ledger.count > limit
-            if more { ledger.removeLast() }
-            return CustomerHistory(customer: found.customer, card: found.card, ledger: ledger,
-                                   nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
+                """, customerId, storeId, limit + 1, offset) { try Self.ledgerRow($0) }, limit: limit, offset: offset)
+            return CustomerHistory(customer: found.customer, card: found.card, ledger: ledger.items, nextCursor: ledger.nextCursor)
         }
     }
 }

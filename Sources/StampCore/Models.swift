@@ -199,3 +199,11 @@ public struct Page<Item: Sendable & Encodable>: Sendable, Encodable {
     public var items: [Item]
     public var nextCursor: String?
 }
+
+extension Page {
+    /// A page read with `LIMIT limit + 1 OFFSET offset`: the extra row only says there are more.
+    init(overfetched rows: [Item], limit: Int, offset: Int) {
+        let more = rows.count > limit
+        self.init(items: more ? Array(rows.prefix(limit)) : rows, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
+    }
+}

@@ -166,12 +166,8 @@ extension StampService {
                               limit: Int, cursor: String?) async throws -> Page<StampRequest> {
         let limit = try Validate.range(limit, field: "limit", 1...100)
         let offset = try cursor.map { try OffsetCursor.decode($0, field: "cursor") } ?? 0
-        for (field, id) in [("decidedBy", decidedBy), ("customerId", customerId)] {
-            if let id, !Self.isIdentifier(id) {
-                throw StampError.invalid(field, "\(field) is an account id (1 to 100 letters, digits, _ and -)")
-            }
-        }
-        var requests = try await read { connection -> [StampRequest] in
+        try Self.requireIdentifiers([("decidedBy", decidedBy), ("customerId", customerId)])
+        let requests = try await read { connection -> [StampRequest] in
             try await Self.requireMember(principal, of: storeId, on: connection)
             var sql = SQL(Self.requestSelect + " WHERE r.store_id = ?")
             var parameters: [any SQLBindable] = [storeId]
@@ -214,15 +210,22 @@ extension StampService {
             parameters += [limit + 1, offset]
             return try await connection.query(sql, parameters: parameters) { try Self.requestRow($0).0 }
         }
-        let more = requests.count > limit
-        if more { requests.removeLast() }
-        return Page(items: requests, nextCursor: more ? OffsetCursor.encode(offset + limit) : nil)
+        return Page(overfetched: requests, limit: limit, offset: offset)
     }
 
     /// An id as the server makes them (and `counter-code`): 1 to 100 ASCII letters, digits, `_` and `-`.
     static func isIdentifier(_ text: String) -> Bool {
         (1...100).contains(text.utf8.count) && text.utf8.allSatisfy {
             $0 == 0x2D || $0 == 0x5F || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0)
+        }
+    }
+
+    /// Each id filter given (field, value) must be an id as the server makes them: else 400 naming it.
+    static func requireIdentifiers(_ filters: [(String, String?)]) throws {
+        for (field, id) in filters {
+            if let id, !isIdentifier(id) {
+                throw StampError.invalid(field, "\(field) is an account id (1 to 100 letters, digits, _ and -)")
+            }
         }
     }
 
