@@ -6,7 +6,7 @@
 // and the customer's recent requests. There is no "my requests" endpoint, so the recent ones are kept in
 // localStorage and refreshed one by one on load; the events move them from pending to decided.
 import {
-  $, api, ApiError, authenticatedCall, say, clearProblems, describeRequest, el, errorText, EventFeed, formatDateTime, formatTime, mergeRequest,
+  $, ApiError, authenticatedCall, say, clearProblems, describeRequest, el, errorText, EventFeed, formatDateTime, formatTime, mergeRequest,
   plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, showProblem, STATUS_TEXT, storage, uuid,
 } from '/assets/common.js';
 

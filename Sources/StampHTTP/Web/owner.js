@@ -9,7 +9,7 @@
 // the store's events, so a request another member decided leaves this queue at once. The customers found (or
 // added) are listed as found; their cards as the last stamping answered them, until the next search.
 import {
-  $, api, ApiError, authenticatedCall, say, Beeper, clearProblems, describeRequest, el, errorText, EventFeed, formatTime, isToday, mergeRequest,
+  $, ApiError, authenticatedCall, say, Beeper, clearProblems, describeRequest, el, errorText, EventFeed, formatTime, isToday, mergeRequest,
   plural, reconcile, Session, isBusy, setBusy, setupAuthForms, show, showConnection, showProblem, startOfToday, STATUS_TEXT,
   storage,
 } from '/assets/common.js';
