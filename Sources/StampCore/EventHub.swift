@@ -81,12 +81,17 @@ public final class EventHub: Sendable {
 
     public var parkedCount: Int { state.withLock { $0.waiters.count } }
 
-    /// Parks a poll of `account` that has seen events up to `cursor`. `wake` runs exactly once,
-    /// outside the hub's lock, unless the outcome is not `.parked` (then it never runs).
-    public func park(account: String, session: [UInt8] = [], after cursor: Int64,
+    /// Parks a poll of `account` that has seen events up to `cursor`, found by a read (or a
+    /// `hasNothingAfter`) that began at `epoch`. `wake` runs exactly once, outside the hub's lock,
+    /// unless the outcome is not `.parked` (then it never runs).
+    public func park(account: String, session: [UInt8] = [], after cursor: Int64, readAt epoch: UInt64,
                      wake: @escaping @Sendable (WakeReason) -> Void) -> ParkOutcome {
         let outcome = state.withLock { state -> ParkOutcome in
             if state.shuttingDown { return .shuttingDown }
+            // Knowledge was dropped since the read began: a commit of another process may have
+            // come between the read and the listener's return, heard by no one, and the polls
+            // woken when it returned did not include this one. Read again.
+            if state.epoch != epoch { return .ready }
             if let latest = state.latest[account], latest > cursor { return .ready }
             if state.waiters.count >= maximumTotal { return .tooManyForServer }
             if state.byAccount[account, default: []].count >= maximumPerAccount { return .tooManyForAccount }

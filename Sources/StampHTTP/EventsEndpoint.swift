@@ -45,16 +45,18 @@ struct EventsEndpoint: Sendable {
     /// The usual re-poll, on the event loop with no task: a session already checked, and a cursor
     /// the hub knows is current. Anything else (or any error) goes the async way.
     private func fastPoll(_ request: Request) -> Reply? {
+        let epoch = service.hub.epoch
         guard let token = try? api.bearerToken(request), let principal = service.rememberedPrincipal(token: token),
               let asked = try? Self.asked(request), let cursor = asked.cursor,
               service.hub.hasNothingAfter(cursor, for: principal.id) else { return nil }
-        return .poll(longPoll(principal, asked: asked, parkedCursor: cursor))
+        return .poll(longPoll(principal, asked: asked, parkedCursor: cursor, epoch: epoch))
     }
 
     private func poll(_ request: Request) async throws -> Reply {
         let principal = try await api.principal(request)
         let asked = try Self.asked(request)
         let account = principal.id
+        let epoch = service.hub.epoch
         // The common re-poll: the hub knows nothing newer exists, so park without a read.
         let batch: EventBatch
         if let cursor = asked.cursor, service.hub.hasNothingAfter(cursor, for: account) {
@@ -66,10 +68,10 @@ struct EventsEndpoint: Sendable {
             if batch.reset { PollMetrics.resets.increment() }
             return .response(Self.answer(batch, asked.headers))
         }
-        return .poll(longPoll(principal, asked: asked, parkedCursor: batch.cursor))
+        return .poll(longPoll(principal, asked: asked, parkedCursor: batch.cursor, epoch: epoch))
     }
 
-    private func longPoll(_ principal: Principal, asked: Asked, parkedCursor: Int64) -> LongPoll {
+    private func longPoll(_ principal: Principal, asked: Asked, parkedCursor: Int64, epoch: UInt64) -> LongPoll {
         let service = self.service
         let account = principal.id
         let headers = asked.headers
@@ -77,7 +79,7 @@ struct EventsEndpoint: Sendable {
         let cursor = asked.cursor
         let seconds = asked.seconds
         return LongPoll(
-            account: account, session: principal.session, cursor: parkedCursor, timeout: .seconds(Int64(seconds)),
+            account: account, session: principal.session, cursor: parkedCursor, epoch: epoch, timeout: .seconds(Int64(seconds)),
             read: {
                 do {
                     let batch = try await service.events(for: account, after: cursor ?? parkedCursor, limit: limit)

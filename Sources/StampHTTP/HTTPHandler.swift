@@ -14,6 +14,8 @@ public struct LongPoll: Sendable {
     /// The session's token digest: revoking it answers the poll with 401 at once.
     public var session: [UInt8]
     public var cursor: Int64
+    /// The hub's epoch when the read (or the hub's check) that found nothing after `cursor` began.
+    public var epoch: UInt64
     public var timeout: TimeAmount
     /// Reads again once woken: an answer, or nil when there is still nothing after the cursor.
     public var read: @Sendable () async -> Response?
@@ -186,7 +188,8 @@ final class HTTPHandler: ChannelInboundHandler {
         }
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
-        let outcome = hub.park(account: poll.account, session: poll.session, after: poll.cursor) { reason in
+        let outcome = hub.park(account: poll.account, session: poll.session, after: poll.cursor,
+                               readAt: poll.epoch) { reason in
             loop.execute { bound.value.woken(reason) }
         }
         switch outcome {
@@ -228,6 +231,8 @@ final class HTTPHandler: ChannelInboundHandler {
     }
 
     private func readAgain(_ poll: LongPoll, context: ChannelHandlerContext, deadline: NIODeadline) {
+        var poll = poll
+        poll.epoch = hub.epoch
         let promise = context.eventLoop.makePromise(of: Response?.self)
         promise.completeWithTask { await poll.read() }
         promise.futureResult.assumeIsolated().whenSuccess { [self] response in

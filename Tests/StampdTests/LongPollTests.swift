@@ -283,13 +283,13 @@ import Testing
     @Test func theHubRefusesNewPollsOnceShuttingDown() {
         let hub = EventHub()
         hub.shutdown()
-        #expect(hub.park(account: "a", after: 0) { _ in } == .shuttingDown)
+        #expect(hub.park(account: "a", after: 0, readAt: hub.epoch) { _ in } == .shuttingDown)
     }
 
     @Test func theHubWakesAWaiterExactlyOnce() {
         let hub = EventHub()
         let wakes = WakeCounter()
-        guard case .parked(let id) = hub.park(account: "a", after: 0, wake: { wakes.add($0) }) else {
+        guard case .parked(let id) = hub.park(account: "a", after: 0, readAt: hub.epoch, wake: { wakes.add($0) }) else {
             Issue.record("not parked")
             return
         }
@@ -301,7 +301,31 @@ import Testing
         // An event published before parking makes an older cursor read again instead of waiting.
         let late = EventHub()
         late.publish(["b": 9])
-        #expect(late.park(account: "b", after: 3) { _ in } == .ready)
+        #expect(late.park(account: "b", after: 3, readAt: late.epoch) { _ in } == .ready)
+    }
+
+    /// Another process commits while this one's listener is away; the listener returns and wakes
+    /// every parked poll; a poll whose read began before that (and so missed the commit) parks
+    /// only after: it must read again, or it would wait for a notification that was never heard.
+    @Test func aPollWhoseReadBeganBeforeTheListenerReturnedReadsAgainInsteadOfParking() {
+        let hub = EventHub()
+        hub.notificationsStopped()
+        let readBegan = hub.epoch
+        hub.notificationsFlowing()
+        #expect(hub.park(account: "a", after: 4, readAt: readBegan) { _ in } == .ready)
+        // Read again from here, the poll parks, and the next commit heard wakes it.
+        let wakes = WakeCounter()
+        guard case .parked = hub.park(account: "a", after: 4, readAt: hub.epoch, wake: { wakes.add($0) }) else {
+            Issue.record("not parked")
+            return
+        }
+        hub.publish(["a": 5])
+        #expect(wakes.reasons.count == 1)
+        // The same when the listener went away (and nothing was woken) after the read began.
+        let stopped = EventHub()
+        let before = stopped.epoch
+        stopped.notificationsStopped()
+        #expect(stopped.park(account: "a", after: 4, readAt: before) { _ in } == .ready)
     }
 }
 
