@@ -60,13 +60,16 @@ public final class PostgresStorage: Storage {
     }
 
     @discardableResult
-    public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T,
+                                   committed: @escaping @Sendable (T) -> Void) async throws -> T {
         var attempt = 0
         while true {
             do {
-                return try await withPooledConnection(limit: configuration.queryTimeout) { connection in
+                let value = try await withPooledConnection(limit: configuration.queryTimeout) { connection in
                     try await self.transaction(on: connection, body)
                 }
+                committed(value)
+                return value
             } catch {
                 let fault = PostgresFault.classify(error)
                 // A unique violation that the body did not handle is a concurrent writer's row

@@ -108,8 +108,10 @@ public final class Database: Storage, @unchecked Sendable {
     /// Runs `body` inside a write transaction and returns once it is committed and durable.
     /// Concurrent writes share one transaction (group commit), each in its own savepoint:
     /// when a body throws, only its own changes are undone and only its caller sees the error.
+    /// `committed` runs on the writer thread right after the COMMIT, in the batch's order.
     @discardableResult
-    public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T,
+                                   committed: @escaping @Sendable (T) -> Void) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             let job = WriteJob(
                 run: { connection in
@@ -123,6 +125,7 @@ public final class Database: Storage, @unchecked Sendable {
                         if let commitError, case .success = result {
                             continuation.resume(throwing: commitError)
                         } else {
+                            if case .success(let value) = result { committed(value) }
                             continuation.resume(with: result)
                         }
                     }

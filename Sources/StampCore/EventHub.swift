@@ -5,8 +5,12 @@ import Foundation
 
 /// Why a parked poll was resumed. Each waiter is resumed exactly once, by whoever removes it.
 public enum WakeReason: Sendable, Equatable {
-    /// An event for the account committed; `publishedAt` is when the hub heard of it.
+    /// An event for the account committed; `publishedAt` is when the hub heard of it. The poll
+    /// reads what is after its cursor.
     case event(publishedAt: UInt64)
+    /// The events that directly follow the poll's cursor, in order, as the commit wrote them:
+    /// the poll is answered with them, with no read.
+    case events([Event], publishedAt: UInt64)
     case timeout
     case disconnected
     case shutdown
@@ -35,7 +39,25 @@ public final class EventHub: Sendable {
     private struct Waiter {
         let account: String
         let session: [UInt8]
+        let cursor: Int64
         let wake: @Sendable (WakeReason) -> Void
+    }
+
+    /// What one commit wrote for one account.
+    public struct Committed: Sendable {
+        /// The account's newest position after the commit.
+        public var newest: Int64
+        /// The position just before the commit's first event, when the events follow it with
+        /// nothing between (one writer numbering each account densely); nil when unknown.
+        public var previous: Int64?
+        /// The commit's events for the account, oldest first (empty when not carried).
+        public var events: [Event]
+
+        public init(newest: Int64, previous: Int64? = nil, events: [Event] = []) {
+            self.newest = newest
+            self.previous = previous
+            self.events = events
+        }
     }
 
     private struct State {
@@ -97,7 +119,7 @@ public final class EventHub: Sendable {
             if state.byAccount[account, default: []].count >= maximumPerAccount { return .tooManyForAccount }
             state.nextID &+= 1
             let id = state.nextID
-            state.waiters[id] = Waiter(account: account, session: session, wake: wake)
+            state.waiters[id] = Waiter(account: account, session: session, cursor: cursor, wake: wake)
             state.byAccount[account, default: []].append(id)
             return .parked(WaiterID(value: id))
         }
@@ -184,25 +206,35 @@ public final class EventHub: Sendable {
         return true
     }
 
-    /// Called after a transaction commits, with the newest event position written per recipient.
+    /// Called after a transaction commits (or another process's commit is heard), with the
+    /// newest event position written per recipient.
     public func publish(_ newest: [String: Int64]) {
-        guard !newest.isEmpty else { return }
+        publish(newest.mapValues { Committed(newest: $0) })
+    }
+
+    /// Called right after a transaction commits, with what it wrote per recipient. A poll parked
+    /// at the position just before the commit's events is handed them; any other reads.
+    public func publish(_ committed: [String: Committed]) {
+        guard !committed.isEmpty else { return }
         let now = DispatchTime.now().uptimeNanoseconds
-        var woken: [Waiter] = []
+        var woken: [(Waiter, [Event])] = []
         state.withLock { state in
-            for (account, id) in newest {
-                if id > state.latest[account, default: 0] { state.latest[account] = id }
+            for (account, commit) in committed {
+                if commit.newest > state.latest[account, default: 0] { state.latest[account] = commit.newest }
                 guard let ids = state.byAccount.removeValue(forKey: account) else { continue }
                 for id in ids {
-                    if let waiter = state.waiters.removeValue(forKey: id) { woken.append(waiter) }
+                    guard let waiter = state.waiters.removeValue(forKey: id) else { continue }
+                    woken.append((waiter, commit.previous == waiter.cursor ? commit.events : []))
                 }
             }
         }
-        published.increment(by: Int64(newest.count))
+        published.increment(by: Int64(committed.count))
         guard !woken.isEmpty else { return }
         parkedChanged()
         delivered.increment(by: Int64(woken.count))
-        for waiter in woken { waiter.wake(.event(publishedAt: now)) }
+        for (waiter, events) in woken {
+            waiter.wake(events.isEmpty ? .event(publishedAt: now) : .events(events, publishedAt: now))
+        }
     }
 
     /// Resumes the parked polls of `account` made with one of `sessions` (every one when nil)

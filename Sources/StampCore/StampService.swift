@@ -63,34 +63,42 @@ public final class StampService: Sendable {
         }
     }
 
-    /// Writes in one transaction with the events the body adds to its outbox; once it is
-    /// committed, the recipients' parked polls wake. The body may run more than once (an engine
-    /// that runs writers concurrently retries a conflict), each time with an empty outbox.
+    /// Writes in one transaction with the events the body adds to its outbox; right after the
+    /// commit, on the committing thread, the recipients' parked polls wake, those at the position
+    /// just before with the events in hand. The body may run more than once (an engine that runs
+    /// writers concurrently retries a conflict), each time with an empty outbox.
     func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession, inout Outbox) async throws -> T) async throws -> T {
-        let (value, newest): (T, [String: Int64])
         let shared = database.isShared
+        let hub = self.hub
         do {
-            (value, newest) = try await database.write { session in
+            return try await database.write({ session in
                 var outbox = Outbox()
                 let value = try await body(session, &outbox)
-                let newest = try await outbox.commit(on: session)
+                // One process alone numbers each account densely (SQLite's single writer takes the
+                // newest position + 1), so a commit's events directly follow the position before
+                // them; positions taken from a shared sequence leave gaps, and polls read.
+                let committed = try await outbox.commit(on: session, dense: !shared)
                 // The other processes on a shared database hear the positions at the commit. (A
                 // database this process has alone skips building the payloads on every write.)
                 if shared {
-                    for payload in InstanceChannels.eventPayloads(instance: self.instance, newest: newest) {
+                    for payload in InstanceChannels.eventPayloads(instance: self.instance,
+                                                                  newest: committed.mapValues(\.newest)) {
                         try await session.notify(InstanceChannels.events, payload)
                     }
                 }
-                return (value, newest)
-            }
+                return Written(value: value, committed: committed)
+            }, committed: { written in hub.publish(written.committed) }).value
         } catch let error as any StorageFault where error.isStorageUnavailable {
             logger.warning("write refused by storage", metadata: ["error": "\(error)"])
             throw StampError(.unavailable, "the database cannot take writes right now", retryAfter: 1)
         } catch BlockingPoolError.shutDown {
             throw StampError(.unavailable, "the server is shutting down", retryAfter: 1)
         }
-        hub.publish(newest)
-        return value
+    }
+
+    private struct Written<T: Sendable>: Sendable {
+        let value: T
+        let committed: [String: EventHub.Committed]
     }
 
     /// Whether the database answers a query.
@@ -133,21 +141,26 @@ struct Outbox: Sendable {
             """,
         postgres: "INSERT INTO events (type, at, data, account_id, seq) VALUES (?, ?, ?, ?, nextval('events_seq')) RETURNING seq")
 
-    /// Writes the events; returns the newest position per recipient, to publish after the commit.
-    func commit(on session: any SQLSession) async throws -> [String: Int64] {
+    /// Writes the events; returns what was written per recipient, to publish after the commit:
+    /// with `dense` positions, the events themselves and the position before them.
+    func commit(on session: any SQLSession, dense: Bool) async throws -> [String: EventHub.Committed] {
         guard !pending.isEmpty else { return [:] }
         let accounts = pending.keys.sorted()
         try await session.holdUntilCommit(accounts.map { "events:" + $0 })
-        var newest: [String: Int64] = [:]
+        var written: [String: EventHub.Committed] = [:]
         for account in accounts {
+            var events: [Event] = []
             for event in pending[account]! {
                 guard let position = try await session.queryFirst(Self.insertEvent, event.type, event.at, event.data, account,
                                                                   row: { try $0.get(0, as: Int64.self) }) else {
                     throw StorageError(.unavailable, "no event position was returned for \(account)")
                 }
-                newest[account] = position
+                events.append(Event(id: position, type: event.type, at: Date(millis: event.at), data: event.data))
             }
+            let newest = events[events.count - 1].id
+            written[account] = dense ? EventHub.Committed(newest: newest, previous: events[0].id - 1, events: events)
+                                     : EventHub.Committed(newest: newest)
         }
-        return newest
+        return written
     }
 }

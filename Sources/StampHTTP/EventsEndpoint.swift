@@ -91,6 +91,10 @@ struct EventsEndpoint: Sendable {
                     return .problem(HTTPError(.internalServerError, detail: "the events could not be read"))
                 }
             },
+            fresh: { events in
+                let given = events.count > limit ? Array(events.prefix(limit)) : events
+                return Self.answer(EventBatch(events: given, cursor: given[given.count - 1].id, reset: false), headers)
+            },
             empty: { shuttingDown in
                 var extra = headers
                 if shuttingDown { extra.append(("Retry-After", "1")) }

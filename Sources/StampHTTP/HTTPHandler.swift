@@ -19,6 +19,8 @@ public struct LongPoll: Sendable {
     public var timeout: TimeAmount
     /// Reads again once woken: an answer, or nil when there is still nothing after the cursor.
     public var read: @Sendable () async -> Response?
+    /// The answer with the events that directly follow the cursor, handed over by the hub.
+    public var fresh: @Sendable ([Event]) -> Response
     /// The answer when the poll ends with nothing new: at its timeout, or at shutdown.
     public var empty: @Sendable (_ shuttingDown: Bool) -> Response
     /// The answer when the hub refuses to park it for a cap (at shutdown it gets `empty(true)`).
@@ -141,9 +143,9 @@ final class HTTPHandler: ChannelInboundHandler {
         case .now(let reply):
             answer(reply, context: context)
         case .later(let work):
-            let promise = context.eventLoop.makePromise(of: Reply.self)
-            self.work = promise.completeWithTask { await work() }
-            promise.futureResult.assumeIsolated().whenSuccess { [self] reply in
+            let (task, reply) = context.eventLoop.runTask(work)
+            self.work = task
+            reply.assumeIsolated().whenSuccess { [self] reply in
                 self.work = nil
                 self.answer(reply, context: context)
             }
@@ -214,6 +216,10 @@ final class HTTPHandler: ChannelInboundHandler {
         self.parked = nil
         deadlines?.cancel(parked.timeout)
         switch reason {
+        case .events(let events, let publishedAt):
+            PollMetrics.deliveryLatency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- publishedAt))
+            PollMetrics.answeredFromCommit.increment()
+            write(parked.poll.fresh(events), context: context)
         case .event(let publishedAt):
             PollMetrics.deliveryLatency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- publishedAt))
             readAgain(parked.poll, context: context, deadline: parked.deadline)
@@ -233,9 +239,8 @@ final class HTTPHandler: ChannelInboundHandler {
     private func readAgain(_ poll: LongPoll, context: ChannelHandlerContext, deadline: NIODeadline) {
         var poll = poll
         poll.epoch = hub.epoch
-        let promise = context.eventLoop.makePromise(of: Response?.self)
-        promise.completeWithTask { await poll.read() }
-        promise.futureResult.assumeIsolated().whenSuccess { [self] response in
+        let read = poll.read
+        context.eventLoop.runTask { await read() }.1.assumeIsolated().whenSuccess { [self] response in
             if let response {
                 self.write(response, context: context)
             } else {
@@ -296,4 +301,6 @@ enum PollMetrics {
     static let deliveryLatency = Metrics.Timer(label: "stampd_event_delivery_seconds")
     static let timeouts = Counter(label: "stampd_poll_timeouts_total")
     static let resets = Counter(label: "stampd_poll_resets_total")
+    /// Woken polls answered with the events their commit handed over, with no read.
+    static let answeredFromCommit = Counter(label: "stampd_polls_answered_from_commit_total")
 }

@@ -79,8 +79,14 @@ public protocol Storage: Sendable {
     var location: String { get }
 
     func read<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T
+
+    /// Runs `body` in a write transaction; once it is durable, runs `committed` with the body's
+    /// value and then returns it. `committed` runs where the commit finished (the writer's thread)
+    /// before the caller resumes, so what the commit makes known (the polls its events wake) waits
+    /// for no other thread; it must be quick and must not block.
     @discardableResult
-    func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T
+    func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T,
+                            committed: @escaping @Sendable (T) -> Void) async throws -> T
 
     /// Checks the applied migrations of `folder` (this engine's own) and applies the new ones.
     @discardableResult
@@ -103,6 +109,13 @@ public protocol Storage: Sendable {
     /// The claim ends with the body, or with the process. One process alone always runs it.
     @discardableResult
     func exclusively(_ name: String, _ body: @escaping @Sendable () async throws -> Void) async throws -> Bool
+}
+
+extension Storage {
+    @discardableResult
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
+        try await write(body, committed: { _ in })
+    }
 }
 
 /// What a listener hears.

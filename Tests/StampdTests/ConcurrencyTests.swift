@@ -138,7 +138,7 @@ import Testing
             let newest = try await server.database.write { session in
                 var outbox = Outbox()
                 try outbox.emit("test.held", to: [owner.id], data: ["n": 1], at: Date())
-                let newest = try await outbox.commit(on: session)
+                let newest = try await outbox.commit(on: session, dense: false)
                 if TestStorage.isPostgres {
                     let pid = try await session.queryFirst("SELECT pg_backend_pid()") { try $0.get(0, as: Int.self) }
                     heldBackend.withLock { $0 = pid }

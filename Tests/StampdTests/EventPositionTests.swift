@@ -46,7 +46,7 @@ import Testing
         try await server.database.write { session in
             var outbox = Outbox()
             try outbox.emit("test", to: ["acc_a", "acc_b"], data: ["n": 1], at: Date())
-            return try await outbox.commit(on: session)
+            return try await outbox.commit(on: session, dense: false)
         }
         #expect(try await server.service.events(for: "acc_a", after: 9, limit: 10).events.map(\.id) == [10])
         #expect(try await server.service.events(for: "acc_b", after: 10, limit: 10).events.map(\.id) == [11])

@@ -1,7 +1,7 @@
 // GET /v1/events over real sockets: immediate answers, parking, waking, timeouts, disconnects,
 // the race between commit and park, restarts, retention resets and shutdown.
 import Foundation
-import StampCore
+@testable import StampCore
 import Testing
 
 @Suite(.timeLimit(.minutes(2))) struct LongPollTests {
@@ -20,6 +20,30 @@ import Testing
         #expect(response.header("cache-control") == "no-store")
         #expect(try response.string("cursor") == (try response.string("events", 0, "id")))
         client.close()
+        try await server.stop()
+    }
+
+    /// The answer a woken poll is given from the commit is byte for byte what a read after the
+    /// same cursor answers, cut at the poll's limit; the rest follows on the next poll.
+    @Test func aPollAnsweredFromTheCommitSaysWhatAReadWouldSay() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.signUp("owner")
+        let poller = try await server.connect()
+        let cursor = try (try await poller.request("GET", "/v1/events?timeout=1", token: owner.token)).string("cursor")
+        try await poller.send(TestClient.raw("GET", "/v1/events?timeout=30&limit=2&after=\(cursor)", token: owner.token))
+        await server.hub.waitUntilParked(1)
+        try await server.service.write { _, outbox in
+            for n in 1...3 { try outbox.emit("test.fresh", to: [owner.id], data: ["n": n], at: Date()) }
+        }
+        let fresh = try await poller.readResponse()
+        #expect((fresh.value("events") as? [Any])?.count == 2)
+        let reader = try await server.connect()
+        let read = try await reader.request("GET", "/v1/events?timeout=1&limit=2&after=\(cursor)", token: owner.token)
+        #expect(fresh.text == read.text)
+        let rest = try await poller.request("GET", "/v1/events?timeout=1&after=\(try fresh.string("cursor"))", token: owner.token)
+        #expect(rest.value("events", 0, "data", "n") as? Int == 3)
+        poller.close()
+        reader.close()
         try await server.stop()
     }
 
@@ -302,6 +326,33 @@ import Testing
         let late = EventHub()
         late.publish(["b": 9])
         #expect(late.park(account: "b", after: 3, readAt: late.epoch) { _ in } == .ready)
+    }
+
+    /// A poll parked at the position just before a commit's events is handed them; one further
+    /// behind, or woken by a commit whose positions are not dense, is told to read.
+    @Test func theHubHandsACommitsEventsOnlyToThePollsAtThePositionBeforeThem() {
+        let hub = EventHub()
+        let atFour = WakeCounter(), atTwo = WakeCounter()
+        _ = hub.park(account: "a", after: 4, readAt: hub.epoch) { atFour.add($0) }
+        _ = hub.park(account: "a", after: 2, readAt: hub.epoch) { atTwo.add($0) }
+        let events = [Event(id: 5, type: "t", at: Date(millis: 1), data: "{}"), Event(id: 6, type: "t", at: Date(millis: 1), data: "{}")]
+        hub.publish(["a": EventHub.Committed(newest: 6, previous: 4, events: events)])
+        guard case .events(let given, _)? = atFour.reasons.first else {
+            Issue.record("the poll at 4 was not handed the events: \(atFour.reasons)")
+            return
+        }
+        #expect(given == events)
+        guard case .event? = atTwo.reasons.first else {
+            Issue.record("the poll at 2 was not told to read: \(atTwo.reasons)")
+            return
+        }
+        let gap = WakeCounter()
+        _ = hub.park(account: "a", after: 6, readAt: hub.epoch) { gap.add($0) }
+        hub.publish(["a": EventHub.Committed(newest: 9)])
+        guard case .event? = gap.reasons.first else {
+            Issue.record("a commit without its events did not make the poll read: \(gap.reasons)")
+            return
+        }
     }
 
     /// Another process commits while this one's listener is away; the listener returns and wakes
