@@ -361,7 +361,7 @@ export function setupAuthForms(session, onSignedIn) {
 
 const POLL_SECONDS = 25;
 const MAX_BACKOFF_MS = 30_000;
-const READY_PROBE_MS = 1_000;
+const READY_PROBE_MS = 500;
 
 export class EventFeed {
   /**
@@ -498,7 +498,7 @@ export class EventFeed {
 
   /**
    * Waits `delay` ms before the next try, or less: "Retry now", the network coming back, or the
-   * server answering /readyz again (asked every second, so the page is live within about 2 s of
+   * server answering /readyz again (asked twice a second, so the page is live well within 2 s of
    * the server's return even deep into the backoff).
    */
   async waitToRetry(delay, stop) {
@@ -508,7 +508,7 @@ export class EventFeed {
     stop.addEventListener('abort', end);
     const probe = setInterval(async () => {
       try {
-        const answer = await fetch('/readyz', { cache: 'no-store', signal: AbortSignal.timeout(900) });
+        const answer = await fetch('/readyz', { cache: 'no-store', signal: AbortSignal.timeout(450) });
         if (answer.ok) end();
       } catch { /* still away */ }
     }, READY_PROBE_MS);
