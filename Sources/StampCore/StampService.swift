@@ -149,16 +149,19 @@ struct Outbox: Sendable {
         try await session.holdUntilCommit(accounts.map { "events:" + $0 })
         var written: [String: EventHub.Committed] = [:]
         for account in accounts {
+            // The events are kept only where a poll can be answered with them.
             var events: [Event] = []
+            var first: Int64 = 0, newest: Int64 = 0
             for event in pending[account]! {
                 guard let position = try await session.queryFirst(Self.insertEvent, event.type, event.at, event.data, account,
                                                                   row: { try $0.get(0, as: Int64.self) }) else {
                     throw StorageError(.unavailable, "no event position was returned for \(account)")
                 }
-                events.append(Event(id: position, type: event.type, at: Date(millis: event.at), data: event.data))
+                if first == 0 { first = position }
+                newest = position
+                if dense { events.append(Event(id: position, type: event.type, at: Date(millis: event.at), data: event.data)) }
             }
-            let newest = events[events.count - 1].id
-            written[account] = dense ? EventHub.Committed(newest: newest, previous: events[0].id - 1, events: events)
+            written[account] = dense ? EventHub.Committed(newest: newest, previous: first - 1, events: events)
                                      : EventHub.Committed(newest: newest)
         }
         return written

@@ -55,6 +55,8 @@ final class HTTPHandler: ChannelInboundHandler {
     private var parked: Parked?
     /// The poll deadlines of this connection's event loop.
     private var deadlines: PollDeadlines?
+    /// Runs this connection's request tasks on its event loop (looked up once, not per request).
+    private var executor: LoopExecutor?
     /// The task answering the current request, if it needs one.
     private var work: Task<Void, Never>?
     private var serverClosing = false
@@ -73,6 +75,7 @@ final class HTTPHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         deadlines = PollDeadlines.of(context.eventLoop)
+        executor = LoopExecutor.of(context.eventLoop)
     }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
@@ -143,7 +146,7 @@ final class HTTPHandler: ChannelInboundHandler {
         case .now(let reply):
             answer(reply, context: context)
         case .later(let work):
-            let (task, reply) = context.eventLoop.runTask(work)
+            let (task, reply) = (executor ?? LoopExecutor.of(context.eventLoop)).run(work)
             self.work = task
             reply.assumeIsolated().whenSuccess { [self] reply in
                 self.work = nil
@@ -240,7 +243,7 @@ final class HTTPHandler: ChannelInboundHandler {
         var poll = poll
         poll.epoch = hub.epoch
         let read = poll.read
-        context.eventLoop.runTask { await read() }.1.assumeIsolated().whenSuccess { [self] response in
+        (executor ?? LoopExecutor.of(context.eventLoop)).run { await read() }.value.assumeIsolated().whenSuccess { [self] response in
             if let response {
                 self.write(response, context: context)
             } else {

@@ -37,12 +37,12 @@ final class LoopExecutor: TaskExecutor {
     }
 }
 
-extension EventLoop {
-    /// Runs `work` in a task on this loop and completes the returned future with its value, on
+extension LoopExecutor {
+    /// Runs `work` in a task on the loop and completes the returned future with its value, on
     /// the loop (so its callbacks run at once, with no further hop).
-    func runTask<T: Sendable>(_ work: @escaping @Sendable () async -> T) -> (Task<Void, Never>, EventLoopFuture<T>) {
-        let promise = makePromise(of: T.self)
-        let task = Task(executorPreference: LoopExecutor.of(self)) { promise.succeed(await work()) }
+    func run<T: Sendable>(_ work: @escaping @Sendable () async -> T) -> (task: Task<Void, Never>, value: EventLoopFuture<T>) {
+        let promise = loop.makePromise(of: T.self)
+        let task = Task(executorPreference: self) { promise.succeed(await work()) }
         return (task, promise.futureResult)
     }
 }
