@@ -63,6 +63,8 @@ public final class HTTPServer: Service, Sendable {
         do {
             channel = try await bootstrap().bind(host: configuration.host, port: configuration.port).get()
         } catch {
+            logger.error("cannot listen", metadata: ["host": "\(configuration.host)", "port": "\(configuration.port)",
+                                                     "error": "\(error)"])
             listening.withLock { waiting in
                 waiting.forEach { $0.resume(throwing: error) }
                 waiting.removeAll()
@@ -79,9 +81,16 @@ public final class HTTPServer: Service, Sendable {
         }
         logger.info("\(configuration.readyMessage)", metadata: ["address": "\(local)"])
 
-        try await withGracefulShutdownHandler {
-            try await channel.closeFuture.get()
-        } onGracefulShutdown: {
+        // Cancellation (the group ends because another service failed, say a listener that could
+        // not bind) closes the socket too: waiting on a future alone would outlive it and keep the
+        // process up without the service it was started for.
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                try await channel.closeFuture.get()
+            } onGracefulShutdown: {
+                channel.close(promise: nil)
+            }
+        } onCancel: {
             channel.close(promise: nil)
         }
         await drain()

@@ -93,11 +93,14 @@ STAMPD="$BIN/stampd"
 BENCH="$BIN/stampd-bench"
 [[ -x $STAMPD && -x $BENCH ]] || { echo "run.sh: build products missing in $BIN" >&2; exit 1; }
 
-# A port nobody listens on (bash's /dev/tcp: a refused connection means free).
+# A port nobody listens on (bash's /dev/tcp: a refused connection means free), below the kernel's
+# ephemeral range: a port in that range can be the local end of some client's connection, which no
+# connect test sees and which makes the server's bind fail.
+EPHEMERAL_FIRST=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
     local port
     for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 30000))
+        port=$((10000 + RANDOM % (EPHEMERAL_FIRST - 10000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
     done
     return 1
@@ -106,6 +109,17 @@ free_port() {
 wait_for() { # wait_for SECONDS COMMAND...
     local limit=$1; shift
     for _ in $(seq 1 $((limit * 10))); do "$@" && return 0; sleep 0.1; done
+    return 1
+}
+
+# wait_listening SECONDS PID LOG: waits for the server to log "listening"; fails at once if it exits.
+wait_listening() {
+    local limit=$1; shift
+    for _ in $(seq 1 $((limit * 10))); do
+        grep -q "listening" "$2" && return 0
+        kill -0 "$1" 2>/dev/null || return 1
+        sleep 0.1
+    done
     return 1
 }
 
@@ -141,7 +155,7 @@ say "starting stampd on 127.0.0.1:$STAMPD_PORT (database $WORK/stampd.sqlite)"
     >"$WORK/stampd.log" 2>&1 &
 STAMPD_PID=$!
 PIDS+=("$STAMPD_PID")
-wait_for 30 grep -q "listening" "$WORK/stampd.log" || { cat "$WORK/stampd.log" >&2; echo "run.sh: stampd did not start" >&2; exit 1; }
+wait_listening 30 "$STAMPD_PID" "$WORK/stampd.log" || { cat "$WORK/stampd.log" >&2; echo "run.sh: stampd did not start" >&2; exit 1; }
 
 # --- nginx + nchan ----------------------------------------------------------------------------
 NCHAN_ARGS=()
@@ -332,7 +346,7 @@ if [[ $PG_RUNNING == 1 ]]; then
         >"$WORK/stampd-postgres.log" 2>&1 &
     PG_STAMPD_PID=$!
     PIDS+=("$PG_STAMPD_PID")
-    if ! wait_for 60 grep -q "listening" "$WORK/stampd-postgres.log"; then
+    if ! wait_listening 60 "$PG_STAMPD_PID" "$WORK/stampd-postgres.log"; then
         cat "$WORK/stampd-postgres.log" >&2
         echo "run.sh: stampd on PostgreSQL did not start" >&2
         STATUS=1
@@ -366,7 +380,7 @@ if [[ $PG_RUNNING == 1 ]]; then
             "$STAMPD" --port "$port" --metrics-port "$metrics" --database "$TWO_URL" "${STAMPD_FLAGS[@]}" >"$WORK/stampd-two-$name.log" 2>&1 &
             PIDS+=($!)
             TWO_PORTS+=("127.0.0.1:$port"); TWO_METRICS+=("127.0.0.1:$metrics"); TWO_PIDS+=($!)
-            wait_for 60 grep -q "listening" "$WORK/stampd-two-$name.log" \
+            wait_listening 60 "$!" "$WORK/stampd-two-$name.log" \
                 || { cat "$WORK/stampd-two-$name.log" >&2; echo "run.sh: stampd $name on PostgreSQL did not start" >&2; STATUS=1; }
         done
         joined() { local IFS=,; echo "$*"; }
