@@ -46,6 +46,25 @@ import Testing
         try await server.stop()
     }
 
+    @Test func aListenerWhosePortIsTakenEndsTheGroupWithTheOtherListenerClosed() async throws {
+        let taken = try await TestServer.start()
+        func listener(port: Int) -> HTTPServer {
+            var configuration = ServerConfiguration()
+            configuration.port = port
+            return HTTPServer(configuration: configuration,
+                              responder: Application.metricsResponder(metricsText: { "" }, logger: Logger(label: "test")),
+                              hub: EventHub(), logger: Logger(label: "test"))
+        }
+        let other = listener(port: 0)
+        let group = ServiceGroup(services: [other, listener(port: taken.port)], gracefulShutdownSignals: [],
+                                 logger: Logger(label: "test"))
+        // Before the fix the group waited forever on the other listener's close.
+        await #expect(throws: (any Error).self) { try await group.run() }
+        let address = try await other.listeningAddress()
+        await #expect(throws: (any Error).self) { try await TestClient.connect(port: address.port!) }
+        try await taken.stop()
+    }
+
     @Test func waitingForACloseFailsWhenTheServerKeepsTheConnectionOpen() async throws {
         let server = try await TestServer.start()
         let client = try await server.connect()
