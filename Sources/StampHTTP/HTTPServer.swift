@@ -139,15 +139,13 @@ public final class HTTPServer: Service, Sendable {
                         try channel.pipeline.syncOperations.addHandler(RefuseConnection())
                     }
                 }
+                // Two handlers: NIO's decoder, and the connection, which writes its answers as bytes.
                 return channel.eventLoop.makeCompletedFuture {
+                    let connection = HTTPConnection(responder: responder, hub: hub, limits: limits, trustedProxies: trustedProxies)
+                    let decoder = TimedRequestDecoder(limits: finalDecoderLimits) { [unowned connection] in connection.bytesArrived() }
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(ByteArrivalNotifier())
-                    try sync.addHandler(HTTPResponseEncoder())
-                    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(
-                        leftOverBytesStrategy: .dropBytes, limitConfiguration: finalDecoderLimits)))
-                    try sync.addHandler(ConnectionGuard(limits: limits))
-                    try sync.addHandler(HTTPServerPipelineHandler())
-                    try sync.addHandler(HTTPHandler(responder: responder, hub: hub, trustedProxies: trustedProxies))
+                    try sync.addHandler(ByteToMessageHandler(decoder))
+                    try sync.addHandler(connection)
                 }
             }
     }

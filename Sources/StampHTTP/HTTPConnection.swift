@@ -1,5 +1,7 @@
-// Turns each whole request into a `Request`, asks the responder, and writes the answer;
-// parks long polls on the event hub without holding a task or a thread.
+// One HTTP/1.1 connection in one handler after NIO's request decoder: its rules live in
+// `ConnectionState`; this class does what the state answers. It turns each whole request into a
+// `Request`, asks the responder, parks long polls on the event hub without holding a task or a
+// thread, and writes each answer as one buffer (status line, headers and body together).
 import Foundation
 import Logging
 import Metrics
@@ -7,6 +9,9 @@ import NIOCore
 import NIOHTTP1
 import StampCore
 import Synchronization
+
+/// Fired into every connection when the server begins to shut down.
+struct ServerShuttingDown {}
 
 /// A long poll to park: the endpoint has read nothing new after `cursor`.
 public struct LongPoll: Sendable {
@@ -27,9 +32,35 @@ public struct LongPoll: Sendable {
     public var refused: @Sendable (ParkOutcome) -> Response
 }
 
-final class HTTPHandler: ChannelInboundHandler {
+/// NIO's request decoder, telling the connection when bytes arrive (before it decodes them), so
+/// that a request is timed from its first byte without a handler of its own in the pipeline.
+struct TimedRequestDecoder: ByteToMessageDecoder {
+    typealias InboundOut = HTTPServerRequestPart
+    private let http: HTTPRequestDecoder
+    private let arrived: () -> Void
+
+    init(limits: NIOHTTPDecoderLimitConfiguration, arrived: @escaping () -> Void) {
+        http = HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)
+        self.arrived = arrived
+    }
+
+    mutating func decoderAdded(context: ChannelHandlerContext) { http.decoderAdded(context: context) }
+    mutating func decoderRemoved(context: ChannelHandlerContext) { http.decoderRemoved(context: context) }
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        arrived()
+        return try http.decode(context: context, buffer: &buffer)
+    }
+
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        try http.decodeLast(context: context, buffer: &buffer, seenEOF: seenEOF)
+    }
+}
+
+final class HTTPConnection: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private struct InFlight {
         let id: String
@@ -42,78 +73,93 @@ final class HTTPHandler: ChannelInboundHandler {
 
     private struct Parked {
         let waiter: WaiterID
-        let timeout: PollDeadlines.Token
+        let timeout: LoopDeadlines.Token
         let poll: LongPoll
         let deadline: NIODeadline
     }
 
     private let responder: Responder
     private let hub: EventHub
-    private var head: HTTPRequestHead?
-    private var body: ByteBuffer?
+    private let trustedProxies: TrustedProxies
+    private var state: ConnectionState
     private var inFlight: InFlight?
     private var parked: Parked?
-    /// The poll deadlines of this connection's event loop.
-    private var deadlines: PollDeadlines?
+    /// This connection's event loop's deadlines: its own request and idle timeouts, its poll's.
+    private var deadlines: LoopDeadlines?
+    /// One check at a time, for the earliest of the state's deadlines. It is replaced only by an
+    /// earlier one; a later deadline waits for the check to fire, look, and set the next.
+    private var check: (token: LoopDeadlines.Token, deadline: NIODeadline)?
     /// Runs this connection's request tasks on its event loop (looked up once, not per request).
     private var executor: LoopExecutor?
     /// The task answering the current request, if it needs one.
     private var work: Task<Void, Never>?
-    private var serverClosing = false
     private var context: ChannelHandlerContext?
-    /// A request held back until the client reads what it was already sent.
-    private var waitingForWritable: (HTTPRequestHead, ByteBuffer)?
+    /// The next pipelined request, while an answer written just now is still on the stack (so a
+    /// run of pipelined requests answered at once is a loop, not a recursion).
+    private var next: (HTTPRequestHead, ByteBuffer)?
+    private var dispatching = false
+    private var peer: String?
 
-    init(responder: Responder, hub: EventHub, trustedProxies: TrustedProxies = .none) {
+    init(responder: Responder, hub: EventHub, limits: ConnectionLimits, trustedProxies: TrustedProxies = .none) {
         self.responder = responder
         self.hub = hub
         self.trustedProxies = trustedProxies
+        state = ConnectionState(limits: limits, now: .now())
     }
-
-    private let trustedProxies: TrustedProxies
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        deadlines = PollDeadlines.of(context.eventLoop)
+        deadlines = LoopDeadlines.of(context.eventLoop)
         executor = LoopExecutor.of(context.eventLoop)
+        state = ConnectionState(limits: state.limits, now: context.eventLoop.now)
+        scheduleCheck()
     }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        stopChecking()
+        self.context = nil
+    }
+
+    /// Called by the decoder before it decodes a read.
+    func bytesArrived() {
+        guard let context else { return }
+        state.bytesArrived(now: context.eventLoop.now)
+        scheduleCheck()
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            self.head = head
-            self.body = nil
-        case .body(let part):
-            body = part
-        case .end:
-            guard let head else { return }
-            self.head = nil
-            // A client that does not read its answers gets no more of them: the next answer is
-            // made only once the ones queued for it drain below NIO's high-water mark.
-            if context.channel.isWritable {
-                dispatch(head: head, body: body ?? ByteBuffer(), context: context)
-            } else {
-                waitingForWritable = (head, body ?? ByteBuffer())
-            }
-            body = nil
-        }
+        perform(state.received(unwrapInboundIn(data), now: context.eventLoop.now), context: context)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if state.read() { context.read() }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, let (head, body) = waitingForWritable {
-            waitingForWritable = nil
-            dispatch(head: head, body: body, context: context)
-        }
+        perform(state.writabilityChanged(context.channel.isWritable), context: context)
+        if state.releaseHeldRead() { context.read() }
         context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ServerShuttingDown { serverClosing = true }
+        if event is ServerShuttingDown {
+            perform(state.shutdown(), context: context)
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let parserError = error as? HTTPParserError {
+            // The decoder reads nothing more after this; answer first if nothing else is answered.
+            perform(state.parserFailed(parserError), context: context)
+            return
+        }
+        context.fireErrorCaught(error)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        stopChecking()
         // Work for a client that left is cancelled: a password hash still waiting is never run.
         // (A write already queued still commits; only what has not started is skipped.)
         work?.cancel()
@@ -126,6 +172,56 @@ final class HTTPHandler: ChannelInboundHandler {
         }
         context.fireChannelInactive()
     }
+
+    private func perform(_ action: ConnectionState.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .dispatch(let head, let body):
+            next = (head, body)
+            guard !dispatching else { return }
+            dispatching = true
+            while let (head, body) = next {
+                next = nil
+                dispatch(head: head, body: body, context: context)
+            }
+            dispatching = false
+        case .sendContinue(let version):
+            var buffer = context.channel.allocator.buffer(capacity: 32)
+            buffer.writeString("HTTP/\(version.major).\(version.minor) 100 Continue\r\n\r\n")
+            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        case .reject(let status, let detail):
+            let bytes = Self.encode(.problem(HTTPError(status, detail: detail)), version: .http1_1, requestID: nil, close: true,
+                                    includeBody: true, allocator: context.channel.allocator)
+            context.writeAndFlush(wrapOutboundOut(bytes)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        case .close:
+            context.close(promise: nil)
+        }
+        scheduleCheck()
+    }
+
+    // MARK: - Deadlines
+
+    private func scheduleCheck() {
+        guard let deadlines, let next = state.nextDeadline else { return }
+        if let check {
+            if check.deadline <= next { return }
+            deadlines.cancel(check.token)
+        }
+        let token = deadlines.add(deadline: next) { [self] in
+            self.check = nil
+            guard let context = self.context else { return }
+            self.perform(self.state.deadlinePassed(now: context.eventLoop.now), context: context)
+        }
+        check = (token, next)
+    }
+
+    private func stopChecking() {
+        if let check { deadlines?.cancel(check.token) }
+        check = nil
+    }
+
+    // MARK: - Requests
 
     private func dispatch(head: HTTPRequestHead, body: ByteBuffer, context: ChannelHandlerContext) {
         let requestID = Self.requestID(from: head.headers)
@@ -161,8 +257,6 @@ final class HTTPHandler: ChannelInboundHandler {
         case .poll(let poll): park(poll, context: context)
         }
     }
-
-    private var peer: String?
 
     private func clientAddress(_ context: ChannelHandlerContext, _ headers: HTTPHeaders) -> String {
         let peer: String
@@ -200,7 +294,7 @@ final class HTTPHandler: ChannelInboundHandler {
         switch outcome {
         case .parked(let waiter):
             let hub = self.hub
-            let deadlines = self.deadlines ?? PollDeadlines.of(loop)
+            let deadlines = self.deadlines ?? LoopDeadlines.of(loop)
             let timeout = deadlines.add(deadline: deadline) { hub.cancel(waiter, reason: .timeout) }
             parked = Parked(waiter: waiter, timeout: timeout, poll: poll, deadline: deadline)
         case .ready:
@@ -258,19 +352,10 @@ final class HTTPHandler: ChannelInboundHandler {
     private func write(_ response: Response, context: ChannelHandlerContext) {
         guard let inFlight else { return }
         self.inFlight = nil
-        var headers = response.headers
-        headers.replaceOrAdd(name: "Content-Length", value: String(response.body.readableBytes))
-        headers.replaceOrAdd(name: "X-Request-Id", value: inFlight.id)
-        // Every answer, API or page: a browser never guesses a type other than the one given.
-        headers.add(name: "X-Content-Type-Options", value: "nosniff")  // no endpoint sets it: no scan
-        let close = !inFlight.keepAlive || serverClosing
-        if close { headers.replaceOrAdd(name: "Connection", value: "close") }
-        let head = HTTPResponseHead(version: inFlight.version, status: response.status, headers: headers)
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if response.body.readableBytes > 0 && !inFlight.isHead {
-            context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
-        }
-        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        let close = !inFlight.keepAlive || state.shuttingDown
+        let bytes = Self.encode(response, version: inFlight.version, requestID: inFlight.id, close: close,
+                                includeBody: !inFlight.isHead, allocator: context.channel.allocator)
+        let written = context.writeAndFlush(wrapOutboundOut(bytes))
         if close {
             written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
@@ -280,6 +365,46 @@ final class HTTPHandler: ChannelInboundHandler {
             responder.logger.error("request failed", metadata: [
                 "request.id": "\(inFlight.id)", "http.route": "\(inFlight.route)", "http.status": "\(response.status.code)"])
         }
+        perform(state.answered(now: context.eventLoop.now, closing: close), context: context)
+        if state.releaseHeldRead() { context.read() }
+    }
+
+    /// An answer on the wire: the status line, the endpoint's headers, then the ones the connection
+    /// owns (endpoints never set them): `Content-Length` (none where the status has no body, as
+    /// RFC 9110 §8.6 says), `X-Request-Id`, `X-Content-Type-Options` (a browser never guesses a
+    /// type other than the one given, on any answer) and `Connection: close` when closing. A HEAD
+    /// answer has the headers of the GET and no body.
+    static func encode(_ response: Response, version: HTTPVersion, requestID: String?, close: Bool, includeBody: Bool,
+                       allocator: ByteBufferAllocator) -> ByteBuffer {
+        let status = response.status
+        let hasBody = status.code >= 200 && status.code != 204 && status.code != 304
+        let bodyBytes = hasBody && includeBody ? response.body.readableBytes : 0
+        var buffer = allocator.buffer(capacity: 160 + response.headers.count * 48 + bodyBytes)
+        buffer.writeStaticString(version.minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+        buffer.writeString(String(status.code))
+        buffer.writeStaticString(" ")
+        buffer.writeString(status.reasonPhrase)
+        buffer.writeStaticString("\r\n")
+        for (name, value) in response.headers {
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        if hasBody {
+            buffer.writeStaticString("Content-Length: ")
+            buffer.writeString(String(response.body.readableBytes))
+            buffer.writeStaticString("\r\n")
+        }
+        if let requestID {
+            buffer.writeStaticString("X-Request-Id: ")
+            buffer.writeString(requestID)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString(close ? "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+                                       : "X-Content-Type-Options: nosniff\r\n\r\n")
+        if bodyBytes > 0 { buffer.writeImmutableBuffer(response.body) }
+        return buffer
     }
 
     static func requestID(from headers: HTTPHeaders) -> String {

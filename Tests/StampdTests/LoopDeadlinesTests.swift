@@ -1,14 +1,14 @@
-// The poll deadlines of one event loop (a hashed wheel instead of a NIO task per poll), on a
+// The deadlines of one event loop (a hashed wheel instead of a NIO task per poll), on a
 // test loop whose clock the test moves: never early, at most one slot late, cancelled in O(1).
 import NIOCore
 import NIOEmbedded
 @testable import StampHTTP
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct PollDeadlinesTests {
+@Suite(.timeLimit(.minutes(1))) struct LoopDeadlinesTests {
     @Test func aDeadlineFiresOnceNeverEarlyAndAtMostOneSlotLate() throws {
         let loop = EmbeddedEventLoop()
-        let deadlines = PollDeadlines(loop: loop)
+        let deadlines = LoopDeadlines(loop: loop)
         let start = loop.now
         var fired: [String: NIODeadline] = [:]
         _ = deadlines.add(deadline: start + .milliseconds(100)) { fired["a"] = loop.now }
@@ -20,9 +20,9 @@ import Testing
 
         loop.advanceTime(by: .milliseconds(99))
         #expect(fired.isEmpty)  // never early
-        loop.advanceTime(by: PollDeadlines.resolution + .milliseconds(20))
+        loop.advanceTime(by: LoopDeadlines.resolution + .milliseconds(20))
         let a = try #require(fired["a"])
-        #expect(a >= start + .milliseconds(100) && a <= start + .milliseconds(100) + PollDeadlines.resolution * 2)
+        #expect(a >= start + .milliseconds(100) && a <= start + .milliseconds(100) + LoopDeadlines.resolution * 2)
         #expect(fired["b"] == nil)  // cancelled
         #expect(deadlines.count == 1)
 
@@ -35,7 +35,7 @@ import Testing
 
     @Test func aDeadlineAddedAfterAnIdleSpellFiresOnTime() {
         let loop = EmbeddedEventLoop()
-        let deadlines = PollDeadlines(loop: loop)
+        let deadlines = LoopDeadlines(loop: loop)
         loop.advanceTime(by: .seconds(300))  // nothing pending: no ticks meanwhile
         var firedAt: NIODeadline?
         let deadline = loop.now + .seconds(1)
@@ -48,7 +48,7 @@ import Testing
 
     @Test func tenThousandCancelledDeadlinesLeaveNothingScheduled() {
         let loop = EmbeddedEventLoop()
-        let deadlines = PollDeadlines(loop: loop)
+        let deadlines = LoopDeadlines(loop: loop)
         var fired = 0
         let tokens = (0..<10_000).map { index in
             deadlines.add(deadline: loop.now + .seconds(Int64(1 + index % 25))) { fired += 1 }

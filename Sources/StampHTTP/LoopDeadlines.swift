@@ -1,7 +1,9 @@
-// The deadlines of the polls parked on one event loop, without a NIO `Scheduled` task each.
+// The deadlines of one event loop's connections (parked polls' timeouts, request and idle
+// timeouts), without a NIO `Scheduled` task each.
 //
 // NIO keeps scheduled tasks in a heap, and cancelling one searches it: with 10,000 polls parked
-// on a loop, every wake-up (which cancels the poll's timeout) scanned the heap. Here deadlines
+// on a loop, every wake-up (which cancels the poll's timeout) scanned the heap, and each task
+// carries a promise and its closure. Here deadlines
 // fall into slots of `resolution` (a hashed timing wheel without the ring): adding and
 // cancelling are dictionary operations, and one tick per loop, scheduled only while a deadline is
 // pending, fires the slots that are due. A deadline fires at most one `resolution` late, never
@@ -10,7 +12,7 @@
 import NIOCore
 import Synchronization
 
-final class PollDeadlines {
+final class LoopDeadlines {
     /// How late a deadline may fire: a tick every 20 ms while any poll is parked on the loop.
     static let resolution: TimeAmount = .milliseconds(20)
 
@@ -81,20 +83,20 @@ final class PollDeadlines {
     }
 }
 
-extension PollDeadlines {
+extension LoopDeadlines {
     private final class Box: @unchecked Sendable {  // touched only on its loop
-        let deadlines: PollDeadlines
-        init(_ deadlines: PollDeadlines) { self.deadlines = deadlines }
+        let deadlines: LoopDeadlines
+        init(_ deadlines: LoopDeadlines) { self.deadlines = deadlines }
     }
 
     private static let perLoop = Mutex<[ObjectIdentifier: Box]>([:])
 
     /// The deadlines of `loop` (one per loop, made on first use).
-    static func of(_ loop: any EventLoop) -> PollDeadlines {
+    static func of(_ loop: any EventLoop) -> LoopDeadlines {
         let key = ObjectIdentifier(loop as AnyObject)
         return perLoop.withLock { boxes in
             if let box = boxes[key] { return box.deadlines }
-            let box = Box(PollDeadlines(loop: loop))
+            let box = Box(LoopDeadlines(loop: loop))
             boxes[key] = box
             return box.deadlines
         }
