@@ -236,25 +236,27 @@ final class HTTPConnection: ChannelDuplexHandler {
         let request = Request(method: head.method, uri: head.uri, pathSegments: target.segments, query: target.query,
                               headers: head.headers, body: body, id: requestID,
                               clientAddress: clientAddress(context, head.headers), logger: logger)
-        let (route, handling) = responder.route(request)
+        let (route, reply) = responder.route(request)
         inFlight?.route = route
-        switch handling {
-        case .now(let reply):
-            answer(reply, context: context)
+        answer(reply, context: context)
+    }
+
+    private func answer(_ reply: Reply, context: ChannelHandlerContext) {
+        switch reply {
+        case .response(let response):
+            write(response, context: context)
+        case .poll(let poll):
+            park(poll, context: context)
         case .later(let work):
-            let (task, reply) = (executor ?? LoopExecutor.of(context.eventLoop)).run(work)
+            // The responder's work turns every error into a problem answer: nothing is thrown here.
+            let (task, reply) = (executor ?? LoopExecutor.of(context.eventLoop)).run {
+                (try? await work()) ?? .response(.problem(HTTPError(.internalServerError, detail: "the server failed to answer")))
+            }
             self.work = task
             reply.assumeIsolated().whenSuccess { [self] reply in
                 self.work = nil
                 self.answer(reply, context: context)
             }
-        }
-    }
-
-    private func answer(_ reply: Reply, context: ChannelHandlerContext) {
-        switch reply {
-        case .response(let response): write(response, context: context)
-        case .poll(let poll): park(poll, context: context)
         }
     }
 

@@ -192,8 +192,10 @@ public struct HTTPError: Error, Sendable {
     }
 }
 
-/// What an endpoint gives back: an answer now, or a long poll to park.
+/// What an endpoint gives back, and what the connection does with it: write an answer, park a
+/// long poll, or run work as a task on the connection's event loop and then do what it gives back.
 public enum Reply: Sendable {
     case response(Response)
     case poll(LongPoll)
+    case later(@Sendable () async throws -> Reply)
 }

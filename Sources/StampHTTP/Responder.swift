@@ -6,47 +6,34 @@ import StampCore
 import Synchronization
 
 public final class Responder: Sendable {
-    let router: Router
+    private let routes: RouteTree
     let logger: Logger
     let metrics = HTTPMetrics()
 
     public init(router: Router, logger: Logger) {
-        self.router = router
+        routes = RouteTree(router)
         self.logger = logger
     }
 
-    enum Handling {
-        /// Answered already, on the event loop.
-        case now(Reply)
-        /// Work for a task: it awaits the database or the password hasher.
-        case later(@Sendable () async -> Reply)
-    }
-
-    /// The route template (the metrics label) and how the request is answered.
-    func route(_ request: Request) -> (String, Handling) {
-        switch router.match(request.method, request.pathSegments) {
+    /// The route template (the metrics label) and the endpoint's reply. The work of a `.later`
+    /// reply never throws: its errors are problem answers already.
+    func route(_ request: Request) -> (String, Reply) {
+        switch routes.match(request.method, request.pathSegments) {
         case .notFound:
-            return ("unmatched", .now(.response(.problem(HTTPError(.notFound, detail: "no resource at this path")))))
+            return ("unmatched", .response(.problem(HTTPError(.notFound, detail: "no resource at this path"))))
         case .methodNotAllowed(let allowed):
             let allow = allowed.map(\.rawValue).joined(separator: ", ")
-            return ("unmatched", .now(.response(.problem(HTTPError(
-                .methodNotAllowed, detail: "this resource allows \(allow)", headers: [("Allow", allow)])))))
+            return ("unmatched", .response(.problem(HTTPError(
+                .methodNotAllowed, detail: "this resource allows \(allow)", headers: [("Allow", allow)]))))
         case .found(let route, let parameters):
             var request = request
             request.parameters = parameters
-            let routed = request
+            let reply = route.handle(request)
+            guard case .later(let work) = reply else { return (route.template, reply) }
             let logger = request.logger
-            let endpoint: Endpoint
-            switch route.work {
-            case .immediate(let answer): return (route.template, .now(.response(answer(routed))))
-            case .async(let work): endpoint = work
-            case .fastPath(let fast, let work):
-                if let reply = fast(routed) { return (route.template, .now(reply)) }
-                endpoint = work
-            }
             return (route.template, .later {
                 do {
-                    return try await endpoint(routed)
+                    return try await work()
                 } catch let error as HTTPError {
                     return .response(.problem(error))
                 } catch let error as StampError {

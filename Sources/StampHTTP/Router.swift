@@ -1,6 +1,10 @@
 // Routes by method and path template (`/v1/stores/{storeId}`); 404 and 405 with `Allow`.
+// Routes are added to a `Router`, which the responder freezes at start into a tree of path
+// segments: a request walks it one segment at a time (a literal before a parameter), instead of
+// trying every template.
 import NIOHTTP1
 
+/// An endpoint that awaits the database or the hasher; it runs as a task on the connection's loop.
 public typealias Endpoint = @Sendable (Request) async throws -> Reply
 /// An endpoint that answers from memory: run on the event loop, with no task and no thread hop.
 public typealias ImmediateEndpoint = @Sendable (Request) -> Response
@@ -11,14 +15,10 @@ public struct Router: Sendable {
         /// The template as written: the metrics label, never a raw path.
         let template: String
         let segments: [Segment]
-        let work: Work
-    }
-
-    enum Work: Sendable {
-        case async(Endpoint)
-        case immediate(ImmediateEndpoint)
-        /// Tried on the event loop first; nil sends the request to the async endpoint.
-        case fastPath(@Sendable (Request) -> Reply?, Endpoint)
+        /// The names of the template's parameters, in path order.
+        let parameterNames: [String]
+        /// Runs on the event loop: an answer, a poll to park, or work for a task (`Reply.later`).
+        let handle: @Sendable (Request) -> Reply
     }
 
     enum Segment: Sendable, Equatable {
@@ -32,54 +32,111 @@ public struct Router: Sendable {
         case notFound
     }
 
-    private var routes: [Route] = []
+    private(set) var routes: [Route] = []
 
     public init() {}
 
     public mutating func add(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping Endpoint) {
-        add(method, template, .async(endpoint))
+        add(method, template) { request in .later { try await endpoint(request) } }
     }
 
     /// `fast` answers on the event loop when it can (nil when it cannot); `endpoint` does the rest.
     public mutating func add(_ method: HTTPMethod, _ template: String, fast: @escaping @Sendable (Request) -> Reply?,
                              _ endpoint: @escaping Endpoint) {
-        add(method, template, .fastPath(fast, endpoint))
+        add(method, template) { request in fast(request) ?? .later { try await endpoint(request) } }
     }
 
     public mutating func addImmediate(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping ImmediateEndpoint) {
-        add(method, template, .immediate(endpoint))
+        add(method, template) { .response(endpoint($0)) }
     }
 
-    private mutating func add(_ method: HTTPMethod, _ template: String, _ work: Work) {
+    private mutating func add(_ method: HTTPMethod, _ template: String, _ handle: @escaping @Sendable (Request) -> Reply) {
         let segments = template.split(separator: "/").map { part -> Segment in
             if part.hasPrefix("{") && part.hasSuffix("}") { return .parameter(String(part.dropFirst().dropLast())) }
             return .literal(String(part))
         }
-        routes.append(Route(method: method, template: template, segments: segments, work: work))
+        let names = segments.compactMap { segment -> String? in
+            if case .parameter(let name) = segment { return name }
+            return nil
+        }
+        routes.append(Route(method: method, template: template, segments: segments, parameterNames: names, handle: handle))
+    }
+}
+
+/// The routes as a tree of segments, fixed once built.
+struct RouteTree: Sendable {
+    private struct Node: Sendable {
+        var literals: [String: Int] = [:]
+        var parameter: Int?
+        /// The routes whose template ends here, in the order they were added.
+        var routes: [Router.Route] = []
     }
 
-    func match(_ method: HTTPMethod, _ path: [String]) -> Match {
-        var allowed: [HTTPMethod] = []
-        for route in routes where route.segments.count == path.count {
-            var parameters: [String: String] = [:]
-            var matches = true
-            for (segment, part) in zip(route.segments, path) {
+    /// Index 0 is the root; children are indices, so the tree is a plain value.
+    private var nodes = [Node()]
+
+    init(_ router: Router) {
+        for route in router.routes {
+            var node = 0
+            for segment in route.segments {
                 switch segment {
                 case .literal(let literal):
-                    if literal != part { matches = false }
-                case .parameter(let name):
-                    parameters[name] = part
+                    if let child = nodes[node].literals[literal] {
+                        node = child
+                    } else {
+                        nodes.append(Node())
+                        nodes[node].literals[literal] = nodes.count - 1
+                        node = nodes.count - 1
+                    }
+                case .parameter:
+                    if let child = nodes[node].parameter {
+                        node = child
+                    } else {
+                        nodes.append(Node())
+                        nodes[node].parameter = nodes.count - 1
+                        node = nodes.count - 1
+                    }
                 }
-                if !matches { break }
             }
-            guard matches else { continue }
-            // HEAD is GET without the body (RFC 9110 §9.3.2); the handler drops the body.
-            if route.method == method || (method == .HEAD && route.method == .GET) {
-                return .found(route, parameters: parameters)
-            }
-            allowed.append(route.method)
-            if route.method == .GET { allowed.append(.HEAD) }
+            nodes[node].routes.append(route)
+        }
+    }
+
+    func match(_ method: HTTPMethod, _ path: [String]) -> Router.Match {
+        var allowed: [HTTPMethod] = []
+        var values: [String] = []
+        values.reserveCapacity(path.count)
+        if let (route, values) = walk(0, depth: 0, path, method, &values, &allowed) {
+            var parameters: [String: String] = [:]
+            for (name, value) in zip(route.parameterNames, values) { parameters[name] = value }
+            return .found(route, parameters: parameters)
         }
         return allowed.isEmpty ? .notFound : .methodNotAllowed(allowed: allowed)
+    }
+
+    /// Depth first, a literal before a parameter, gathering the methods of every template the
+    /// path matches (for `Allow`) until one takes the method.
+    private func walk(_ index: Int, depth: Int, _ path: [String], _ method: HTTPMethod, _ values: inout [String],
+                      _ allowed: inout [HTTPMethod]) -> (Router.Route, [String])? {
+        let node = nodes[index]
+        guard depth < path.count else {
+            for route in node.routes {
+                // HEAD is GET without the body (RFC 9110 §9.3.2); the connection drops the body.
+                if route.method == method || (method == .HEAD && route.method == .GET) { return (route, values) }
+                allowed.append(route.method)
+                if route.method == .GET { allowed.append(.HEAD) }
+            }
+            return nil
+        }
+        if let child = node.literals[path[depth]],
+           let found = walk(child, depth: depth + 1, path, method, &values, &allowed) {
+            return found
+        }
+        if let child = node.parameter {
+            values.append(path[depth])
+            if let found = walk(child, depth: depth + 1, path, method, &values, &allowed) { return found }
+            values.removeLast()
+        }
+        return nil
     }
 }
