@@ -72,44 +72,50 @@ struct EventsEndpoint: Sendable {
     }
 
     private func longPoll(_ principal: Principal, asked: Asked, parkedCursor: Int64, epoch: UInt64) -> LongPoll {
-        let service = self.service
-        let account = principal.id
-        let headers = asked.headers
-        let limit = asked.limit
-        let cursor = asked.cursor
-        let seconds = asked.seconds
-        return LongPoll(
-            account: account, session: principal.session, cursor: parkedCursor, epoch: epoch, timeout: .seconds(Int64(seconds)),
-            read: {
-                do {
-                    let batch = try await service.events(for: account, after: cursor ?? parkedCursor, limit: limit)
-                    if batch.events.isEmpty && !batch.reset { return nil }
-                    return Self.answer(batch, headers)
-                } catch let error as StampError {
-                    return .problem(HTTPError(error))
-                } catch {
-                    return .problem(HTTPError(.internalServerError, detail: "the events could not be read"))
-                }
-            },
-            fresh: { events in
-                let given = events.count > limit ? Array(events.prefix(limit)) : events
-                return Self.answer(EventBatch(events: given, cursor: given[given.count - 1].id, reset: false), headers)
-            },
-            empty: { shuttingDown in
-                var extra = headers
-                if shuttingDown { extra.append(("Retry-After", "1")) }
-                return Self.answer(EventBatch(events: [], cursor: parkedCursor, reset: false), extra)
-            },
-            refused: { outcome in
-                switch outcome {
-                case .tooManyForAccount:
-                    return .problem(HTTPError(.tooManyRequests, detail: "too many polls are open for this account",
-                                              headers: [("Retry-After", "5")]))
-                default:
-                    return .problem(HTTPError(.tooManyRequests, detail: "too many polls are open on this server",
-                                              headers: [("Retry-After", "5")]))
-                }
-            })
+        LongPoll(account: principal.id, session: principal.session, cursor: parkedCursor, epoch: epoch,
+                 timeout: .seconds(Int64(asked.seconds)),
+                 answers: Answers(service: service, account: principal.id, cursor: asked.cursor, parkedCursor: parkedCursor,
+                                  limit: asked.limit, headers: asked.headers))
+    }
+
+    /// How a parked poll of this endpoint ends.
+    struct Answers: PollAnswers {
+        let service: StampService
+        let account: String
+        /// The cursor asked for (nil: every retained event), and the one the poll parked at.
+        let cursor: Int64?
+        let parkedCursor: Int64
+        let limit: Int
+        let headers: [(String, String)]
+
+        func read() async -> Response? {
+            do {
+                let batch = try await service.events(for: account, after: cursor ?? parkedCursor, limit: limit)
+                if batch.events.isEmpty && !batch.reset { return nil }
+                return EventsEndpoint.answer(batch, headers)
+            } catch let error as StampError {
+                return .problem(HTTPError(error))
+            } catch {
+                return .problem(HTTPError(.internalServerError, detail: "the events could not be read"))
+            }
+        }
+
+        func fresh(_ events: [Event]) -> Response {
+            let given = events.count > limit ? Array(events.prefix(limit)) : events
+            return EventsEndpoint.answer(EventBatch(events: given, cursor: given[given.count - 1].id, reset: false), headers)
+        }
+
+        func empty(shuttingDown: Bool) -> Response {
+            var extra = headers
+            if shuttingDown { extra.append(("Retry-After", "1")) }
+            return EventsEndpoint.answer(EventBatch(events: [], cursor: parkedCursor, reset: false), extra)
+        }
+
+        func refused(_ outcome: ParkOutcome) -> Response {
+            let detail = outcome == .tooManyForAccount ? "too many polls are open for this account"
+                                                       : "too many polls are open on this server"
+            return .problem(HTTPError(.tooManyRequests, detail: detail, headers: [("Retry-After", "5")]))
+        }
     }
 
     /// `after`, or `Last-Event-ID` in its place; absent means every retained event.

@@ -22,14 +22,20 @@ public struct LongPoll: Sendable {
     /// The hub's epoch when the read (or the hub's check) that found nothing after `cursor` began.
     public var epoch: UInt64
     public var timeout: TimeAmount
+    public var answers: any PollAnswers
+}
+
+/// The answers a long poll can end with, made by its endpoint: one value per poll rather than a
+/// closure each, since polls are parked by the thousand.
+public protocol PollAnswers: Sendable {
     /// Reads again once woken: an answer, or nil when there is still nothing after the cursor.
-    public var read: @Sendable () async -> Response?
+    func read() async -> Response?
     /// The answer with the events that directly follow the cursor, handed over by the hub.
-    public var fresh: @Sendable ([Event]) -> Response
+    func fresh(_ events: [Event]) -> Response
     /// The answer when the poll ends with nothing new: at its timeout, or at shutdown.
-    public var empty: @Sendable (_ shuttingDown: Bool) -> Response
-    /// The answer when the hub refuses to park it for a cap (at shutdown it gets `empty(true)`).
-    public var refused: @Sendable (ParkOutcome) -> Response
+    func empty(shuttingDown: Bool) -> Response
+    /// The answer when the hub refuses to park it for a cap (at shutdown it gets `empty`).
+    func refused(_ outcome: ParkOutcome) -> Response
 }
 
 /// NIO's request decoder, telling the connection when bytes arrive (before it decodes them), so
@@ -284,7 +290,7 @@ final class HTTPConnection: ChannelDuplexHandler {
         let deadline = deadline ?? now + poll.timeout
         guard deadline > now else {
             PollMetrics.timeouts.increment()
-            write(poll.empty(false), context: context)
+            write(poll.answers.empty(shuttingDown: false), context: context)
             return
         }
         let loop = context.eventLoop
@@ -299,13 +305,16 @@ final class HTTPConnection: ChannelDuplexHandler {
             let deadlines = self.deadlines ?? LoopDeadlines.of(loop)
             let timeout = deadlines.add(deadline: deadline) { hub.cancel(waiter, reason: .timeout) }
             parked = Parked(waiter: waiter, timeout: timeout, poll: poll, deadline: deadline)
+            // A parked poll's connection has no deadline of its own until the answer (its idle
+            // check from before the request would only fire and find nothing): keep no entry.
+            if state.nextDeadline == nil { stopChecking() }
         case .ready:
             readAgain(poll, context: context, deadline: deadline)
         case .shuttingDown:
             // As for a poll parked when shutdown began: nothing new, its cursor, come back soon.
-            write(poll.empty(true), context: context)
+            write(poll.answers.empty(shuttingDown: true), context: context)
         case .tooManyForAccount, .tooManyForServer:
-            write(poll.refused(outcome), context: context)
+            write(poll.answers.refused(outcome), context: context)
         }
     }
 
@@ -318,15 +327,15 @@ final class HTTPConnection: ChannelDuplexHandler {
         case .events(let events, let publishedAt):
             PollMetrics.deliveryLatency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- publishedAt))
             PollMetrics.answeredFromCommit.increment()
-            write(parked.poll.fresh(events), context: context)
+            write(parked.poll.answers.fresh(events), context: context)
         case .event(let publishedAt):
             PollMetrics.deliveryLatency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- publishedAt))
             readAgain(parked.poll, context: context, deadline: parked.deadline)
         case .timeout:
             PollMetrics.timeouts.increment()
-            write(parked.poll.empty(false), context: context)
+            write(parked.poll.answers.empty(shuttingDown: false), context: context)
         case .shutdown:
-            write(parked.poll.empty(true), context: context)
+            write(parked.poll.answers.empty(shuttingDown: true), context: context)
         case .revoked:
             write(.problem(HTTPError(.unauthorized, detail: "the session was revoked", headers: [("WWW-Authenticate", "Bearer")])),
                   context: context)
@@ -338,8 +347,8 @@ final class HTTPConnection: ChannelDuplexHandler {
     private func readAgain(_ poll: LongPoll, context: ChannelHandlerContext, deadline: NIODeadline) {
         var poll = poll
         poll.epoch = hub.epoch
-        let read = poll.read
-        (executor ?? LoopExecutor.of(context.eventLoop)).run { await read() }.value.assumeIsolated().whenSuccess { [self] response in
+        let answers = poll.answers
+        (executor ?? LoopExecutor.of(context.eventLoop)).run { await answers.read() }.value.assumeIsolated().whenSuccess { [self] response in
             if let response {
                 self.write(response, context: context)
             } else {
