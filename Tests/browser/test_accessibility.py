@@ -15,7 +15,7 @@ from selenium.webdriver.common.keys import Keys
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
     owner_token,
     BASE, attribute_is, browsers, call, console_on_failure, fill, owner_with_store, sign_up, unique, visible,
-    visible_css, wait,
+    click_css, visible_css, wait,
 )
 
 AXE = (Path(axe_core_python.__file__).parent / "axe.min.js").read_text()
@@ -65,7 +65,7 @@ def test_both_pages_pass_axe_in_their_main_states(browsers):
         # The second through the page, so that the page lists it as its own.
         fill(customer, "search-q", store_name)
         customer.find_element(By.ID, "search-submit").click()
-        visible_css(customer, f'[data-testid="store-result"][data-store-id="{store_id}"] [data-testid="request-stamp"]').click()
+        click_css(customer, f'[data-testid="store-result"][data-store-id="{store_id}"] [data-testid="request-stamp"]')
         visible_css(owner, '#pending-list [data-testid="request-item"]')
         assert_accessible(owner, "owner's counter with a request")
         attribute_is(customer, '[data-testid="my-request"]', "data-status", "pending")
@@ -77,7 +77,7 @@ def test_both_pages_pass_axe_in_their_main_states(browsers):
             if view == "history":
                 wait(owner).until(lambda d: d.find_elements(By.CSS_SELECTOR, '#history-list [data-testid="history-item"]'))
             if view == "customers":
-                visible_css(owner, '#customers-list [data-testid="customer-row"] button').click()
+                click_css(owner, '#customers-list [data-testid="customer-row"] button')
                 visible_css(owner, '[data-testid="customer-page"]')
             if view == "numbers":
                 visible_css(owner, '[data-testid="chart-stamps"] svg.chart-svg')

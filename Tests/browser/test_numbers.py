@@ -9,7 +9,7 @@ from selenium.webdriver.common.by import By
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
     owner_token, api_customer as customer, api_ask as ask,
     browsers, call, console_on_failure, console_problems, owner_with_store, screenshot, unique,
-    visible_css, wait,
+    click_css, visible_css, wait,
 )
 
 SERIES = ["approved", "rejected", "expired", "cancelled", "undone", "pending"]
@@ -57,7 +57,7 @@ def test_the_numbers_are_drawn_from_the_summary(browsers):
         approve(ask(store_id, dana, {"kind": "reward"}))  # 2 + 4 stamps made 2 rewards
         ask(store_id, finn, {"kind": "stamp", "count": 1})  # left pending
 
-        visible_css(owner, '[data-testid="view-numbers"]').click()
+        click_css(owner, '[data-testid="view-numbers"]')
         visible_css(owner, '[data-testid="chart-requests"] svg')
         days = call("GET", f"/v1/stores/{store_id}/summary?days=30", token=token)["days"]
         today = days[-1]["day"]

@@ -12,7 +12,7 @@ from selenium.webdriver.support.ui import Select
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
     owner_token, api_customer as customer,
     browsers, call, console_on_failure, console_problems, fill, owner_with_store, screenshot, unique,
-    visible_css, wait,
+    click_css, visible_css, wait,
 )
 
 
@@ -58,7 +58,7 @@ def test_history_search_and_a_customers_ledger(browsers):
         call("POST", f"/v1/stores/{store_id}/stamps", {"customerId": eli["account"]["id"], "count": 3}, token=token)
         ask(store_id, eli)  # pending
 
-        visible_css(owner, '[data-testid="view-history"]').click()
+        click_css(owner, '[data-testid="view-history"]')
         wait(owner).until(lambda d: len(shown(d)) == 5)
         assert shown(owner) == [("Eli", "pending"), ("Eli", "approved"), ("Dana L", "rejected"), ("Dana L", "approved"),
                                 ("Dana K", "approved")]

@@ -9,7 +9,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from test_stamp_flow import (  # noqa: F401  (browsers is a fixture)
     owner_token,
     BASE, browsers, call, console_on_failure, console_problems, fill, owner_with_store, screenshot, unique, visible,
-    visible_css, wait,
+    click_css, wait,
 )
 
 
@@ -40,7 +40,7 @@ def test_settings_round_trip_with_the_servers_field_errors(browsers):
     with console_on_failure({"owner": owner}):
         store_id = owner_with_store(owner, unique("Settings Cafe"))
         token = owner_token(owner)
-        visible_css(owner, '[data-testid="view-settings"]').click()
+        click_css(owner, '[data-testid="view-settings"]')
         visible(owner, "profile-form")
 
         # The profile: a latitude without its longitude is the server's 400 under the longitude.

@@ -107,6 +107,18 @@ def visible_css(driver, css, timeout=10):
     return wait(driver, timeout).until(EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def click_css(driver, css, timeout=10):
+    """Clicks the visible element at `css`, finding it again if the page re-rendered it between
+    the find and the click (a list redrawn by an event that just arrived)."""
+    def clicked(d):
+        found = [e for e in d.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
+        if not found:
+            return False
+        found[0].click()
+        return True
+    return wait(driver, timeout).until(clicked, f"click {css}")
+
+
 def fill(driver, element_id, text):
     field = visible(driver, element_id)
     field.clear()
@@ -618,7 +630,7 @@ def test_a_barista_on_a_second_browser_decides_and_the_owner_sees_who(browsers):
     store_name = unique("Team Cafe")
     with console_on_failure({"owner": owner, "barista": barista}):
         store_id = owner_with_store(owner, store_name)
-        visible_css(owner, '[data-testid="view-settings"]').click()  # the staff are in the owner's settings
+        click_css(owner, '[data-testid="view-settings"]')  # the staff are in the owner's settings
         visible(owner, "invite-submit").click()
         code = visible(owner, "invitation-code").text
         assert len(code) == 11 and code[5] == "-"
