@@ -11,6 +11,8 @@ let package = Package(
     products: [
         .executable(name: "stampd", targets: ["stampd"]),
         .executable(name: "stampd-bench", targets: ["stampd-bench"]),
+        // For the reliability tests only: a disk that loses unsynced writes or fails (LD_PRELOAD).
+        .library(name: "StampdFaults", type: .dynamic, targets: ["StampdFaults"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
@@ -37,6 +39,7 @@ let package = Package(
         ),
         // A SQLite VFS over the default one that times every sync (the disk's share of a commit).
         .target(name: "CSQLiteSync", dependencies: ["CSQLite"]),
+        .target(name: "StampdFaults", path: "Tests/Faults"),
         .target(
             name: "SQLiteDB",
             dependencies: [

@@ -13,8 +13,16 @@ event log are checked:
 - the restarted server stops cleanly on SIGTERM; on SQLite PRAGMA integrity_check is ok, on
   PostgreSQL no connection of the server is left open after its stop.
 
+With --power-cut (SQLite only) the kill is a simulated power loss instead of a SIGKILL: the server
+runs over libStampdFaults (LD_PRELOAD, built with the package next to the binary), which keeps what
+each write to the database's files replaced since that file's last sync. At the moment the kill
+would come the harness arms it (SIGUSR1); at a random one of the next 40 writes the "power goes":
+every unsynced write is undone (in a random half of the rounds, torn: undone sector by sector at
+random), the -shm index is emptied, and the process ends at once. A SIGKILL leaves the kernel's
+page cache intact; this does not, so it tests that every 2xx waited for its sync.
+
     crash.py [--binary PATH] [--rounds N] [--seed S] [--customers C] [--owners O] [--creates K]
-             [--database postgres://USER:PW@HOST:PORT/DB]
+             [--database postgres://USER:PW@HOST:PORT/DB] [--power-cut]
 
 The engine: a SQLite file per round in a temporary folder, or, with --database (default
 $STAMPD_TEST_DATABASE when that is a postgres:// URL), that PostgreSQL database. Its schema
@@ -28,7 +36,10 @@ import http.client
 import os
 import queue
 import random
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -39,6 +50,7 @@ from common import (HOST, Server, Tally, base_arguments, check_binary, create_ac
                     request, reset_postgres, test_database_url)
 
 RETRYABLE = (OSError, http.client.HTTPException)
+POWER_CUT_STATUS = 86  # how libStampdFaults ends the process when it cuts the power
 OP_DEADLINE = 60.0  # seconds one create or approval may keep retrying
 
 
@@ -118,7 +130,15 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
     # The --database of the server: a file of this round, or the PostgreSQL database that main
     # emptied for this round.
     db_path = args.database if postgres else os.path.join(folder, "db.sqlite")
-    server = Server(binary, db_path, folder)
+    cut = None
+    if args.power_cut:
+        cut = {"after": rng.randint(1, 40), "tear": rng.randint(0, 1), "seed": rng.randrange(1 << 30)}
+        fault_env = ["env", f"LD_PRELOAD={args.fault_library}", f"STAMPD_FAULT_PREFIX={folder}/",
+                     "STAMPD_FAULT_MODE=power-cut", f"STAMPD_FAULT_AFTER={cut['after']}",
+                     f"STAMPD_FAULT_TEAR={cut['tear']}", f"STAMPD_FAULT_SEED={cut['seed']}"]
+        server = Server(binary, db_path, folder, prefix=fault_env)
+    else:
+        server = Server(binary, db_path, folder)
     server_box.append(server)
     server.start()
     port = server.port
@@ -213,7 +233,23 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
             time.sleep(0.002)
         time.sleep(rng.uniform(0.0, 0.02))
         kill_info["answered_before"] = stats.answered_writes
-        server.kill()
+        if cut is None:
+            server.kill()
+        else:
+            # Armed now, the power goes inside one of the next writes; the process ends itself.
+            server.proc.send_signal(signal.SIGUSR1)
+            try:
+                code = server.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                code = None
+                server.kill()
+            if code != POWER_CUT_STATUS:
+                problem("power cut", f"the server ended with {code}, not by the cut; {server.log_tail(5)}")
+            with open(server.log_path, errors="replace") as log:
+                said = re.findall(r"faults: power cut: (\d+) unsynced writes undone.*?\((\d+) sectors", log.read())
+            if said:
+                kill_info["undone"], kill_info["torn"] = (int(n) for n in said[-1])
+            server.prefix = []  # the disk is whole again: restart without the library
         kill_info["killed_at"] = time.monotonic() - began
         time.sleep(restart_delay)
         started = time.monotonic()
@@ -393,7 +429,12 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
         "requests": n_requests, "approved": n_approved, "events": n_events, "cards": n_cards,
         "elapsed": elapsed,
     }
-    print(f"round {number}: writes answered {figures['writes']} ({figures['before']} before the kill), "
+    how = "" if cut is None else (f"power cut at the {cut['after']}. write after arming, "
+                                  f"{kill_info.get('undone', '?')} unsynced writes undone"
+                                  + (f" ({kill_info.get('torn', '?')} sectors torn back)" if cut["tear"] else "") + ", ")
+    figures["undone"] = kill_info.get("undone", 0)
+    figures["torn"] = kill_info.get("torn", 0) if cut and cut["tear"] else None
+    print(f"round {number}: {how}writes answered {figures['writes']} ({figures['before']} before the kill), "
           f"kill at {figures['kill_at'] or float('nan'):.2f} s, restart {figures['restart'] or float('nan'):.2f} s, "
           f"connection failures {figures['conn_failures']}, 503 answers {figures['answered_503']}, approve 409-then-approved {figures['replayed_409']}, "
           f"requests {n_requests}, approved {n_approved}, events {n_events}, cards {n_cards}, "
@@ -401,28 +442,42 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
     return figures
 
 
-def main():
+def main(argv=None, tag="crash"):
     parser = base_arguments(__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="kill/restart rounds (default 3; 30+ locally)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--customers", type=int, default=12)
     parser.add_argument("--owners", type=int, default=3)
     parser.add_argument("--creates", type=int, default=40, help="creates per customer per round")
+    parser.add_argument("--power-cut", action="store_true",
+                        help="cut the power (drop or tear unsynced writes) instead of SIGKILL; SQLite only")
+    parser.add_argument("--fault-library", default=None,
+                        help="libStampdFaults.so (default: next to --binary)")
     parser.add_argument("--database", default=test_database_url(),
                         help="a postgres:// URL of an empty database to run on PostgreSQL (default: "
                              "$STAMPD_TEST_DATABASE when it is one; else SQLite files)")
-    args = parser.parse_args()
-    check_binary(args.binary, "crash")
+    args = parser.parse_args(argv)
+    check_binary(args.binary, tag)
     if args.database and not is_postgres_url(args.database):
-        print(f"crash: --database must be a postgres:// URL, not {args.database!r}", file=sys.stderr)
+        print(f"{tag}: --database must be a postgres:// URL, not {args.database!r}", file=sys.stderr)
         return 2
+    if args.power_cut:
+        if args.database:
+            print(f"{tag}: --power-cut runs on SQLite files only", file=sys.stderr)
+            return 2
+        args.fault_library = args.fault_library or os.path.join(os.path.dirname(os.path.abspath(args.binary)),
+                                                                "libStampdFaults.so")
+        if not os.path.exists(args.fault_library):
+            print(f"{tag}: {args.fault_library} is missing (swift build builds it)", file=sys.stderr)
+            return 2
     engine = f"PostgreSQL {redact_url(args.database)}" if args.database else "SQLite"
+    kill = "power cuts" if args.power_cut else "SIGKILL"
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    print(f"crash: {args.rounds} rounds, seed {seed}, {args.customers} customers x {args.creates} creates, "
+    print(f"{tag}: {args.rounds} rounds of {kill}, seed {seed}, {args.customers} customers x {args.creates} creates, "
           f"{args.owners} owners, binary {args.binary}, database {engine}", flush=True)
     rng = random.Random(seed)
-    workdir = make_workdir("crash", args.keep)
-    tally = Tally("crash")
+    workdir = make_workdir(tag, args.keep)
+    tally = Tally(tag)
     totals = {"writes": 0, "lost": 0}
     keep_schema = None  # on PostgreSQL: the name to keep the previous round's schema under
     try:
@@ -438,8 +493,13 @@ def main():
             keep_schema = f"crash_round_{number}" if args.keep or tally.failed > failed_before else None
             totals["writes"] += figures.get("writes", 0) or 0
             totals["lost"] += figures.get("lost") or 0
+            totals["undone"] = totals.get("undone", 0) + (figures.get("undone") or 0)
+            if figures.get("torn") is not None:
+                totals["torn rounds"] = totals.get("torn rounds", 0) + 1
         on = " on PostgreSQL" if args.database else ""
-        print(f"crash: {args.rounds} rounds{on}, {totals['writes']} writes answered, lost={totals['lost']}")
+        cuts = (f", {totals.get('undone', 0)} unsynced writes undone, {totals.get('torn rounds', 0)} rounds torn"
+                if args.power_cut else "")
+        print(f"{tag}: {args.rounds} rounds of {kill}{on}, {totals['writes']} writes answered{cuts}, lost={totals['lost']}")
     finally:
         if args.database:
             try:
@@ -447,7 +507,7 @@ def main():
             except Exception as error:  # noqa: BLE001
                 print(f"crash: could not empty {redact_url(args.database)} after the rounds: {error!r}")
         if args.keep or tally.failed:
-            print(f"crash: kept {workdir}" + (" (failed or --keep rounds' tables: schemas crash_round_N)"
+            print(f"{tag}: kept {workdir}" + (" (failed or --keep rounds' tables: schemas crash_round_N)"
                                               if args.database else ""))
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# The reliability checks of issue 7: crash durability, the malformed HTTP corpus, slow and greedy
-# clients, storage faults. See RELIABILITY.md.
+# The reliability checks: crash durability (SIGKILL, and simulated power cuts), the malformed HTTP
+# corpus, slow and greedy clients, storage faults. See RELIABILITY.md.
 #
 #   Tests/reliability/run.sh [path/to/stampd] [--quick | --local] [--only SUITE[,SUITE...]]
 #
-#   (default)  CI sizes: crash 3 rounds, slowloris 2000 slow connections
+#   (default)  CI sizes: crash 3 rounds, 24 power cuts, slowloris 2000 slow connections
 #   --quick    the same CI sizes (kept as a name for scripts)
-#   --local    crash 30 rounds, slowloris 8000 slow connections (several minutes)
-#   --only     run only these of crash, malformed, slowloris, storage (also --only=crash)
+#   --local    crash 30 rounds, 1000 power cuts, slowloris 8000 slow connections (about an hour)
+#   --only     run only these of crash, powercut, malformed, slowloris, storage (also --only=crash)
 #
 # The binary defaults to $STAMPD_BIN, else .build/debug/stampd. Storage faults need root for the
 # tmpfs and read-only mounts (skipped with a message otherwise). Environment: PYTHON (default
-# .venv/bin/python, else python3), KEEP=1 keeps every temporary folder, CRASH_ROUNDS and
-# SLOW_CONNECTIONS override the sizes. STAMPD_TEST_DATABASE=postgres://... runs the crash rounds
+# .venv/bin/python, else python3), KEEP=1 keeps every temporary folder, CRASH_ROUNDS, POWER_CUTS
+# and SLOW_CONNECTIONS override the sizes. Power cuts need libStampdFaults.so next to the binary
+# (`swift build` builds it). STAMPD_TEST_DATABASE=postgres://... runs the crash rounds
 # on that PostgreSQL database (an empty one of their own: its schema is dropped and created
 # again for each round; needs psycopg); the other suites are SQLite-only and ignore it.
 #   STAMPD_TEST_DATABASE=postgres://stampd:pw@127.0.0.1:5432/crash Tests/reliability/run.sh --only crash
@@ -23,7 +24,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 binary=${STAMPD_BIN:-$repo/.build/debug/stampd}
 mode=ci
-all_suites=(crash malformed slowloris storage)
+all_suites=(crash powercut malformed slowloris storage)
 only=""
 while (($#)); do
     case $1 in
@@ -59,10 +60,12 @@ fi
 
 if [[ $mode == local ]]; then
     rounds=${CRASH_ROUNDS:-30}
+    cuts=${POWER_CUTS:-1000}
     slow_args=(--local)
     [[ -n ${SLOW_CONNECTIONS:-} ]] && slow_args+=(--slow "$SLOW_CONNECTIONS")
 else
     rounds=${CRASH_ROUNDS:-3}
+    cuts=${POWER_CUTS:-24}
     slow_args=(--slow "${SLOW_CONNECTIONS:-2000}")
 fi
 keep=()
@@ -111,6 +114,8 @@ if [[ -n ${STAMPD_TEST_DATABASE:-} ]]; then
 fi
 
 selected_suite crash && suite crash --rounds "$rounds"
+# Smaller rounds than the SIGKILL ones: what matters is how many cuts, each at a random write.
+selected_suite powercut && suite powercut --rounds "$cuts" --customers 6 --owners 2 --creates 15
 selected_suite malformed && suite malformed
 selected_suite slowloris && suite slowloris "${slow_args[@]}"
 selected_suite storage && suite storage
