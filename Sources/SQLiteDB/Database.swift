@@ -35,6 +35,8 @@ public final class Database: Storage, @unchecked Sendable {
         var draining = false
         /// Set by `close`: later writes fail at once.
         var closed = false
+        /// Set when a sync failed: later writes fail at once, until the process restarts.
+        var untrusted = false
         /// `close` waits here for the queued writes to finish.
         var drainWatchers: [CheckedContinuation<Void, Never>] = []
     }
@@ -48,6 +50,19 @@ public final class Database: Storage, @unchecked Sendable {
 
     /// Writes waiting for the writer, not yet begun.
     public var queuedWrites: Int { queue.withLock { $0.jobs.count } }
+
+    /// False once a sync of the database's files failed. After a failed fsync Linux may have
+    /// dropped the dirty pages it could not write and marked them clean, so a later sync that
+    /// succeeds proves nothing about them (PostgreSQL's "fsyncgate"): a WAL header rewritten at a
+    /// restart of the log, say, may never reach the disk while the frames after it do, and a
+    /// power cut then loses commits that were acknowledged. Nothing the process holds can tell
+    /// which pages those were, so it takes no more writes; a restart reopens the files and SQLite
+    /// recovers from what is on the disk. A write that fails (ENOSPC, EIO) is different: SQLite
+    /// rolls its transaction back, nothing of it was acknowledged, and the next one may succeed.
+    public var acceptsWrites: Bool { !queue.withLock { $0.untrusted } }
+
+    static let untrustedMessage = "a sync of the database failed, so its file can no longer be trusted: "
+        + "no writes until the server restarts" 
 
     /// Opens the database at `path` (`:memory:` for a private in-memory one) with WAL,
     /// `synchronous = FULL`, a busy timeout and foreign keys. `readers` threads serve reads
@@ -133,13 +148,14 @@ public final class Database: Storage, @unchecked Sendable {
                 fail: { continuation.resume(throwing: $0) }
             )
             let start = queue.withLock { state -> Bool? in
-                if state.closed { return nil }
+                if state.closed || state.untrusted { return nil }
                 state.jobs.append(job)
                 if state.draining { return false }
                 state.draining = true
                 return true
             }
             switch start {
+            case nil where !acceptsWrites: job.fail(StorageError(.unavailable, Self.untrustedMessage))
             case nil: job.fail(BlockingPoolError.shutDown)
             case true?: Task(executorPreference: writerExecutor) { await self.drain() }
             case false?: break
@@ -171,6 +187,11 @@ public final class Database: Storage, @unchecked Sendable {
     }
 
     private func commit(_ batch: ArraySlice<WriteJob>) async {
+        if !acceptsWrites {
+            batch.forEach { $0.fail(StorageError(.unavailable, Self.untrustedMessage)) }
+            return
+        }
+        let failedSyncsBefore = SyncMetrics.failedSyncCount.load(ordering: .sequentiallyConsistent)
         do {
             try writer.execute("BEGIN IMMEDIATE")
         } catch {
@@ -210,10 +231,23 @@ public final class Database: Storage, @unchecked Sendable {
         } catch {
             if writer.isInTransaction { try? writer.execute("ROLLBACK") }
             logger.warning("write transaction could not commit", metadata: ["error": "\(error)"])
+            distrustIfASyncFailed(since: failedSyncsBefore)
             finishers.forEach { $0(error) }
             return
         }
+        // A COMMIT that succeeded has its WAL synced; a sync that failed meanwhile was the
+        // checkpoint's, and the writes after this one are refused.
+        distrustIfASyncFailed(since: failedSyncsBefore)
         finishers.forEach { $0(nil) }
+    }
+
+    private func distrustIfASyncFailed(since before: Int) {
+        guard SyncMetrics.failedSyncCount.load(ordering: .sequentiallyConsistent) != before else { return }
+        let first = queue.withLock { state -> Bool in
+            defer { state.untrusted = true }
+            return !state.untrusted
+        }
+        if first { logger.critical("\(Self.untrustedMessage)", metadata: ["database": "\(path)"]) }
     }
 
     /// Applies the migrations of `folder` (the SQLite ones); see `Migrator`.

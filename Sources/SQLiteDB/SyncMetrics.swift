@@ -9,6 +9,8 @@ import Synchronization
 enum SyncMetrics {
     /// Syncs of the WAL so far in this process (what the timer counts too), for tests.
     static let walSyncCount = Atomic<Int>(0)
+    /// Syncs that failed so far in this process: the writer compares it around each COMMIT.
+    static let failedSyncCount = Atomic<Int>(0)
 
     static let walSync = Metrics.Timer(label: "stampd_sqlite_sync_seconds", dimensions: [("file", "wal")])
     static let databaseSync = Metrics.Timer(label: "stampd_sqlite_sync_seconds", dimensions: [("file", "database")])
@@ -27,7 +29,10 @@ enum SyncMetrics {
             case Int(STAMPD_SYNC_DATABASE.rawValue): SyncMetrics.databaseSync.recordNanoseconds(nanoseconds)
             default: SyncMetrics.otherSync.recordNanoseconds(nanoseconds)
             }
-            if result != 0 { SyncMetrics.failedSyncs.increment() }
+            if result != 0 {
+                SyncMetrics.failedSyncs.increment()
+                SyncMetrics.failedSyncCount.add(1, ordering: .sequentiallyConsistent)
+            }
         }
         guard stampd_sync_vfs_register(observer) == 0 else { return nil }
         return String(cString: stampd_sync_vfs_name)

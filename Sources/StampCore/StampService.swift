@@ -101,9 +101,10 @@ public final class StampService: Sendable {
         let committed: [String: EventHub.Committed]
     }
 
-    /// Whether the database answers a query.
+    /// Whether the database takes writes and answers a query.
     public func isReady() async -> Bool {
-        (try? await database.read { try await $0.queryFirst("SELECT 1") { try $0.get(0, as: Int.self) } }) == 1
+        guard database.acceptsWrites else { return false }
+        return (try? await database.read { try await $0.queryFirst("SELECT 1") { try $0.get(0, as: Int.self) } }) == 1
     }
 }
 

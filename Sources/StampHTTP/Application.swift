@@ -16,8 +16,9 @@ public enum Application {
         router.addImmediate(.GET, "/healthz") { _ in alive }
         router.add(.GET, "/readyz") { _ in
             if await service.isReady() { return .response(.json(["status": "ready", "database": service.database.engine])) }
-            return .response(.problem(HTTPError(.serviceUnavailable, detail: "the database does not answer",
-                                                headers: [("Retry-After", "1")])))
+            let detail = service.database.acceptsWrites ? "the database does not answer"
+                : "a sync of the database failed, so it takes no writes until the server restarts"
+            return .response(.problem(HTTPError(.serviceUnavailable, detail: detail, headers: [("Retry-After", "1")])))
         }
         WebPages.register(on: &router)
         return Responder(router: router, logger: logger)

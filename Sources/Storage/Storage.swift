@@ -99,6 +99,10 @@ public protocol Storage: Sendable {
     /// it (the newest event per account, valid sessions) must follow their notifications.
     var isShared: Bool { get }
 
+    /// Whether the engine still takes writes: false once it can no longer trust its own files
+    /// (a failed sync), until the process restarts.
+    var acceptsWrites: Bool { get }
+
     /// Delivers what other processes notify on `channels` to `handler`, until the calling task is
     /// cancelled, reconnecting by itself. `.listening` says notifications flow from now on, and
     /// anything sent while they did not may have been missed; `.interrupted` says they stopped.
@@ -112,6 +116,8 @@ public protocol Storage: Sendable {
 }
 
 extension Storage {
+    public var acceptsWrites: Bool { true }
+
     @discardableResult
     public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
         try await write(body, committed: { _ in })

@@ -16,7 +16,7 @@ event log are checked:
 With --power-cut (SQLite only) the kill is a simulated power loss instead of a SIGKILL: the server
 runs over libStampdFaults (LD_PRELOAD, built with the package next to the binary), which keeps what
 each write to the database's files replaced since that file's last sync. At the moment the kill
-would come the harness arms it (SIGUSR1); at a random one of the next 40 writes the "power goes":
+would come the harness arms it (SIGUSR1); at a random one of the next 24 writes the "power goes":
 every unsynced write is undone (in a random half of the rounds, torn: undone sector by sector at
 random), the -shm index is emptied, and the process ends at once. A SIGKILL leaves the kernel's
 page cache intact; this does not, so it tests that every 2xx waited for its sync.
@@ -132,7 +132,7 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
     db_path = args.database if postgres else os.path.join(folder, "db.sqlite")
     cut = None
     if args.power_cut:
-        cut = {"after": rng.randint(1, 40), "tear": rng.randint(0, 1), "seed": rng.randrange(1 << 30)}
+        cut = {"after": rng.randint(1, 24), "tear": rng.randint(0, 1), "seed": rng.randrange(1 << 30)}
         fault_env = ["env", f"LD_PRELOAD={args.fault_library}", f"STAMPD_FAULT_PREFIX={folder}/",
                      "STAMPD_FAULT_MODE=power-cut", f"STAMPD_FAULT_AFTER={cut['after']}",
                      f"STAMPD_FAULT_TEAR={cut['tear']}", f"STAMPD_FAULT_SEED={cut['seed']}"]
@@ -223,7 +223,8 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
 
     # Kill while writes are in flight: once a random share of the round's writes is answered.
     total_writes = 2 * args.customers * args.creates
-    kill_target = rng.randint(max(1, int(0.05 * total_writes)), int(0.9 * total_writes))
+    # A power cut is armed there and comes within the next writes, so it leaves more of them.
+    kill_target = rng.randint(max(1, int(0.05 * total_writes)), int((0.6 if cut else 0.9) * total_writes))
     restart_delay = rng.uniform(0.0, 0.3)
     kill_info = {}
 

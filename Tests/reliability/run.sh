@@ -7,7 +7,7 @@
 #   (default)  CI sizes: crash 3 rounds, 24 power cuts, slowloris 2000 slow connections
 #   --quick    the same CI sizes (kept as a name for scripts)
 #   --local    crash 30 rounds, 1000 power cuts, slowloris 8000 slow connections (about an hour)
-#   --only     run only these of crash, powercut, malformed, slowloris, storage (also --only=crash)
+#   --only     run only these of crash, powercut, diskfaults, malformed, slowloris, storage (also --only=crash)
 #
 # The binary defaults to $STAMPD_BIN, else .build/debug/stampd. Storage faults need root for the
 # tmpfs and read-only mounts (skipped with a message otherwise). Environment: PYTHON (default
@@ -24,7 +24,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 binary=${STAMPD_BIN:-$repo/.build/debug/stampd}
 mode=ci
-all_suites=(crash powercut malformed slowloris storage)
+all_suites=(crash powercut diskfaults malformed slowloris storage)
 only=""
 while (($#)); do
     case $1 in
@@ -116,6 +116,7 @@ fi
 selected_suite crash && suite crash --rounds "$rounds"
 # Smaller rounds than the SIGKILL ones: what matters is how many cuts, each at a random write.
 selected_suite powercut && suite powercut --rounds "$cuts" --customers 6 --owners 2 --creates 15
+selected_suite diskfaults && suite diskfaults
 selected_suite malformed && suite malformed
 selected_suite slowloris && suite slowloris "${slow_args[@]}"
 selected_suite storage && suite storage
