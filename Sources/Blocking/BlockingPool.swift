@@ -45,8 +45,19 @@ public final class BlockingPool: @unchecked Sendable {
         precondition(threads > 0, "a pool needs at least one thread")
         self.name = name
         for index in 0..<threads {
-            let thread = Thread { [self] in self.workLoop() }
-            thread.name = threads == 1 ? name : "\(name)-\(index)"
+            let threadName = threads == 1 ? name : "\(name)-\(index)"
+            let thread = Thread { [self] in
+                #if os(Linux)
+                // Foundation's name stays inside the process; the kernel's (15 bytes at most) is
+                // what top, perf and /proc show.
+                if let comm = fopen("/proc/thread-self/comm", "w") {
+                    fputs(String(decoding: threadName.utf8.prefix(15), as: UTF8.self), comm)
+                    fclose(comm)
+                }
+                #endif
+                self.workLoop()
+            }
+            thread.name = threadName
             thread.stackSize = 1 << 20
             condition.lock()
             running += 1
