@@ -91,12 +91,12 @@ final class HTTPConnection: ChannelDuplexHandler {
     private var inFlight: InFlight?
     private var parked: Parked?
     /// This connection's event loop's deadlines: its own request and idle timeouts, its poll's.
-    private var deadlines: LoopDeadlines?
+    private let deadlines: LoopDeadlines
     /// One check at a time, for the earliest of the state's deadlines. It is replaced only by an
     /// earlier one; a later deadline waits for the check to fire, look, and set the next.
     private var check: (token: LoopDeadlines.Token, deadline: NIODeadline)?
     /// Runs this connection's request tasks on its event loop (looked up once, not per request).
-    private var executor: LoopExecutor?
+    private let executor: LoopExecutor
     /// The task answering the current request, if it needs one.
     private var work: Task<Void, Never>?
     private var context: ChannelHandlerContext?
@@ -106,18 +106,19 @@ final class HTTPConnection: ChannelDuplexHandler {
     private var dispatching = false
     private var peer: String?
 
-    init(responder: Responder, hub: EventHub, limits: ConnectionLimits, trustedProxies: TrustedProxies = .none) {
+    /// `loop` is the channel's: its deadlines and its executor are looked up once, here.
+    init(responder: Responder, hub: EventHub, limits: ConnectionLimits, trustedProxies: TrustedProxies = .none,
+         loop: any EventLoop) {
         self.responder = responder
         self.hub = hub
         self.trustedProxies = trustedProxies
-        state = ConnectionState(limits: limits, now: .now())
+        state = ConnectionState(limits: limits, now: loop.now)
+        deadlines = LoopDeadlines.of(loop)
+        executor = LoopExecutor.of(loop)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        deadlines = LoopDeadlines.of(context.eventLoop)
-        executor = LoopExecutor.of(context.eventLoop)
-        state = ConnectionState(limits: state.limits, now: context.eventLoop.now)
         scheduleCheck()
     }
 
@@ -173,7 +174,7 @@ final class HTTPConnection: ChannelDuplexHandler {
         // A client that leaves frees its parked poll now, not at its timeout.
         if let parked {
             self.parked = nil
-            deadlines?.cancel(parked.timeout)
+            deadlines.cancel(parked.timeout)
             hub.cancel(parked.waiter, reason: .disconnected)
         }
         context.fireChannelInactive()
@@ -209,7 +210,7 @@ final class HTTPConnection: ChannelDuplexHandler {
     // MARK: - Deadlines
 
     private func scheduleCheck() {
-        guard let deadlines, let next = state.nextDeadline else { return }
+        guard let next = state.nextDeadline else { return }
         if let check {
             if check.deadline <= next { return }
             deadlines.cancel(check.token)
@@ -223,7 +224,7 @@ final class HTTPConnection: ChannelDuplexHandler {
     }
 
     private func stopChecking() {
-        if let check { deadlines?.cancel(check.token) }
+        if let check { deadlines.cancel(check.token) }
         check = nil
     }
 
@@ -255,7 +256,7 @@ final class HTTPConnection: ChannelDuplexHandler {
             park(poll, context: context)
         case .later(let work):
             // The responder's work turns every error into a problem answer: nothing is thrown here.
-            let (task, reply) = (executor ?? LoopExecutor.of(context.eventLoop)).run {
+            let (task, reply) = executor.run {
                 (try? await work()) ?? .response(.problem(HTTPError(.internalServerError, detail: "the server failed to answer")))
             }
             self.work = task
@@ -302,7 +303,6 @@ final class HTTPConnection: ChannelDuplexHandler {
         switch outcome {
         case .parked(let waiter):
             let hub = self.hub
-            let deadlines = self.deadlines ?? LoopDeadlines.of(loop)
             let timeout = deadlines.add(deadline: deadline) { hub.cancel(waiter, reason: .timeout) }
             parked = Parked(waiter: waiter, timeout: timeout, poll: poll, deadline: deadline)
             // A parked poll's connection has no deadline of its own until the answer (its idle
@@ -322,7 +322,7 @@ final class HTTPConnection: ChannelDuplexHandler {
     private func woken(_ reason: WakeReason) {
         guard let parked, let context else { return }
         self.parked = nil
-        deadlines?.cancel(parked.timeout)
+        deadlines.cancel(parked.timeout)
         switch reason {
         case .events(let events, let publishedAt):
             PollMetrics.deliveryLatency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- publishedAt))
@@ -348,7 +348,7 @@ final class HTTPConnection: ChannelDuplexHandler {
         var poll = poll
         poll.epoch = hub.epoch
         let answers = poll.answers
-        (executor ?? LoopExecutor.of(context.eventLoop)).run { await answers.read() }.value.assumeIsolated().whenSuccess { [self] response in
+        executor.run { await answers.read() }.value.assumeIsolated().whenSuccess { [self] response in
             if let response {
                 self.write(response, context: context)
             } else {

@@ -141,7 +141,8 @@ public final class HTTPServer: Service, Sendable {
                 }
                 // Two handlers: NIO's decoder, and the connection, which writes its answers as bytes.
                 return channel.eventLoop.makeCompletedFuture {
-                    let connection = HTTPConnection(responder: responder, hub: hub, limits: limits, trustedProxies: trustedProxies)
+                    let connection = HTTPConnection(responder: responder, hub: hub, limits: limits, trustedProxies: trustedProxies,
+                                                    loop: channel.eventLoop)
                     let decoder = TimedRequestDecoder(limits: finalDecoderLimits) { [unowned connection] in connection.bytesArrived() }
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(ByteToMessageHandler(decoder))

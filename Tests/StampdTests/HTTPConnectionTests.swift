@@ -98,7 +98,7 @@ import Testing
         }
         let responder = Responder(router: router, logger: Logger(label: "test"))
         let channel = EmbeddedChannel()
-        let connection = HTTPConnection(responder: responder, hub: EventHub(), limits: limits)
+        let connection = HTTPConnection(responder: responder, hub: EventHub(), limits: limits, loop: channel.eventLoop)
         var decoderLimits = NIOHTTPDecoderLimitConfiguration()
         decoderLimits.maxHeaderListSize = limits.maximumHeaderBytes
         let decoder = TimedRequestDecoder(limits: decoderLimits) { [unowned connection] in connection.bytesArrived() }

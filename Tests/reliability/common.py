@@ -49,6 +49,16 @@ def check_binary(path, tag):
         sys.exit(2)
 
 
+def fault_library(given, binary, tag):
+    """libStampdFaults.so: `given`, else the one `swift build` put next to the binary; exits with
+    a message when it is missing."""
+    path = given or os.path.join(os.path.dirname(os.path.abspath(binary)), "libStampdFaults.so")
+    if not os.path.exists(path):
+        print(f"{tag}: {path} is missing (swift build builds it)", file=sys.stderr)
+        sys.exit(2)
+    return path
+
+
 def free_port():
     with socket.socket() as s:
         s.bind((HOST, 0))

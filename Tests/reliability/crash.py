@@ -45,7 +45,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (HOST, Server, Tally, base_arguments, check_binary, create_account, create_store,
+from common import (HOST, Server, Tally, base_arguments, check_binary, create_account, create_store, fault_library,
                     integrity, is_postgres_url, make_workdir, open_database, postgres_sessions, redact_url,
                     request, reset_postgres, test_database_url)
 
@@ -466,11 +466,7 @@ def main(argv=None, tag="crash"):
         if args.database:
             print(f"{tag}: --power-cut runs on SQLite files only", file=sys.stderr)
             return 2
-        args.fault_library = args.fault_library or os.path.join(os.path.dirname(os.path.abspath(args.binary)),
-                                                                "libStampdFaults.so")
-        if not os.path.exists(args.fault_library):
-            print(f"{tag}: {args.fault_library} is missing (swift build builds it)", file=sys.stderr)
-            return 2
+        args.fault_library = fault_library(args.fault_library, args.binary, tag)
     engine = f"PostgreSQL {redact_url(args.database)}" if args.database else "SQLite"
     kill = "power cuts" if args.power_cut else "SIGKILL"
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)

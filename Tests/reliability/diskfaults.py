@@ -22,8 +22,8 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (Server, Tally, base_arguments, check_binary, create_account, create_store, integrity,  # noqa: E402
-                    make_workdir, open_db, request)
+from common import (Server, Tally, base_arguments, check_binary, create_account, create_store, fault_library,  # noqa: E402
+                    integrity, make_workdir, open_db, request)
 
 MODES = ["write-enospc", "write-eio", "fsync-eio"]
 
@@ -139,11 +139,7 @@ def main():
     parser.add_argument("--fault-library", default=None, help="libStampdFaults.so (default: next to --binary)")
     args = parser.parse_args()
     check_binary(args.binary, "diskfaults")
-    args.fault_library = args.fault_library or os.path.join(os.path.dirname(os.path.abspath(args.binary)),
-                                                            "libStampdFaults.so")
-    if not os.path.exists(args.fault_library):
-        print(f"diskfaults: {args.fault_library} is missing (swift build builds it)", file=sys.stderr)
-        return 2
+    args.fault_library = fault_library(args.fault_library, args.binary, "diskfaults")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     print(f"diskfaults: seed {seed}, binary {args.binary}", flush=True)
     rng = random.Random(seed)
