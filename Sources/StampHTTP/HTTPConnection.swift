@@ -255,10 +255,7 @@ final class HTTPConnection: ChannelDuplexHandler {
         case .poll(let poll):
             park(poll, context: context)
         case .later(let work):
-            // The responder's work turns every error into a problem answer: nothing is thrown here.
-            let (task, reply) = executor.run {
-                (try? await work()) ?? .response(.problem(HTTPError(.internalServerError, detail: "the server failed to answer")))
-            }
+            let (task, reply) = executor.run(work)
             self.work = task
             reply.assumeIsolated().whenSuccess { [self] reply in
                 self.work = nil

@@ -197,5 +197,6 @@ public struct HTTPError: Error, Sendable {
 public enum Reply: Sendable {
     case response(Response)
     case poll(LongPoll)
-    case later(@Sendable () async throws -> Reply)
+    /// Its errors are problem answers already (the router settles them).
+    case later(@Sendable () async -> Reply)
 }

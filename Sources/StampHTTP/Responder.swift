@@ -2,7 +2,6 @@
 import Logging
 import Metrics
 import NIOHTTP1
-import StampCore
 import Synchronization
 
 public final class Responder: Sendable {
@@ -15,8 +14,7 @@ public final class Responder: Sendable {
         self.logger = logger
     }
 
-    /// The route template (the metrics label) and the endpoint's reply. The work of a `.later`
-    /// reply never throws: its errors are problem answers already.
+    /// The route template (the metrics label) and the endpoint's reply.
     func route(_ request: Request) -> (String, Reply) {
         switch routes.match(request.method, request.pathSegments) {
         case .notFound:
@@ -28,24 +26,7 @@ public final class Responder: Sendable {
         case .found(let route, let parameters):
             var request = request
             request.parameters = parameters
-            let reply = route.handle(request)
-            guard case .later(let work) = reply else { return (route.template, reply) }
-            let logger = request.logger
-            return (route.template, .later {
-                do {
-                    return try await work()
-                } catch let error as HTTPError {
-                    return .response(.problem(error))
-                } catch let error as StampError {
-                    return .response(.problem(HTTPError(error)))
-                } catch is CancellationError {
-                    // The client left; nobody reads this answer.
-                    return .response(.problem(HTTPError(.serviceUnavailable, detail: "the request was cancelled")))
-                } catch {
-                    logger.error("endpoint failed", metadata: ["error": "\(error)", "http.route": "\(route.template)"])
-                    return .response(.problem(HTTPError(.internalServerError, detail: "the server failed to answer")))
-                }
-            })
+            return (route.template, route.handle(request))
         }
     }
 }

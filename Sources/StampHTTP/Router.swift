@@ -3,6 +3,7 @@
 // segments: a request walks it one segment at a time (a literal before a parameter), instead of
 // trying every template.
 import NIOHTTP1
+import StampCore
 
 /// An endpoint that awaits the database or the hasher; it runs as a task on the connection's loop.
 public typealias Endpoint = @Sendable (Request) async throws -> Reply
@@ -37,13 +38,30 @@ public struct Router: Sendable {
     public init() {}
 
     public mutating func add(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping Endpoint) {
-        add(method, template) { request in .later { try await endpoint(request) } }
+        add(method, template) { request in .later { await Self.settled(template, request, endpoint) } }
     }
 
     /// `fast` answers on the event loop when it can (nil when it cannot); `endpoint` does the rest.
     public mutating func add(_ method: HTTPMethod, _ template: String, fast: @escaping @Sendable (Request) -> Reply?,
                              _ endpoint: @escaping Endpoint) {
-        add(method, template) { request in fast(request) ?? .later { try await endpoint(request) } }
+        add(method, template) { request in fast(request) ?? .later { await Self.settled(template, request, endpoint) } }
+    }
+
+    /// The endpoint's reply, or the problem answer for what it threw.
+    private static func settled(_ template: String, _ request: Request, _ endpoint: Endpoint) async -> Reply {
+        do {
+            return try await endpoint(request)
+        } catch let error as HTTPError {
+            return .response(.problem(error))
+        } catch let error as StampError {
+            return .response(.problem(HTTPError(error)))
+        } catch is CancellationError {
+            // The client left; nobody reads this answer.
+            return .response(.problem(HTTPError(.serviceUnavailable, detail: "the request was cancelled")))
+        } catch {
+            request.logger.error("endpoint failed", metadata: ["error": "\(error)", "http.route": "\(template)"])
+            return .response(.problem(HTTPError(.internalServerError, detail: "the server failed to answer")))
+        }
     }
 
     public mutating func addImmediate(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping ImmediateEndpoint) {
