@@ -133,11 +133,16 @@ def attribute_is(driver, css, name, value, timeout=10):
     return wait(driver, timeout).until(check, f"{css} [{name}={value!r}]")
 
 
-def decide(driver, line, action):
-    """Approves or rejects a queue line as a person would: once the line has stood still for the
-    half second the queue needs (a line that just moved ignores taps), then one click."""
+def settle(driver, line):
+    """Waits until a queue line has stood still for the half second the queue needs (a line that
+    just moved ignores taps)."""
     wait(driver).until(lambda d: d.execute_script(
         "return performance.now() - Number(arguments[0].dataset.movedAt || 0) > 550", line))
+
+
+def decide(driver, line, action):
+    """Approves or rejects a queue line as a person would: once it stands still, one click."""
+    settle(driver, line)
     line.find_element(By.CSS_SELECTOR, f'[data-testid="{action}"]').click()
 
 
@@ -604,11 +609,16 @@ def test_failed_approval_keeps_the_row(browsers):
         assert "busy" not in item.get_attribute("class")
         screenshot(owner, "owner-failed-approval.png")
 
-        # Reject asks why in the line's place, and Keep goes back without deciding.
-        height = item.size["height"]
-        decide(owner, item, "reject")
+        # Reject asks why in the line's place, and Keep goes back without deciding: the line's height
+        # at the tap is its height while asking (measured in the same script as the tap, since a
+        # line may still change while the test waits for it to stand still).
+        settle(owner, item)
+        height = owner.execute_script(
+            "const line = arguments[0], h = line.getBoundingClientRect().height;"
+            "line.querySelector('[data-testid=\"reject\"]').click(); return h", item)
         assert item.find_element(By.CSS_SELECTOR, '[data-testid="reject-reason"]').is_displayed()
-        assert item.size["height"] == height  # nothing below it moves
+        asking = owner.execute_script("return arguments[0].getBoundingClientRect().height", item)
+        assert abs(asking - height) < 0.5, f"{height} px before, {asking} px asking: {item.get_attribute('outerHTML')}"  # nothing below it moves
         item.find_element(By.CSS_SELECTOR, '[data-testid="reject-cancel"]').click()
         assert item.find_element(By.CSS_SELECTOR, '[data-testid="reject"]').is_displayed()
         reject(owner, item, "Please ask at the counter")
