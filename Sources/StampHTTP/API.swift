@@ -25,19 +25,19 @@ struct API: Sendable {
             let principal = try await principal(request)
             return .response(.json(try await service.request(principal, id: request.parameter("requestId"))))
         }
-        router.add(.POST, "/v1/requests/{requestId}/approve") { request in
+        router.add(.POST, "/v1/requests/{requestId}/approve", admission: .finishing) { request in
             let principal = try await principal(request)
             _ = try JSONInput(request, allowed: [])
             return .response(.json(try await service.approve(principal, requestId: request.parameter("requestId"))))
         }
-        router.add(.POST, "/v1/requests/{requestId}/reject") { request in
+        router.add(.POST, "/v1/requests/{requestId}/reject", admission: .finishing) { request in
             let principal = try await principal(request)
             let input = try JSONInput(request, allowed: ["reason"])
             let rejected = try await service.reject(principal, requestId: request.parameter("requestId"),
                                                     reason: try input.string("reason"))
             return .response(.json(RequestChange(request: rejected)))
         }
-        router.add(.DELETE, "/v1/requests/{requestId}") { request in
+        router.add(.DELETE, "/v1/requests/{requestId}", admission: .finishing) { request in
             let principal = try await principal(request)
             let cancelled = try await service.cancel(principal, requestId: request.parameter("requestId"))
             return .response(.json(RequestChange(request: cancelled)))
@@ -104,7 +104,7 @@ struct API: Sendable {
             return .response(.json(try await service.stampDirectly(principal, storeId: request.parameter("storeId"),
                                                                    customerId: try input.requiredString("customerId"), count: count)))
         }
-        router.add(.POST, "/v1/stores/{storeId}/stamps/{entryId}/undo") { request in
+        router.add(.POST, "/v1/stores/{storeId}/stamps/{entryId}/undo", admission: .finishing) { request in
             let principal = try await principal(request)
             _ = try JSONInput(request, allowed: [])
             guard let entry = Int64(request.parameter("entryId")), entry > 0 else {
@@ -112,7 +112,7 @@ struct API: Sendable {
             }
             return .response(.json(try await service.undoStamp(principal, storeId: request.parameter("storeId"), entryId: entry)))
         }
-        router.add(.POST, "/v1/requests/{requestId}/undo") { request in
+        router.add(.POST, "/v1/requests/{requestId}/undo", admission: .finishing) { request in
             let principal = try await principal(request)
             _ = try JSONInput(request, allowed: [])
             return .response(.json(try await service.undoApproval(principal, requestId: request.parameter("requestId"))))

@@ -369,7 +369,7 @@ final class HTTPConnection: ChannelDuplexHandler {
         }
         responder.metrics.record(route: inFlight.route, status: response.status.code,
                                  nanoseconds: DispatchTime.now().uptimeNanoseconds &- inFlight.started)
-        if response.status.code >= 500 {
+        if response.status.code >= 500 && !response.countedElsewhere {
             responder.logger.error("request failed", metadata: [
                 "request.id": "\(inFlight.id)", "http.route": "\(inFlight.route)", "http.status": "\(response.status.code)"])
         }

@@ -83,6 +83,9 @@ public struct Response: Sendable {
     public var status: HTTPResponseStatus
     public var headers: HTTPHeaders
     public var body: ByteBuffer
+    /// A refusal counted by a metric of its own (load shed): not logged one by one, which a crowd
+    /// would turn into thousands of lines a second.
+    var countedElsewhere = false
 
     public init(status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) {
         self.status = status

@@ -6,11 +6,14 @@ import Synchronization
 
 public final class Responder: Sendable {
     private let routes: RouteTree
+    private let gate: AdmissionGate?
     let logger: Logger
     let metrics = HTTPMetrics()
 
-    public init(router: Router, logger: Logger) {
+    /// With a `gate`, work past its bound is refused (503, Retry-After) before it begins.
+    public init(router: Router, gate: AdmissionGate? = nil, logger: Logger) {
         routes = RouteTree(router)
+        self.gate = gate
         self.logger = logger
     }
 
@@ -26,7 +29,14 @@ public final class Responder: Sendable {
         case .found(let route, let parameters):
             var request = request
             request.parameters = parameters
-            return (route.template, route.handle(request))
+            let reply = route.handle(request)
+            // Only work for a task is admitted: an answer from memory costs less than a refusal.
+            guard let gate, route.admission != .always, case .later(let work) = reply else { return (route.template, reply) }
+            guard gate.enter(route.admission) else { return (route.template, .response(AdmissionGate.busy)) }
+            return (route.template, .later {
+                defer { gate.leave() }
+                return await work()
+            })
         }
     }
 }

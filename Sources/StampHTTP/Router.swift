@@ -18,6 +18,8 @@ public struct Router: Sendable {
         let segments: [Segment]
         /// The names of the template's parameters, in path order.
         let parameterNames: [String]
+        /// Whether its work may be refused while the server is busy.
+        let admission: Admission
         /// Runs on the event loop: an answer, a poll to park, or work for a task (`Reply.later`).
         let handle: @Sendable (Request) -> Reply
     }
@@ -37,14 +39,15 @@ public struct Router: Sendable {
 
     public init() {}
 
-    public mutating func add(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping Endpoint) {
-        add(method, template) { request in .later { await Self.settled(template, request, endpoint) } }
+    public mutating func add(_ method: HTTPMethod, _ template: String, admission: Admission = .normal,
+                             _ endpoint: @escaping Endpoint) {
+        add(method, template, admission) { request in .later { await Self.settled(template, request, endpoint) } }
     }
 
     /// `fast` answers on the event loop when it can (nil when it cannot); `endpoint` does the rest.
-    public mutating func add(_ method: HTTPMethod, _ template: String, fast: @escaping @Sendable (Request) -> Reply?,
-                             _ endpoint: @escaping Endpoint) {
-        add(method, template) { request in fast(request) ?? .later { await Self.settled(template, request, endpoint) } }
+    public mutating func add(_ method: HTTPMethod, _ template: String, admission: Admission = .normal,
+                             fast: @escaping @Sendable (Request) -> Reply?, _ endpoint: @escaping Endpoint) {
+        add(method, template, admission) { request in fast(request) ?? .later { await Self.settled(template, request, endpoint) } }
     }
 
     /// The endpoint's reply, or the problem answer for what it threw.
@@ -65,10 +68,11 @@ public struct Router: Sendable {
     }
 
     public mutating func addImmediate(_ method: HTTPMethod, _ template: String, _ endpoint: @escaping ImmediateEndpoint) {
-        add(method, template) { .response(endpoint($0)) }
+        add(method, template, .always) { .response(endpoint($0)) }
     }
 
-    private mutating func add(_ method: HTTPMethod, _ template: String, _ handle: @escaping @Sendable (Request) -> Reply) {
+    private mutating func add(_ method: HTTPMethod, _ template: String, _ admission: Admission,
+                              _ handle: @escaping @Sendable (Request) -> Reply) {
         let segments = template.split(separator: "/").map { part -> Segment in
             if part.hasPrefix("{") && part.hasSuffix("}") { return .parameter(String(part.dropFirst().dropLast())) }
             return .literal(String(part))
@@ -77,7 +81,8 @@ public struct Router: Sendable {
             if case .parameter(let name) = segment { return name }
             return nil
         }
-        routes.append(Route(method: method, template: template, segments: segments, parameterNames: names, handle: handle))
+        routes.append(Route(method: method, template: template, segments: segments, parameterNames: names,
+                            admission: admission, handle: handle))
     }
 }
 

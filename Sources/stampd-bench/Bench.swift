@@ -25,6 +25,10 @@ struct RunOptions: Sendable {
     var flowPairs: Int
     var flowSeconds: Double
     var flowKeepParked: Bool
+    var overloadSeconds: Double
+    var overloadFactor: Double
+    var overloadPairs: Int
+    var overloadBaseRate: Double
     var customers: Int
     var setupConnections: Int
     var connectConcurrency: Int
@@ -70,6 +74,11 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Seconds of the full-flow phase; 0 skips it.") var flowSeconds = 30.0
     @Flag(inversion: .prefixedNo, help: "Keep the latency phase's owners parked during the full-flow phase.")
     var flowKeepParked = true
+    @Option(help: "Seconds of the overload phase (full flows offered open loop at --overload-factor × the full-flow phase's rate); 0 skips it.")
+    var overloadSeconds = 0.0
+    @Option(help: "The overload phase offers this multiple of the sustained flow rate.") var overloadFactor = 5.0
+    @Option(help: "Owner/customer pairs the overload phase starts its flows on.") var overloadPairs = 512
+    @Option(help: "The sustained flow rate the overload phase multiplies, instead of the full-flow phase's.") var overloadBaseRate = 0.0
     @Option(help: "Customer (publisher) connections in the latency phase.") var customers = 32
     @Option(help: "Connections used to create accounts and stores.") var setupConnections = 64
     @Option(help: "Connections opened at once while parking.") var connectConcurrency = 256
@@ -103,6 +112,8 @@ struct Run: AsyncParsableCommand {
         let options = RunOptions(
             levels: levels.split(separator: ",").compactMap { Int($0) }, latencyParked: latencyParked, rate: rate,
             latencySeconds: latencySeconds, flowPairs: flowPairs, flowSeconds: flowSeconds, flowKeepParked: flowKeepParked,
+            overloadSeconds: overloadSeconds, overloadFactor: overloadFactor, overloadPairs: overloadPairs,
+            overloadBaseRate: overloadBaseRate,
             customers: customers, setupConnections: setupConnections, connectConcurrency: connectConcurrency,
             settleSeconds: settleSeconds, threads: threads, quietWait: quietWait, quietThreshold: quietThreshold,
             noisyThreshold: noisyThreshold, noisyRetries: noisyRetries)
@@ -147,11 +158,13 @@ struct Run: AsyncParsableCommand {
                 try await bench.latency()
                 results.set("b.\(label).errors", bench.tally.errors)
                 try await bench.flows()
+                try await bench.overload()
             } catch {
                 bench.tally.error("\(label) run stopped: \(error)")
             }
             bench.finish()
             await sleep(seconds: 1)  // closing callbacks land before the count
+            results.set("client.\(label).approvals_answered", bench.approvalsAnswered)
             results.set("errors.\(label)", bench.tally.errors)
             errors += bench.tally.errors
             await sleep(seconds: 1)

@@ -155,6 +155,12 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     var customers: [BenchAccount] = []
     var flowOwners: [BenchAccount] = []
     var flowCustomers: [BenchAccount] = []
+    var overloadOwners: [BenchAccount] = []
+    var overloadCustomers: [BenchAccount] = []
+    /// Flows per second of the full-flow phase: the overload phase offers a multiple of it.
+    var sustainedFlowsPerSecond = 0.0
+    /// Approvals answered 200 in every phase: the database must hold at least as many.
+    var approvalsAnswered = 0
     var pollers: [StampdPoller] = []
     var baseline: Memory?
     var lastParked: Memory?
@@ -246,6 +252,12 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
             flowCustomers = try await createAccounts(role: "customer", count: options.flowPairs, prefix: "fc\(nonce)",
                                                      conns: conns, tally: tally, deadline: 120)
         }
+        if options.overloadSeconds > 0 && options.overloadPairs > 0 {
+            overloadOwners = try await createAccounts(role: "owner", count: options.overloadPairs, prefix: "vo\(nonce)",
+                                                      conns: conns, tally: tally, deadline: 300)
+            overloadCustomers = try await createAccounts(role: "customer", count: options.overloadPairs, prefix: "vc\(nonce)",
+                                                         conns: conns, tally: tally, deadline: 300)
+        }
     }
 
     // MARK: (a) parked capacity and memory: parkLevels() is shared, in ParkingTarget
@@ -320,6 +332,7 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     // MARK: (b) publish → deliver latency
 
     func latency() async throws {
+        guard options.latencySeconds > 0 else { return }
         if pollers.count < options.latencyParked && options.latencySeconds > 0 {
             // Phase (a) was skipped or stopped below this count: park the latency phase's owners now.
             await waitForQuiet(serverPid: pid, postmaster: postmaster, threshold: options.quietThreshold,
@@ -515,6 +528,8 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         }
         let completed = state.completed.load(ordering: .relaxed)
         let perSecond = Double(completed) / options.flowSeconds
+        sustainedFlowsPerSecond = perSecond
+        approvalsAnswered += state.approvalsAnswered.load(ordering: .relaxed)
         let summary = state.latencies.summary()
         log(String(format: "%@: %d full flows in %.0f s = %.0f flows/s; flow latency %@", name, completed,
                    options.flowSeconds, perSecond, summary.description))
@@ -651,7 +666,15 @@ final class FlowState: Sendable {
     let inProgress = Atomic<Int>(0)
     /// Writes answered 503 and sent again.
     let refused = Atomic<Int>(0)
+    /// Open loop: stamp requests the server refused (503), ending their flow; those of them without Retry-After.
+    let shed = Atomic<Int>(0)
+    let shedWithoutRetryAfter = Atomic<Int>(0)
+    /// Approvals answered 200, inside the window or after it.
+    let approvalsAnswered = Atomic<Int>(0)
     let latencies = Latencies()
+    /// Open loop: how long the admitted writes (201 and 200) and the refusals took to answer.
+    let admitted = Latencies()
+    let refusals = Latencies()
     private let window = Mutex<(start: UInt64, end: UInt64)>((0, 0))
     let windowNanos: UInt64
 
@@ -685,6 +708,8 @@ final class FlowPair: @unchecked Sendable {
     private var ownerHeard = false
     private var customerHeard = false
     private var refusals = 0
+    /// Open loop: where the pair goes once its flow ends (instead of starting the next one).
+    var whenFree: ((FlowPair) -> Void)?
     private let createURI: String
     private let createBody = ByteBuffer(string: #"{"kind":"stamp","count":1}"#)
 
@@ -708,7 +733,10 @@ final class FlowPair: @unchecked Sendable {
 
     private func start() {
         guard running else { return }
-        if nowNanos() >= state.end { return }
+        if nowNanos() >= state.end {
+            whenFree?(self)
+            return
+        }
         active = true
         state.inProgress.add(1, ordering: .relaxed)
         started = nowNanos()
@@ -723,12 +751,24 @@ final class FlowPair: @unchecked Sendable {
 
     private func create() {
         guard running else { return }
+        let sent = nowNanos()
         customerAPI.request(.POST, createURI, headers: customerPoll.account.auth, body: createBody) { [self] result in
             guard running else { return }
+            if whenFree != nil, case .success(let answer) = result, answer.status == 503 {
+                // Open loop: a refused request ends its flow, as a customer told "busy" would stop.
+                state.refusals.record(nowNanos() &- sent)
+                state.shed.add(1, ordering: .relaxed)
+                if answer.headers.first(name: "Retry-After") == nil { state.shedWithoutRetryAfter.add(1, ordering: .relaxed) }
+                active = false
+                state.inProgress.add(-1, ordering: .relaxed)
+                whenFree?(self)
+                return
+            }
             if refused(result, "POST \(createURI)", again: { self.create() }) { return }
             guard case .success(let answer) = result, answer.status == 201 else {
                 return fail("POST \(createURI): \(describe(result))")
             }
+            state.admitted.record(nowNanos() &- sent)
             createdAnswer = true
             check()
         }
@@ -736,12 +776,15 @@ final class FlowPair: @unchecked Sendable {
 
     private func approve(_ uri: String) {
         guard running else { return }
+        let sent = nowNanos()
         ownerAPI.request(.POST, uri, headers: ownerPoll.account.auth) { [self] result in
             guard running else { return }
             if refused(result, "POST \(uri)", again: { self.approve(uri) }) { return }
             guard case .success(let answer) = result, answer.status == 200 else {
                 return fail("POST \(uri): \(describe(result))")
             }
+            state.admitted.record(nowNanos() &- sent)
+            state.approvalsAnswered.add(1, ordering: .relaxed)
             approvedAnswer = true
             check()
         }
@@ -759,7 +802,8 @@ final class FlowPair: @unchecked Sendable {
             fail("\(what): \(describe(result)) (20 times in one flow)")
             return true
         }
-        tally.error("\(what): \(describe(result)) (sent again)")
+        // Under overload (open loop) a refusal is the answer asked for, not an error.
+        if whenFree == nil { tally.error("\(what): \(describe(result)) (sent again)") }
         conn.loop.assumeIsolated().scheduleTask(in: .milliseconds(Int64.random(in: 2...10))) { again() }
         return true
     }
@@ -802,7 +846,7 @@ final class FlowPair: @unchecked Sendable {
             state.latencies.record(now &- started)
         }
         state.inProgress.add(-1, ordering: .relaxed)
-        start()
+        if let whenFree { whenFree(self) } else { start() }
     }
 
     private func fail(_ message: String) {

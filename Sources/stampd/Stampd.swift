@@ -41,6 +41,8 @@ struct Stampd: AsyncParsableCommand {
     @Option(help: "Seconds a keep-alive connection may sit idle. [STAMPD_IDLE_TIMEOUT]") var idleTimeout: Int?
     @Option(help: "Seconds a request may take to arrive (408 after). [STAMPD_REQUEST_TIMEOUT]") var requestTimeout: Int?
     @Option(help: "Most open connections. [STAMPD_MAX_CONNECTIONS]") var maxConnections: Int?
+    @Option(help: "Most requests at work at once (parked polls do not count); more get 503 with Retry-After, decisions on requests get a quarter more; 0: no bound. [STAMPD_MAX_REQUESTS_AT_WORK]")
+    var maxRequestsAtWork: Int?
     @Option(help: "Most parked polls per account. [STAMPD_MAX_POLLS_PER_ACCOUNT]") var maxPollsPerAccount: Int?
     @Option(help: "Most parked polls in all. [STAMPD_MAX_POLLS]") var maxPolls: Int?
     @Option(help: "Days events are kept. [STAMPD_EVENT_RETENTION_DAYS]") var eventRetentionDays: Int?
@@ -189,7 +191,10 @@ struct Stampd: AsyncParsableCommand {
         }
         server.shutdownGracePeriod = .seconds(Int64(try setting(shutdownGrace, "SHUTDOWN_GRACE", 10)))
 
-        let responder = Application.responder(service: service, logger: Logger(label: "stampd.http"))
+        let atWork = try setting(maxRequestsAtWork, "MAX_REQUESTS_AT_WORK", 256)
+        guard atWork >= 0 else { throw ValidationError("--max-requests-at-work must be 0 or more") }
+        let responder = Application.responder(service: service, gate: atWork > 0 ? AdmissionGate(limit: atWork) : nil,
+                                              logger: Logger(label: "stampd.http"))
         let http = HTTPServer(configuration: server, responder: responder, hub: hub, logger: Logger(label: "stampd.http"))
         var metricsServer = ServerConfiguration()
         metricsServer.host = try setting(metricsHost, "METRICS_HOST", "127.0.0.1")

@@ -5,6 +5,7 @@ import NIOCore
 import ServiceLifecycle
 import StampCore
 import StampHTTP
+import Synchronization
 import Testing
 
 @Suite(.timeLimit(.minutes(2))) struct HTTPServerTests {
@@ -285,6 +286,61 @@ import Testing
         try await again.stop()
     }
 
+    @Test func workPastTheBoundIsRefusedWith503AndRetryAfterWhileFinishingWorkAndPollsGetIn() async throws {
+        // Endpoints that stay at work until the test lets them go, on a gate of one place (and one in reserve).
+        let entered = AsyncStream<String>.makeStream()
+        let release = Latch()
+        var router = Router()
+        router.add(.POST, "/work") { _ in
+            entered.continuation.yield("work")
+            await release.wait()
+            return .response(.json(["done": true]))
+        }
+        router.add(.POST, "/finish", admission: .finishing) { _ in
+            entered.continuation.yield("finish")
+            await release.wait()
+            return .response(.json(["done": true]))
+        }
+        router.add(.GET, "/always", admission: .always) { _ in .response(.json(["done": true])) }
+        let gate = AdmissionGate(limit: 1)
+        var configuration = ServerConfiguration()
+        configuration.port = 0
+        let server = HTTPServer(configuration: configuration, responder: Responder(router: router, gate: gate, logger: Logger(label: "test")),
+                                hub: EventHub(), logger: Logger(label: "test"))
+        let group = ServiceGroup(services: [server], gracefulShutdownSignals: [], logger: Logger(label: "test"))
+        let task = Task { try await group.run() }
+        let port = try await server.listeningAddress().port!
+        var arrivals = entered.stream.makeAsyncIterator()
+
+        let first = try await TestClient.connect(port: port)
+        try await first.send(TestClient.raw("POST", "/work"))
+        #expect(await arrivals.next() == "work")
+        // The one place is taken: new work is refused at once, before its endpoint runs.
+        let second = try await TestClient.connect(port: port)
+        let refused = try await second.request("POST", "/work")
+        #expect(refused.status == 503)
+        #expect(refused.header("retry-after") == "1")
+        #expect(refused.header("content-type") == "application/problem+json")
+        // Finishing work takes the reserve; past it, it is refused too. Polls and health checks always get in.
+        let finishing = try await TestClient.connect(port: port)
+        try await finishing.send(TestClient.raw("POST", "/finish"))
+        #expect(await arrivals.next() == "finish")
+        #expect(try await second.request("POST", "/finish").status == 503)
+        #expect(try await second.request("GET", "/always").status == 200)
+        #expect(try await second.request("GET", "/healthz").status == 404)  // not on this router: answered from memory all the same
+        #expect(gate.current == 2)
+
+        release.open()
+        #expect(try await first.readResponse().status == 200)
+        #expect(try await finishing.readResponse().status == 200)
+        // The places are given back once the answers are written.
+        #expect(try await second.request("POST", "/work").status == 200)
+        #expect(gate.current == 0)
+        for client in [first, second, finishing] { client.close() }
+        await group.triggerGracefulShutdown()
+        try await task.value
+    }
+
     @Test func connectionsOverTheCapAreRefusedWith503() async throws {
         let server = try await TestServer.start { configuration, _ in configuration.maximumConnections = 2 }
         let first = try await server.connect()
@@ -298,5 +354,29 @@ import Testing
         first.close()
         second.close()
         try await server.stop()
+    }
+}
+
+/// A gate the test opens once: every `wait` before or after `open` returns once it is open.
+final class Latch: Sendable {
+    private let state = Mutex<(open: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool in
+                if state.open { return true }
+                state.waiting.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    func open() {
+        state.withLock { state in
+            state.open = true
+            defer { state.waiting.removeAll() }
+            return state.waiting
+        }.forEach { $0.resume() }
     }
 }
