@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of stampd: unit and live-socket (swift test), the OpenAPI document check,
 # the contract fuzzing (schemathesis), the browser end-to-end test (headless Chromium), the
-# reliability checks (crash durability, malformed HTTP, slow clients, storage faults; see
+# reliability checks (crash durability, power cuts, disk faults, malformed HTTP, slow clients,
+# storage faults, overload; see
 # RELIABILITY.md) in CI sizes, and the benchmark smoke run, on SQLite; then the Swift tests, the
 # contract run, the crash rounds and the browser test again on PostgreSQL, two instances
 # behind nginx (Tests/instances), and two instances under load while one is killed and
