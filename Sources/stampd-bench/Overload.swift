@@ -63,26 +63,11 @@ extension StampdBench {
         let sustained = options.overloadBaseRate > 0 ? options.overloadBaseRate : sustainedFlowsPerSecond
         guard sustained > 0 else { throw BenchError.unexpected("overload: no sustained flow rate (run the full-flow phase or give --overload-base-rate)") }
         let offered = sustained * options.overloadFactor
-        let loops = (0..<options.threads).map { _ in connector.group.next() }
         let pairs = overloadOwners.count
-        var placement: [any EventLoop] = []
-        for pair in 0..<pairs { placement += Array(repeating: loops[pair % loops.count], count: 4) }
-        let (conns, failures) = await connector.connectMany(pairs * 4, loops: placement)
-        guard failures.isEmpty else {
-            conns.forEach { $0.close() }
-            throw BenchError.unexpected("overload connections failed: \(failures.prefix(3))")
-        }
-        var flowPairs: [FlowPair] = []
-        for index in 0..<pairs {
-            let ownerPoll = StampdPoller(conn: conns[4 * index], account: overloadOwners[index], tally: tally)
-            let customerPoll = StampdPoller(conn: conns[4 * index + 2], account: overloadCustomers[index], tally: tally)
-            flowPairs.append(FlowPair(ownerPoll: ownerPoll, ownerAPI: conns[4 * index + 1], customerPoll: customerPoll,
-                                      customerAPI: conns[4 * index + 3], tally: tally))
-        }
+        let flowPairs = try await parkedPairs(owners: overloadOwners, customers: overloadCustomers)
         defer { for pair in flowPairs { pair.stop() } }
-        for pair in flowPairs { pair.ownerPoll.start(); pair.customerPoll.start() }
-        let parkDeadline = nowNanos() + 60_000_000_000
-        while try await parkedOnServer() < pollers.count + 2 * pairs && nowNanos() < parkDeadline { await sleep(seconds: 0.1) }
+        // The pairs' loops, in the order parkedPairs placed them.
+        let loops = (0..<min(options.threads, pairs)).map { flowPairs[$0].conn.loop }
         // The other owners' polls stay parked throughout (the pairs' own polls are answered and sent
         // again with every flow): each one answered other than 200 is an error of its poller.
         let expectedParked = pollers.count

@@ -469,8 +469,18 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
     func flows() async throws {
         guard options.flowSeconds > 0, !flowOwners.isEmpty else { return }
         if !options.flowKeepParked { try await trim(to: 0) }
+        let flowPairs = try await parkedPairs(owners: flowOwners, customers: flowCustomers)
+        defer { for pair in flowPairs { pair.stop() } }
+        try await measured(label: "full-flow phase", prefix: "c.\(name)") { staged in
+            try await self.flowAttempt(flowPairs, into: staged)
+        }
+    }
+
+    /// A pair per owner and customer, its four connections on one client loop (pair i on loop
+    /// i mod threads), returned once both polls of every pair are parked.
+    func parkedPairs(owners: [BenchAccount], customers: [BenchAccount]) async throws -> [FlowPair] {
         let loops = (0..<options.threads).map { _ in connector.group.next() }
-        let pairs = flowOwners.count
+        let pairs = owners.count
         var placement: [any EventLoop] = []
         for pair in 0..<pairs { placement += Array(repeating: loops[pair % loops.count], count: 4) }
         let (conns, failures) = await connector.connectMany(pairs * 4, loops: placement)
@@ -480,18 +490,15 @@ final class StampdBench: ParkingTarget, @unchecked Sendable {
         }
         var flowPairs: [FlowPair] = []
         for index in 0..<pairs {
-            let ownerPoll = StampdPoller(conn: conns[4 * index], account: flowOwners[index], tally: tally)
-            let customerPoll = StampdPoller(conn: conns[4 * index + 2], account: flowCustomers[index], tally: tally)
+            let ownerPoll = StampdPoller(conn: conns[4 * index], account: owners[index], tally: tally)
+            let customerPoll = StampdPoller(conn: conns[4 * index + 2], account: customers[index], tally: tally)
             flowPairs.append(FlowPair(ownerPoll: ownerPoll, ownerAPI: conns[4 * index + 1], customerPoll: customerPoll,
                                       customerAPI: conns[4 * index + 3], tally: tally))
         }
-        defer { for pair in flowPairs { pair.stop() } }
         for pair in flowPairs { pair.ownerPoll.start(); pair.customerPoll.start() }
         let deadline = nowNanos() + 60_000_000_000
         while try await parkedOnServer() < pollers.count + 2 * pairs && nowNanos() < deadline { await sleep(seconds: 0.1) }
-        try await measured(label: "full-flow phase", prefix: "c.\(name)") { staged in
-            try await self.flowAttempt(flowPairs, into: staged)
-        }
+        return flowPairs
     }
 
     private func flowAttempt(_ flowPairs: [FlowPair], into staged: Staged) async throws -> Double {
