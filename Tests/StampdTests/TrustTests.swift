@@ -162,9 +162,9 @@ import Testing
             }
         }
         let running = Task { await attempt("flooder") }
-        while hasher.running < 1 { await Task.yield() }  // started on the only thread
+        while hasher.running < 1 { try Task.checkCancellation(); await Task.yield() }  // started on the only thread
         let queued = (0..<2).map { _ in Task { await attempt("flooder") } }
-        while hasher.waiting < 2 { await Task.yield() }
+        while hasher.waiting < 2 { try Task.checkCancellation(); await Task.yield() }
         let honest = await attempt("honest")
         let flooder = [await running.value] + (await queued.asyncMap { await $0.value })
         #expect(honest == "hashed")
@@ -177,10 +177,14 @@ import Testing
         let pool = BlockingPool(name: "test", threads: 1)
         let gate = DispatchSemaphore(value: 0)
         let ran = Counter()
-        let blocker = Task { try await pool.run { gate.wait() } }
-        while pool.waiting > 0 { await Task.yield() }
+        // The blocker holds the only thread before the second job is sent (waiting for the queue to
+        // empty instead could pass before the blocker was sent, and the second job then ran first).
+        let started = AsyncStream<Void>.makeStream()
+        let blocker = Task { try await pool.run { started.continuation.yield(); gate.wait() } }
+        var starts = started.stream.makeAsyncIterator()
+        _ = await starts.next()
         let waiting = Task { try await pool.run { ran.increment() } }
-        while pool.waiting == 0 { await Task.yield() }
+        while pool.waiting == 0 { try Task.checkCancellation(); await Task.yield() }
         waiting.cancel()
         gate.signal()
         await #expect(throws: CancellationError.self) { try await waiting.value }
