@@ -40,21 +40,14 @@ public final class AdmissionGate: Sendable {
         self.reserve = limit
     }
 
-    /// Takes a place for a request of `admission`, or says no. A place taken is given back with `leave`.
+    /// Takes a place for a request of `admission` (`.normal` or `.finishing`; the responder never
+    /// asks for `.always`), or says no. A place taken is given back with `leave`.
     func enter(_ admission: Admission) -> Bool {
-        let bound: Int
-        switch admission {
-        case .always:
-            return true
-        case .normal:
-            bound = limit
-        case .finishing:
-            bound = limit + reserve
-        }
+        let finishing = admission == .finishing
         // Add first and take it back when over: two requests racing for the last place never both get it.
-        if atWork.wrappingAdd(1, ordering: .relaxed).newValue <= bound { return true }
+        if atWork.wrappingAdd(1, ordering: .relaxed).newValue <= (finishing ? limit + reserve : limit) { return true }
         atWork.wrappingSubtract(1, ordering: .relaxed)
-        (admission == .finishing ? refusedFinishing : refusedNormal).increment()
+        (finishing ? refusedFinishing : refusedNormal).increment()
         return false
     }
 

@@ -41,7 +41,7 @@ struct Stampd: AsyncParsableCommand {
     @Option(help: "Seconds a keep-alive connection may sit idle. [STAMPD_IDLE_TIMEOUT]") var idleTimeout: Int?
     @Option(help: "Seconds a request may take to arrive (408 after). [STAMPD_REQUEST_TIMEOUT]") var requestTimeout: Int?
     @Option(help: "Most open connections. [STAMPD_MAX_CONNECTIONS]") var maxConnections: Int?
-    @Option(help: "Most requests at work at once (parked polls do not count); more get 503 with Retry-After, decisions on requests get a quarter more; 0: no bound. [STAMPD_MAX_REQUESTS_AT_WORK]")
+    @Option(help: "Most requests at work at once (parked polls do not count); more get 503 with Retry-After; decisions on requests may use as many again; 0: no bound. [STAMPD_MAX_REQUESTS_AT_WORK]")
     var maxRequestsAtWork: Int?
     @Option(help: "Most parked polls per account. [STAMPD_MAX_POLLS_PER_ACCOUNT]") var maxPollsPerAccount: Int?
     @Option(help: "Most parked polls in all. [STAMPD_MAX_POLLS]") var maxPolls: Int?
