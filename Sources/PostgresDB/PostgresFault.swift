@@ -21,6 +21,15 @@ public struct PostgresFault: StorageFault, Sendable, CustomStringConvertible {
         return ["08", "53", "57", "58"].contains(String(sqlState.prefix(2))) || sqlState == "25006" || isConflict
     }
 
+    /// The connection is gone (closed, reset, or ended by the server's shutdown or restart):
+    /// whatever it was running did not commit unless it was the COMMIT itself.
+    var isConnectionLost: Bool {
+        guard let sqlState else { return true }
+        // 08 connection exceptions; 57P01/57P02 the server ending sessions (shutdown, crash);
+        // 57P03 the server not yet taking connections.
+        return sqlState.hasPrefix("08") || ["57P01", "57P02", "57P03"].contains(sqlState)
+    }
+
     public var description: String {
         (sqlState.map { "PostgreSQL error \($0): " } ?? "PostgreSQL unreachable: ") + message
     }

@@ -50,19 +50,38 @@ public final class PostgresStorage: Storage {
     }
 
     public func read<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T) async throws -> T {
-        do {
-            return try await withPooledConnection(limit: configuration.queryTimeout) { connection in
-                try await body(self.session(on: connection))
+        var attempt = 0
+        while true {
+            do {
+                return try await withPooledConnection(limit: configuration.queryTimeout) { connection in
+                    do {
+                        return try await body(self.session(on: connection))
+                    } catch {
+                        throw LostConnection.wrapping(error)
+                    }
+                }
+            } catch let lost as LostConnection {
+                // A read has no effect: one on a connection the pool handed out after the server
+                // had ended it runs again on another.
+                attempt += 1
+                guard attempt <= Self.lostConnectionRetries else { throw lost.fault }
+                logger.info("a read lost its connection; running it again", metadata: ["error": "\(lost.fault)"])
+            } catch {
+                throw PostgresFault.classify(error)
             }
-        } catch {
-            throw PostgresFault.classify(error)
         }
     }
+
+    /// How often a call whose connection was lost before it could have taken effect runs again
+    /// on another: after a server restart the pool may hand out a few connections it has not yet
+    /// seen closed, each failing at its first statement.
+    private static let lostConnectionRetries = 3
 
     @discardableResult
     public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T,
                                    committed: @escaping @Sendable (T) -> Void) async throws -> T {
         var attempt = 0
+        var lost = 0
         while true {
             do {
                 let value = try await withPooledConnection(limit: configuration.queryTimeout) { connection in
@@ -70,6 +89,13 @@ public final class PostgresStorage: Storage {
                 }
                 committed(value)
                 return value
+            } catch let error as LostConnection {
+                // The connection went before the COMMIT was sent: the server rolled the
+                // transaction back, so it runs again on another connection, as after a conflict.
+                lost += 1
+                guard lost <= Self.lostConnectionRetries else { throw error.fault }
+                logger.info("a write lost its connection before its commit; running it again",
+                            metadata: ["error": "\(error.fault)"])
             } catch {
                 let fault = PostgresFault.classify(error)
                 // A unique violation that the body did not handle is a concurrent writer's row
@@ -156,14 +182,19 @@ public final class PostgresStorage: Storage {
     private func transaction<T: Sendable>(on connection: PostgresConnection,
                                           _ body: @Sendable (any SQLSession) async throws -> T) async throws -> T {
         let session = session(on: connection)
-        try await session.simple("BEGIN ISOLATION LEVEL REPEATABLE READ")
         let value: T
         do {
+            try await session.simple("BEGIN ISOLATION LEVEL REPEATABLE READ")
             value = try await body(session)
         } catch {
-            // A connection that failed needs no rollback: the server ends its transaction.
-            try? await session.simple("ROLLBACK")
-            throw error
+            let lost = LostConnection.wrapping(error)
+            // A connection that is gone needs no rollback (the server ended its transaction),
+            // and a statement sent on one that is closing was seen never to be answered.
+            guard lost is LostConnection else {
+                try? await session.simple("ROLLBACK")
+                throw error
+            }
+            throw lost
         }
         // A COMMIT refused by the server (a serialization failure found at commit) committed
         // nothing and is retried; one lost with the connection has an unknown outcome, which
@@ -386,6 +417,18 @@ final class Countdown: Sendable {
 }
 
 /// Set once a connection was leased.
+/// A call's connection was lost before the call could have taken effect: it may run again.
+private struct LostConnection: Error {
+    let fault: PostgresFault
+
+    /// The error as a `LostConnection` when it says the connection is gone, else unchanged.
+    static func wrapping(_ error: any Error) -> any Error {
+        if error is LostConnection { return error }
+        guard let fault = PostgresFault.classify(error) as? PostgresFault, fault.isConnectionLost else { return error }
+        return LostConnection(fault: fault)
+    }
+}
+
 final class LeaseFlag: Sendable {
     private let value = Mutex(false)
     func set() { value.withLock { $0 = true } }

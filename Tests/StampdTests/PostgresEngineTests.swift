@@ -115,6 +115,71 @@ struct PostgresConflictTests {
     }
 }
 
+/// What the engine does when the server ends a connection under a call (a restart, an
+/// administrator): a call that cannot have taken effect runs again on another connection; a
+/// COMMIT whose answer was lost is never run again.
+@Suite(.timeLimit(.minutes(2)), .enabled(if: TestStorage.isPostgres, "needs STAMPD_TEST_POSTGRES_URL"))
+struct PostgresLostConnectionTests {
+    let conflicts = PostgresConflictTests()
+
+    @Test func aWriteWhoseConnectionEndsBeforeItsCommitRunsAgainOnAnotherAndCommitsOnce() async throws {
+        let storage = try await conflicts.counter(retries: 0)
+        let attempts = AttemptCounter()
+        try await storage.write { session in
+            if attempts.next() == 1 {
+                _ = try await session.queryFirst("SELECT pg_terminate_backend(pg_backend_pid())") { try $0.get(0, as: Bool.self) }
+            }
+            try await session.run("UPDATE counter SET n = n + 1 WHERE id = 1")
+        }
+        // At least two runs: the pool may hand out the ended connection once more before it
+        // has seen it close, and that run fails at its first statement too.
+        #expect(attempts.next() >= 3)
+        let n = try await storage.read { try await $0.queryFirst("SELECT n FROM counter") { try $0.get(0, as: Int.self) } }
+        #expect(n == 1)
+        await storage.close()
+    }
+
+    @Test func aReadWhoseConnectionEndsRunsAgainOnAnother() async throws {
+        let storage = try await conflicts.counter(retries: 0)
+        let attempts = AttemptCounter()
+        let n = try await storage.read { session in
+            if attempts.next() == 1 {
+                _ = try await session.queryFirst("SELECT pg_terminate_backend(pg_backend_pid())") { try $0.get(0, as: Bool.self) }
+            }
+            return try await session.queryFirst("SELECT n FROM counter") { try $0.get(0, as: Int.self) }
+        }
+        #expect(n == 0)
+        #expect(attempts.next() >= 3)
+        await storage.close()
+    }
+
+    /// A deferred trigger ends the connection inside the COMMIT: the caller cannot know whether
+    /// it committed, so the write answers unavailable and its body ran once.
+    @Test func aWriteWhoseConnectionEndsInItsCommitIsUnavailableAndNotRunAgain() async throws {
+        let storage = try await conflicts.counter(retries: 3)
+        try await storage.write { session in
+            try await session.run("""
+                CREATE FUNCTION end_own_session() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(1); RETURN NULL; END $$
+                """)
+            try await session.run("""
+                CREATE CONSTRAINT TRIGGER end_at_commit AFTER UPDATE ON counter
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION end_own_session()
+                """)
+        }
+        let attempts = AttemptCounter()
+        let error = await #expect(throws: (any Error).self) {
+            try await storage.write { session in
+                _ = attempts.next()
+                try await session.run("UPDATE counter SET n = n + 1 WHERE id = 1")
+            }
+        }
+        #expect((error as? any StorageFault)?.isStorageUnavailable == true, "\(String(describing: error))")
+        #expect(attempts.next() == 2)
+        await storage.close()
+    }
+}
+
 extension Result where Failure == any Error {
     init(catching body: () async throws -> Success) async {
         do { self = .success(try await body()) } catch { self = .failure(error) }

@@ -175,15 +175,17 @@ def main():
 
     servers = {name: Server(args.binary, args.database, workdir, name=name, extra=["--log-level", "info"]) for name in ("a", "b")}
     instances = Instances(servers)
+    broke = True
     try:
         for server in servers.values():
             server.start(timeout=60)
         run(args, servers, instances, restart_command, tally)
+        broke = False
     finally:
         for server in servers.values():
             if server.alive():
                 server.stop()
-        if tally.failed:
+        if tally.failed or broke:
             for name, server in servers.items():
                 print(f"--- log of {name}:\n{server.log_tail(40)}")
     return tally.finish()
