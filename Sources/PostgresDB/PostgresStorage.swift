@@ -60,12 +60,16 @@ public final class PostgresStorage: Storage {
                         throw LostConnection.wrapping(error)
                     }
                 }
-            } catch let lost as LostConnection {
+            } catch let error as LostConnection {
                 // A read has no effect: one on a connection the pool handed out after the server
                 // had ended it runs again on another.
                 attempt += 1
-                guard attempt <= Self.lostConnectionRetries else { throw lost.fault }
-                logger.info("a read lost its connection; running it again", metadata: ["error": "\(lost.fault)"])
+                guard attempt <= Self.lostConnectionRetries else { throw error.fault }
+                logger.info("a read lost its connection; running it again", metadata: ["error": "\(error.fault)"])
+            } catch is ClosedUnderCall {
+                attempt += 1
+                guard attempt <= Self.lostConnectionRetries else { throw ClosedUnderCall.fault }
+                logger.info("a read's connection closed under it; running it again")
             } catch {
                 throw PostgresFault.classify(error)
             }
@@ -77,15 +81,19 @@ public final class PostgresStorage: Storage {
     /// seen closed, each failing at its first statement.
     private static let lostConnectionRetries = 3
 
+    /// How often a call waiting for an answer looks whether its connection closed under it.
+    static let closedCheckInterval = Duration.milliseconds(100)
+
     @discardableResult
     public func write<T: Sendable>(_ body: @escaping @Sendable (any SQLSession) async throws -> T,
                                    committed: @escaping @Sendable (T) -> Void) async throws -> T {
         var attempt = 0
         var lost = 0
         while true {
+            let commitSent = LeaseFlag()
             do {
                 let value = try await withPooledConnection(limit: configuration.queryTimeout) { connection in
-                    try await self.transaction(on: connection, body)
+                    try await self.transaction(on: connection, body, commitSent: commitSent)
                 }
                 committed(value)
                 return value
@@ -96,6 +104,12 @@ public final class PostgresStorage: Storage {
                 guard lost <= Self.lostConnectionRetries else { throw error.fault }
                 logger.info("a write lost its connection before its commit; running it again",
                             metadata: ["error": "\(error.fault)"])
+            } catch is ClosedUnderCall {
+                // The same, seen as the connection closing while a statement waited for its answer;
+                // once the COMMIT was sent nobody knows whether it committed, and it never runs again.
+                lost += 1
+                guard !commitSent.isSet, lost <= Self.lostConnectionRetries else { throw ClosedUnderCall.fault }
+                logger.info("a write's connection closed before its commit; running it again")
             } catch {
                 let fault = PostgresFault.classify(error)
                 // A unique violation that the body did not handle is a concurrent writer's row
@@ -130,9 +144,10 @@ public final class PostgresStorage: Storage {
                 try await self.client.withConnection { connection in
                     leased.set()
                     guard let limit else { return try await body(connection) }
-                    return try await Self.within(limit, location: location, body: { try await body(connection) }) {
+                    return try await Self.within(limit, location: location, closed: { connection.isClosed },
+                                                 body: { try await body(connection) }) {
                         logger.warning("a database call took too long; closing its connection",
-                                       metadata: ["limit": "\(limit)", "connection": "\(connection.id)"])
+                                       metadata: ["limit": "\(limit)", "connection": "\(connection.id)", "closed": "\(connection.isClosed)"])
                         Task { try? await connection.close() }
                     }
                 }
@@ -159,13 +174,26 @@ public final class PostgresStorage: Storage {
     /// The body's outcome, or after `limit` a fault (and `abandon` runs) while the body is left
     /// to end by itself: a connection that stopped answering may never fail what waits on it,
     /// so the caller does not wait with it. The body runs in a task of its own for that reason.
-    static func within<T: Sendable>(_ limit: Duration, location: String, body: @escaping @Sendable () async throws -> T,
+    /// With `closed`, looked at every `closedCheckInterval`, the connection found closed ends
+    /// the wait with `ClosedUnderCall`: a statement sent on a connection as the server ended it
+    /// was seen never to be answered. (Looked at, not awaited: a callback on the connection's
+    /// close future per call would stay until the connection closes.)
+    static func within<T: Sendable>(_ limit: Duration, location: String, closed: (@Sendable () -> Bool)? = nil,
+                                    body: @escaping @Sendable () async throws -> T,
                                     abandon: @escaping @Sendable () -> Void) async throws -> T {
         let outcome = FirstOutcome<T>()
         return try await withCheckedThrowingContinuation { continuation in
             outcome.start(continuation)
             let timer = Task {
-                try await Task.sleep(for: limit)
+                let deadline = ContinuousClock.now + limit
+                while let closed, ContinuousClock.now + closedCheckInterval < deadline {
+                    try await Task.sleep(for: closedCheckInterval)
+                    if closed() {
+                        outcome.resume(.failure(ClosedUnderCall()))
+                        return
+                    }
+                }
+                try await Task.sleep(until: deadline)
                 if outcome.resume(.failure(PostgresFault(sqlState: nil, message: "no answer from \(location) within \(limit)"))) {
                     abandon()
                 }
@@ -180,7 +208,8 @@ public final class PostgresStorage: Storage {
     }
 
     private func transaction<T: Sendable>(on connection: PostgresConnection,
-                                          _ body: @Sendable (any SQLSession) async throws -> T) async throws -> T {
+                                          _ body: @Sendable (any SQLSession) async throws -> T,
+                                          commitSent: LeaseFlag) async throws -> T {
         let session = session(on: connection)
         let value: T
         do {
@@ -201,6 +230,7 @@ public final class PostgresStorage: Storage {
         // reaches the caller as unavailable and is never run again here. Its round trip holds
         // the server's WAL flush (synchronous_commit = on): the disk's share, measured.
         let started = DispatchTime.now().uptimeNanoseconds
+        commitSent.set()
         try await session.simple("COMMIT")
         Self.commitTimer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- started))
         return value
@@ -429,6 +459,12 @@ private struct LostConnection: Error {
     }
 }
 
+/// A call's connection closed while the call waited for an answer.
+struct ClosedUnderCall: Error {
+    static let fault = PostgresFault(sqlState: nil, message: "the connection closed under the call")
+}
+
+/// A flag set once: a connection was leased, a COMMIT was sent.
 final class LeaseFlag: Sendable {
     private let value = Mutex(false)
     func set() { value.withLock { $0 = true } }

@@ -51,6 +51,20 @@ import Testing
         #expect(Date().timeIntervalSince(started) >= 0.25)  // one pause between the two attempts
         await storage.close()
     }
+    /// A call whose connection closes under it stops waiting for an answer that will not come,
+    /// long before the query limit.
+    @Test func aCallWhoseConnectionClosesUnderItStopsWaiting() async throws {
+        let closed = Mutex(false)
+        let started = ContinuousClock.now
+        await #expect(throws: ClosedUnderCall.self) {
+            try await PostgresStorage.within(.seconds(60), location: "test", closed: { closed.withLock { $0 } },
+                                             body: {
+                                                 closed.withLock { $0 = true }
+                                                 try await Task.sleep(for: .seconds(60))
+                                             }, abandon: {})
+        }
+        #expect(ContinuousClock.now - started < .seconds(30))
+    }
 }
 
 /// What the engine does when concurrent writers conflict: retried a bounded number of times,
