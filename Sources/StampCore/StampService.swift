@@ -41,7 +41,7 @@ public final class StampService: Sendable {
     let logger: Logger
 
     public init(database: any Storage, hub: EventHub, hasher: PasswordHasher,
-                clock: any StampClock = SystemClock(), settings: StampSettings = StampSettings(),
+                clock: any StampClock = ForwardClock(), settings: StampSettings = StampSettings(),
                 logger: Logger = Logger(label: "stampd.core")) {
         self.database = database
         self.hub = hub
@@ -99,6 +99,23 @@ public final class StampService: Sendable {
     private struct Written<T: Sendable>: Sendable {
         let value: T
         let committed: [String: EventHub.Committed]
+    }
+
+    /// The newest time the database holds (its newest event, ledger row, rate-limit mark and
+    /// idempotency key, each found by an index): a wall clock behind it was set back while this
+    /// process was stopped, and `ForwardClock.notBefore` starts from it instead.
+    public func newestRecordedTime() async throws -> Date? {
+        let newest = try await read { session -> Int64? in
+            var newest: Int64?
+            for sql in ["SELECT at FROM events ORDER BY id DESC LIMIT 1", "SELECT at FROM ledger ORDER BY id DESC LIMIT 1",
+                        "SELECT max(at) FROM rate_events", "SELECT max(created_at) FROM idempotency_keys"] {
+                if let at = try await session.queryFirst(sql, row: { try $0.optional(0, as: Int64.self) }) ?? nil {
+                    newest = max(newest ?? at, at)
+                }
+            }
+            return newest
+        }
+        return newest.map(Date.init(millis:))
     }
 
     /// Whether the database takes writes and answers a query.

@@ -7,16 +7,25 @@ public protocol StampClock: Sendable {
     func now() -> Date
 }
 
-public struct SystemClock: StampClock {
-    public init() {}
-    public func now() -> Date { Date() }
-}
-
+/// A wall clock and a monotonic clock that tests move: `advance` is time passing (both move),
+/// `stepWall` is the wall clock set (only it moves). As a `StampClock` it is the bare wall clock;
+/// `forward()` is a `ForwardClock` over the two, as a running server has.
 public final class ManualClock: StampClock {
-    private let current: Mutex<Date>
-    public init(_ start: Date = Date(timeIntervalSince1970: 1_800_000_000)) { current = Mutex(start) }
-    public func now() -> Date { current.withLock { $0 } }
-    public func advance(by seconds: TimeInterval) { current.withLock { $0 += seconds } }
+    private let current: Mutex<(wall: Date, monotonic: UInt64)>
+    public init(_ start: Date = Date(timeIntervalSince1970: 1_800_000_000)) { current = Mutex((start, 1_000_000_000)) }
+    public func now() -> Date { current.withLock { $0.wall } }
+    public func advance(by seconds: TimeInterval) {
+        current.withLock {
+            $0.wall += seconds
+            $0.monotonic += UInt64(seconds * 1e9)
+        }
+    }
+    public func stepWall(by seconds: TimeInterval) { current.withLock { $0.wall += seconds } }
+
+    public func forward(stepped: @escaping @Sendable (Double) -> Void = { _ in }) -> ForwardClock {
+        ForwardClock(wall: { Int64((self.now().timeIntervalSince1970 * 1e9).rounded()) },
+                     monotonic: { self.current.withLock { $0.monotonic } }, stepped: stepped)
+    }
 }
 
 extension Date {

@@ -160,8 +160,20 @@ struct Stampd: AsyncParsableCommand {
                               ("requests-per-customer-per-hour", settings.limits.requestsPerCustomerPerStorePerHour)] where value < 1 {
             throw ValidationError("--\(name) must be at least 1")
         }
-        let service = StampService(database: db, hub: hub, hasher: hasher, settings: settings,
+        // The wall clock, never run backwards: a step back is caught up slowly (ForwardClock).
+        let clockLogger = Logger(label: "stampd.clock")
+        let clock = ForwardClock(stepped: { seconds in
+            Counter(label: "stampd_clock_steps_total", dimensions: [("direction", seconds < 0 ? "back" : "forward")]).increment()
+            if seconds < 0 {
+                clockLogger.warning("the wall clock stepped back; stampd's clock runs slow until it has caught up",
+                                    metadata: ["seconds": "\(-seconds)", "catch_up.hours": "\(-seconds / ForwardClock.catchUpRate / 3600)"])
+            } else {
+                clockLogger.warning("the wall clock stepped forward; followed", metadata: ["seconds": "\(seconds)"])
+            }
+        })
+        let service = StampService(database: db, hub: hub, hasher: hasher, clock: clock, settings: settings,
                                    logger: Logger(label: "stampd.core"))
+        if let newest = try await service.newestRecordedTime() { clock.notBefore(newest) }
         try await service.prepareEventHub()
 
         var server = ServerConfiguration()

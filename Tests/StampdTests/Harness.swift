@@ -30,7 +30,9 @@ final class TestServer: Sendable {
             .deletingLastPathComponent().appendingPathComponent("migrations").path
     }
 
-    static func start(databasePath: String? = nil, clock: ManualClock = ManualClock(Date()),
+    /// With `forward`, the service reads the time as the executable's does, through a
+    /// `ForwardClock` over `clock` (started no earlier than the newest time the database holds).
+    static func start(databasePath: String? = nil, clock: ManualClock = ManualClock(Date()), forward: Bool = false,
                       configure: (inout ServerConfiguration, inout StampSettings) -> Void = { _, _ in },
                       maximumPollsPerAccount: Int = 16) async throws -> TestServer {
         let path = databasePath ?? TestStorage.newLocation()
@@ -50,8 +52,10 @@ final class TestServer: Sendable {
         settings.newStoreRules = .off
         configure(&configuration, &settings)
         let hub = EventHub(maximumPerAccount: maximumPollsPerAccount)
+        let forwardClock = forward ? clock.forward() : nil
         let service = StampService(database: database, hub: hub, hasher: PasswordHasher(cost: .insecureFast),
-                                   clock: clock, settings: settings)
+                                   clock: forwardClock ?? clock, settings: settings)
+        if let forwardClock, let newest = try await service.newestRecordedTime() { forwardClock.notBefore(newest) }
         try await service.prepareEventHub()
         var logger = Logger(label: "test")
         // STAMPD_TEST_LOG_LEVEL=error shows what a failing test's server logged.
