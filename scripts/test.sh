@@ -33,7 +33,7 @@ if ((${#missing[@]})); then
   $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || { echo "apt-get could not install ${missing[*]}"; exit 1; }
 fi
-if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import selenium, pytest, schemathesis, openapi_spec_validator, psycopg, axe_core_python' 2>/dev/null; then
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import selenium, pytest, schemathesis, openapi_spec_validator, psycopg, axe_core_python, matplotlib' 2>/dev/null; then
   say "preparing .venv"
   python3 -m venv .venv && .venv/bin/pip install -q -r Tests/requirements.txt || { echo "pip install failed"; exit 1; }
 fi

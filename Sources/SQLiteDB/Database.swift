@@ -168,6 +168,7 @@ public final class Database: Storage, @unchecked Sendable {
     private func drain() async {
         while true {
             let (batch, watchers) = queue.withLock { state -> ([WriteJob], [CheckedContinuation<Void, Never>]) in
+                SyncMetrics.writerQueue.record(state.jobs.count)
                 if state.jobs.isEmpty {
                     state.draining = false
                     defer { state.drainWatchers.removeAll() }

@@ -46,6 +46,10 @@ struct Stampd: AsyncParsableCommand {
     @Option(help: "Most parked polls per account. [STAMPD_MAX_POLLS_PER_ACCOUNT]") var maxPollsPerAccount: Int?
     @Option(help: "Most parked polls in all. [STAMPD_MAX_POLLS]") var maxPolls: Int?
     @Option(help: "Days events are kept. [STAMPD_EVENT_RETENTION_DAYS]") var eventRetentionDays: Int?
+    @Option(help: "Seconds events are kept, instead of days (0: the days): for soak tests that want many retention windows in a run. [STAMPD_EVENT_RETENTION_SECONDS]")
+    var eventRetentionSeconds: Int?
+    @Option(help: "Seconds between housekeeping rounds that prune old events, keys, sessions and marks. [STAMPD_PRUNE_INTERVAL]")
+    var pruneInterval: Int?
     @Option(help: "Seconds in-flight requests get at shutdown. [STAMPD_SHUTDOWN_GRACE]") var shutdownGrace: Int?
     @Option(help: "Reader threads for SQLite. [STAMPD_DB_READERS]") var dbReaders: Int?
     @Option(help: "Threads for password hashing. [STAMPD_HASH_THREADS]") var hashThreads: Int?
@@ -139,6 +143,11 @@ struct Stampd: AsyncParsableCommand {
                            maximumTotal: try setting(maxPolls, "MAX_POLLS", 19_000))
         var settings = StampSettings()
         settings.eventRetention = TimeInterval(try setting(eventRetentionDays, "EVENT_RETENTION_DAYS", 7)) * 86_400
+        let retentionSeconds = try setting(eventRetentionSeconds, "EVENT_RETENTION_SECONDS", 0)  // 0: the days
+        guard retentionSeconds >= 0 else { throw ValidationError("--event-retention-seconds must be at least 1") }
+        if retentionSeconds > 0 { settings.eventRetention = TimeInterval(retentionSeconds) }
+        let pruneSeconds = try setting(pruneInterval, "PRUNE_INTERVAL", 60)
+        guard pruneSeconds >= 1 else { throw ValidationError("--prune-interval must be at least 1") }
         settings.passwordChecksPerAddressPerMinute = try setting(signInsPerAddress, "SIGN_INS_PER_ADDRESS",
                                                                  settings.passwordChecksPerAddressPerMinute)
         settings.passwordChecksInFlightPerAddress = try setting(signInsAtOncePerAddress, "SIGN_INS_AT_ONCE_PER_ADDRESS",
@@ -219,7 +228,7 @@ struct Stampd: AsyncParsableCommand {
                                                                          logger: Logger(label: "stampd.metrics")),
                                  hub: EventHub(maximumPerAccount: 0, maximumTotal: 0), logger: Logger(label: "stampd.metrics"))
         let group = ServiceGroup(
-            services: [Housekeeper(service: service), InstanceFeed(service: service), http, metrics],
+            services: [Housekeeper(service: service, pruneInterval: .seconds(pruneSeconds)), InstanceFeed(service: service), http, metrics],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         try await group.run()

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The reliability checks: crash durability (SIGKILL, and simulated power cuts), the malformed HTTP
-# corpus, slow and greedy clients, storage faults, overload. See RELIABILITY.md.
+# corpus, slow and greedy clients, storage faults, overload, a soak. See RELIABILITY.md.
 #
 #   Tests/reliability/run.sh [path/to/stampd] [--quick | --local] [--only SUITE[,SUITE...]]
 #
 #   (default)  CI sizes: crash 3 rounds, 24 power cuts, slowloris 2000 slow connections
 #   --quick    the same CI sizes (kept as a name for scripts)
 #   --local    crash 30 rounds, 1000 power cuts, slowloris 8000 slow connections, a minute of overload
-#              over 10,000 parked polls (about an hour)
-#   --only     run only these of crash, powercut, diskfaults, malformed, slowloris, storage, overload (also --only=crash)
+#              over 10,000 parked polls, a 30-minute soak (about an hour and a half)
+#   --only     run only these of crash, powercut, diskfaults, malformed, slowloris, storage, overload, soak (also --only=crash)
 #
 # The binary defaults to $STAMPD_BIN, else .build/debug/stampd. Storage faults need root for the
 # tmpfs and read-only mounts (skipped with a message otherwise). Environment: PYTHON (default
@@ -25,7 +25,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 binary=${STAMPD_BIN:-$repo/.build/debug/stampd}
 mode=ci
-all_suites=(crash powercut diskfaults malformed slowloris storage overload)
+all_suites=(crash powercut diskfaults malformed slowloris storage overload soak)
 only=""
 while (($#)); do
     case $1 in
@@ -64,12 +64,14 @@ if [[ $mode == local ]]; then
     cuts=${POWER_CUTS:-1000}
     slow_args=(--local)
     overload_args=(--local)
+    soak_args=(--local)
     [[ -n ${SLOW_CONNECTIONS:-} ]] && slow_args+=(--slow "$SLOW_CONNECTIONS")
 else
     rounds=${CRASH_ROUNDS:-3}
     cuts=${POWER_CUTS:-24}
     slow_args=(--slow "${SLOW_CONNECTIONS:-2000}")
     overload_args=()
+    soak_args=()
 fi
 keep=()
 [[ ${KEEP:-0} == 1 ]] && keep=(--keep)
@@ -125,6 +127,8 @@ selected_suite slowloris && suite slowloris "${slow_args[@]}"
 selected_suite storage && suite storage
 # stampd-bench, built next to the binary, is the crowd.
 selected_suite overload && suite overload "${overload_args[@]}"
+# A day of load compressed: steady flows over parked polls, events pruned many times.
+selected_suite soak && suite soak "${soak_args[@]}"
 
 printf '\n== summary (%d s)\n' "$((SECONDS - started))"
 ((${#failed_suites[@]})) && echo "failing: ${failed_suites[*]}"
