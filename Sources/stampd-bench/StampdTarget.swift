@@ -73,6 +73,11 @@ final class StampdPoller: @unchecked Sendable {
     var answersWithEvents = 0
 
     static let timeout = 50
+    /// The first poll's timeout is drawn from this range: polls parked together would otherwise
+    /// all time out and park again together every 50 s, as clients parked at different moments
+    /// do not (and a run that samples the parked count would catch the herd in between).
+    static let firstTimeouts = 25...50
+    private var polled = false
 
     init(conn: Conn, account: BenchAccount, tally: Tally) {
         self.conn = conn
@@ -98,7 +103,8 @@ final class StampdPoller: @unchecked Sendable {
 
     private func poll() {
         guard running else { return }
-        var uri = "/v1/events?timeout=\(Self.timeout)"
+        var uri = "/v1/events?timeout=\(polled ? Self.timeout : Int.random(in: Self.firstTimeouts))"
+        polled = true
         if let cursor { uri += "&after=" + cursor }
         outstanding = true
         conn.request(.GET, uri, headers: auth) { [self] result in

@@ -185,7 +185,8 @@ def plot(samples, path, warmup, title):
         axis.axvline(warmup / 60, color="grey", linewidth=0.8, linestyle=":")
         axis.set_title(name)
         axis.set_xlabel("minutes")
-        axis.set_ylim(bottom=0)
+        tops = [s[key] for key, _ in series for s in samples if s.get(key) is not None]
+        axis.set_ylim(0, max(tops) * 1.15 if tops and max(tops) > 0 else 1)
         axis.grid(alpha=0.3)
         axis.legend(loc="upper left", fontsize=8)
     figure.suptitle(title)
