@@ -22,7 +22,8 @@ public struct PostgresFault: StorageFault, Sendable, CustomStringConvertible {
     }
 
     /// The connection is gone (closed, reset, or ended by the server's shutdown or restart):
-    /// whatever it was running did not commit unless it was the COMMIT itself.
+    /// whatever it was running did not commit unless it was the COMMIT itself. (Without an
+    /// SQLSTATE, only when the connection is also seen closed: `LostConnection.wrapping`.)
     var isConnectionLost: Bool {
         guard let sqlState else { return true }
         // 08 connection exceptions; 57P01/57P02 the server ending sessions (shutdown, crash);

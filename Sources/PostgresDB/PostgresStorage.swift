@@ -57,7 +57,7 @@ public final class PostgresStorage: Storage {
                     do {
                         return try await body(self.session(on: connection))
                     } catch {
-                        throw LostConnection.wrapping(error)
+                        throw LostConnection.wrapping(error, on: connection)
                     }
                 }
             } catch let error as LostConnection {
@@ -66,10 +66,12 @@ public final class PostgresStorage: Storage {
                 attempt += 1
                 guard attempt <= Self.lostConnectionRetries else { throw error.fault }
                 logger.info("a read lost its connection; running it again", metadata: ["error": "\(error.fault)"])
+                await Self.pauseBeforeAnotherConnection()
             } catch is ClosedUnderCall {
                 attempt += 1
                 guard attempt <= Self.lostConnectionRetries else { throw ClosedUnderCall.fault }
                 logger.info("a read's connection closed under it; running it again")
+                await Self.pauseBeforeAnotherConnection()
             } catch {
                 throw PostgresFault.classify(error)
             }
@@ -80,6 +82,12 @@ public final class PostgresStorage: Storage {
     /// on another: after a server restart the pool may hand out a few connections it has not yet
     /// seen closed, each failing at its first statement.
     private static let lostConnectionRetries = 3
+
+    /// A short jittered pause before a call lost with its connection runs again: the pool sees
+    /// the other connections the server ended close meanwhile, instead of handing them out next.
+    private static func pauseBeforeAnotherConnection() async {
+        try? await Task.sleep(for: .milliseconds(Int.random(in: 10...50)))
+    }
 
     /// How often a call waiting for an answer looks whether its connection closed under it.
     static let closedCheckInterval = Duration.milliseconds(100)
@@ -104,12 +112,14 @@ public final class PostgresStorage: Storage {
                 guard lost <= Self.lostConnectionRetries else { throw error.fault }
                 logger.info("a write lost its connection before its commit; running it again",
                             metadata: ["error": "\(error.fault)"])
+                await Self.pauseBeforeAnotherConnection()
             } catch is ClosedUnderCall {
                 // The same, seen as the connection closing while a statement waited for its answer;
                 // once the COMMIT was sent nobody knows whether it committed, and it never runs again.
                 lost += 1
                 guard !commitSent.isSet, lost <= Self.lostConnectionRetries else { throw ClosedUnderCall.fault }
                 logger.info("a write's connection closed before its commit; running it again")
+                await Self.pauseBeforeAnotherConnection()
             } catch {
                 let fault = PostgresFault.classify(error)
                 // A unique violation that the body did not handle is a concurrent writer's row
@@ -216,7 +226,7 @@ public final class PostgresStorage: Storage {
             try await session.simple("BEGIN ISOLATION LEVEL REPEATABLE READ")
             value = try await body(session)
         } catch {
-            let lost = LostConnection.wrapping(error)
+            let lost = LostConnection.wrapping(error, on: connection)
             // A connection that is gone needs no rollback (the server ended its transaction),
             // and a statement sent on one that is closing was seen never to be answered.
             guard lost is LostConnection else {
@@ -451,10 +461,13 @@ final class Countdown: Sendable {
 private struct LostConnection: Error {
     let fault: PostgresFault
 
-    /// The error as a `LostConnection` when it says the connection is gone, else unchanged.
-    static func wrapping(_ error: any Error) -> any Error {
+    /// The error as a `LostConnection` when it says the connection is gone, else unchanged. An
+    /// error without an SQLSTATE counts only once the connection is closed: some of the driver's
+    /// own errors (too many parameters, a cancelled query) leave it open, inside its transaction.
+    static func wrapping(_ error: any Error, on connection: PostgresConnection) -> any Error {
         if error is LostConnection { return error }
-        guard let fault = PostgresFault.classify(error) as? PostgresFault, fault.isConnectionLost else { return error }
+        guard let fault = PostgresFault.classify(error) as? PostgresFault, fault.isConnectionLost,
+              fault.sqlState != nil || connection.isClosed else { return error }
         return LostConnection(fault: fault)
     }
 }

@@ -22,7 +22,7 @@ public final class ForwardClock: StampClock {
     private struct Reading {
         var issued: Int64          // nanoseconds since 1970, the last time given out
         var monotonic: UInt64      // the monotonic clock when it was given out
-        var behind: Bool           // the wall clock is behind `issued`
+        var gap: Int64             // how far the wall clock was behind `issued` then (0: in step)
     }
 
     private let state: Mutex<Reading>
@@ -39,7 +39,7 @@ public final class ForwardClock: StampClock {
         self.wall = wall
         self.monotonic = monotonic
         self.stepped = stepped
-        state = Mutex(Reading(issued: wall(), monotonic: monotonic(), behind: false))
+        state = Mutex(Reading(issued: wall(), monotonic: monotonic(), gap: 0))
     }
 
     public static let systemWall: @Sendable () -> Int64 = {
@@ -51,12 +51,13 @@ public final class ForwardClock: StampClock {
     /// Never earlier than `floor`: started after the wall clock went back (the newest time the
     /// database holds is ahead of it), this clock starts there and catches up as after a step.
     public func notBefore(_ floor: Date) {
-        let floor = Int64(floor.timeIntervalSince1970 * 1e9)
+        // Clamped: a corrupt stored time must not trap (Int64 nanoseconds end in 2262).
+        let floor = Int64(min(max(floor.timeIntervalSince1970, 0), 9e9) * 1e9)
         let step = state.withLock { reading -> Double? in
             guard floor > reading.issued else { return nil }
-            defer { reading.issued = floor }
             let step = Double(reading.issued - floor) / 1e9
-            reading.behind = true
+            reading.gap += floor - reading.issued
+            reading.issued = floor
             return step
         }
         if let step, step <= -1 { stepped(step) }
@@ -69,27 +70,27 @@ public final class ForwardClock: StampClock {
     }
 
     public func now() -> Date {
-        let wallNow = wall(), monotonicNow = monotonic()
         var step: Double?
         let issued = state.withLock { reading -> Int64 in
-            // Another thread may have read a later monotonic time first: no time passed then.
+            // Both clocks are read under the lock, so readings are in order across threads.
+            let wallNow = wall(), monotonicNow = monotonic()
             let elapsed = max(0, Int64(bitPattern: monotonicNow &- reading.monotonic))
             let steady = reading.issued &+ elapsed
+            // A wall clock that kept pace with the monotonic one is `gap` behind `steady`; any
+            // other change is a step (back when the gap grew, forward when it shrank), or a
+            // machine that slept, which looks like a step forward and is followed as one.
+            let drift = (steady &- wallNow) &- reading.gap
+            if abs(drift) > 1_000_000_000 { step = -Double(drift) / 1e9 }
             let next: Int64
             if wallNow >= steady {
-                // Caught up, or ahead: the wall clock's time. A jump well past the monotonic
-                // time elapsed is a step forward (or a machine that slept), followed.
-                if !reading.behind, wallNow - steady > 1_000_000_000 { step = Double(wallNow - steady) / 1e9 }
-                next = wallNow
-                reading.behind = false
+                next = wallNow  // in step, caught up, or ahead: the wall clock's time
             } else {
-                if !reading.behind, steady - wallNow > 1_000_000_000 { step = -Double(steady - wallNow) / 1e9 }
-                reading.behind = true
                 let slow = reading.issued &+ Int64(Double(elapsed) * (1 - Self.catchUpRate))
                 next = max(wallNow, slow)
             }
             reading.issued = max(reading.issued, next)
-            reading.monotonic = max(reading.monotonic, monotonicNow)
+            reading.monotonic = monotonicNow
+            reading.gap = max(0, reading.issued &- wallNow)
             return reading.issued
         }
         if let step { stepped(step) }

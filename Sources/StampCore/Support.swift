@@ -15,6 +15,7 @@ public final class ManualClock: StampClock {
     public init(_ start: Date = Date(timeIntervalSince1970: 1_800_000_000)) { current = Mutex((start, 1_000_000_000)) }
     public func now() -> Date { current.withLock { $0.wall } }
     public func advance(by seconds: TimeInterval) {
+        precondition(seconds >= 0, "time passing does not go back: set the wall clock with stepWall(by:)")
         current.withLock {
             $0.wall += seconds
             $0.monotonic += UInt64(seconds * 1e9)

@@ -48,6 +48,8 @@ struct Stampd: AsyncParsableCommand {
     @Option(help: "Days events are kept. [STAMPD_EVENT_RETENTION_DAYS]") var eventRetentionDays: Int?
     @Option(help: "Seconds events are kept, instead of days (0: the days): for soak tests that want many retention windows in a run. [STAMPD_EVENT_RETENTION_SECONDS]")
     var eventRetentionSeconds: Int?
+    @Flag(help: "Start on the wall clock even when the database holds later times (after a wrong forward step of the clock that has since been corrected). [STAMPD_IGNORE_RECORDED_TIME=1]")
+    var ignoreRecordedTime = false
     @Option(help: "Seconds between housekeeping rounds that prune old events, keys, sessions and marks. [STAMPD_PRUNE_INTERVAL]")
     var pruneInterval: Int?
     @Option(help: "Seconds in-flight requests get at shutdown. [STAMPD_SHUTDOWN_GRACE]") var shutdownGrace: Int?
@@ -144,7 +146,10 @@ struct Stampd: AsyncParsableCommand {
         var settings = StampSettings()
         settings.eventRetention = TimeInterval(try setting(eventRetentionDays, "EVENT_RETENTION_DAYS", 7)) * 86_400
         let retentionSeconds = try setting(eventRetentionSeconds, "EVENT_RETENTION_SECONDS", 0)  // 0: the days
-        guard retentionSeconds >= 0 else { throw ValidationError("--event-retention-seconds must be at least 1") }
+        guard retentionSeconds >= 0 else { throw ValidationError("--event-retention-seconds must be 0 or more") }
+        guard settings.eventRetention >= 86_400 || retentionSeconds > 0 else {
+            throw ValidationError("--event-retention-days must be at least 1")
+        }
         if retentionSeconds > 0 { settings.eventRetention = TimeInterval(retentionSeconds) }
         let pruneSeconds = try setting(pruneInterval, "PRUNE_INTERVAL", 60)
         guard pruneSeconds >= 1 else { throw ValidationError("--prune-interval must be at least 1") }
@@ -182,7 +187,14 @@ struct Stampd: AsyncParsableCommand {
         })
         let service = StampService(database: db, hub: hub, hasher: hasher, clock: clock, settings: settings,
                                    logger: Logger(label: "stampd.core"))
-        if let newest = try await service.newestRecordedTime() { clock.notBefore(newest) }
+        if !(ignoreRecordedTime || env["STAMPD_IGNORE_RECORDED_TIME"] == "1") {
+            do {
+                if let newest = try await service.newestRecordedTime() { clock.notBefore(newest) }
+            } catch {
+                logger.warning("could not read the newest recorded time; the clock starts from the wall clock",
+                               metadata: ["error": "\(error)"])
+            }
+        }
         try await service.prepareEventHub()
 
         var server = ServerConfiguration()

@@ -53,6 +53,23 @@ def number(values, key):
         return float("nan")
 
 
+def find_bench(args, name):
+    """stampd-bench: --bench, else next to the binary; None (and a message) when it is not there."""
+    bench = args.bench or os.path.join(os.path.dirname(os.path.abspath(args.binary)), "stampd-bench")
+    if not os.access(bench, os.X_OK):
+        print(f"{name}: no stampd-bench at {bench} (swift build builds it)", file=sys.stderr)
+        return None
+    return bench
+
+
+def bench_command(bench, server, parked, results, max_seconds, phases):
+    """stampd-bench at nice 10 against `server` with `parked` other owners' polls and `phases`."""
+    return ["nice", "-n", "10", bench, "run", "--stampd", f"127.0.0.1:{server.port}",
+            "--stampd-metrics", f"127.0.0.1:{server.metrics_port}", "--stampd-pid", str(server.proc.pid),
+            "--levels", str(parked), "--settle-seconds", "0.5", "--latency-seconds", "0", "--customers", "1",
+            *phases, "--results", results, "--max-seconds", str(int(max_seconds))]
+
+
 def main():
     parser = base_arguments(__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15, help="seconds of overload (default 15; --local 60)")
@@ -73,9 +90,8 @@ def main():
         args.min_goodput = 0.75 if args.min_goodput is None else args.min_goodput
         args.p99_ms = 1000 if args.p99_ms is None else args.p99_ms
     check_binary(args.binary, "overload")
-    bench = args.bench or os.path.join(os.path.dirname(os.path.abspath(args.binary)), "stampd-bench")
-    if not os.access(bench, os.X_OK):
-        print(f"overload: no stampd-bench at {bench} (swift build builds it)", file=sys.stderr)
+    bench = find_bench(args, "overload")
+    if not bench:
         return 2
     raise_fd_limit(20_000)
     tally = Tally("overload")
@@ -87,13 +103,10 @@ def main():
     server = Server(args.binary, database, work, extra=extra)
     server.start()
     results_path = os.path.join(work, "results.tsv")
-    command = ["nice", "-n", "10", bench, "run", "--stampd", f"127.0.0.1:{server.port}",
-               "--stampd-metrics", f"127.0.0.1:{server.metrics_port}", "--stampd-pid", str(server.proc.pid),
-               "--levels", str(args.parked), "--settle-seconds", "0.5", "--latency-seconds", "0", "--customers", "1",
-               "--flow-pairs", "128", "--flow-seconds", str(args.flow_seconds),
-               "--overload-seconds", str(args.seconds), "--overload-factor", str(args.factor),
-               "--overload-pairs", str(args.pairs), "--results", results_path,
-               "--max-seconds", str(int(args.seconds + args.flow_seconds + 300))]
+    command = bench_command(bench, server, args.parked, results_path, args.seconds + args.flow_seconds + 300,
+                            ["--flow-pairs", "128", "--flow-seconds", str(args.flow_seconds),
+                             "--overload-seconds", str(args.seconds), "--overload-factor", str(args.factor),
+                             "--overload-pairs", str(args.pairs)])
     print(f"overload: {args.parked} polls parked, the sustained rate over {args.flow_seconds:.0f} s, "
           f"then {args.factor:g} × it for {args.seconds:.0f} s", flush=True)
     began = time.monotonic()
