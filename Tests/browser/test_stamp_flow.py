@@ -740,16 +740,28 @@ def test_a_customer_types_the_counter_code_into_the_request(browsers):
         attribute_is(customer, "#connection", "data-state", "live")
         fill(customer, "search-q", store_name)
         customer.find_element(By.ID, "search-submit").click()
-        result = visible_css(customer, f'[data-testid="store-result"][data-store-id="{store_id}"]')
-        field = result.find_element(By.CSS_SELECTOR, '[data-testid="counter-code-input"]')
+        result_css = f'[data-testid="store-result"][data-store-id="{store_id}"]'
+        visible_css(customer, result_css)
+
+        def ask_with(code):
+            # The results may be drawn again (an event arrives) between the find and the click:
+            # type and tap in one go, from a fresh find, until both land on the same row.
+            def asked(d):
+                try:
+                    row = d.find_element(By.CSS_SELECTOR, result_css)
+                    field = row.find_element(By.CSS_SELECTOR, '[data-testid="counter-code-input"]')
+                    field.clear()
+                    field.send_keys(code)
+                    row.find_element(By.CSS_SELECTOR, '[data-testid="request-stamp"]').click()
+                    return True
+                except StaleElementReferenceException:
+                    return False
+            wait(customer).until(asked, f"ask with counter code {code}")
+
         code = visible(owner, "counter-code").text.replace(" ", "")
-        wrong = "000000" if code != "000000" else "000001"
-        field.send_keys(wrong)
-        result.find_element(By.CSS_SELECTOR, '[data-testid="request-stamp"]').click()
+        ask_with("000000" if code != "000000" else "000001")
         wait(customer).until(EC.text_to_be_present_in_element((By.ID, "message"), "counter code"))
-        field.clear()
-        field.send_keys(visible(owner, "counter-code").text)
-        result.find_element(By.CSS_SELECTOR, '[data-testid="request-stamp"]').click()
+        ask_with(visible(owner, "counter-code").text.replace(" ", ""))
         mine = attribute_is(customer, '[data-testid="my-request"]', "data-status", "pending")
         row = visible_css(owner, f'#pending-list [data-request-id="{mine.get_attribute("data-request-id")}"]', LIVE)
         assert row.find_element(By.CSS_SELECTOR, '[data-testid="at-counter"]').text == "At the counter"
