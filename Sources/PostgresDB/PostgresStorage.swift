@@ -98,7 +98,7 @@ public final class PostgresStorage: Storage {
         var attempt = 0
         var lost = 0
         while true {
-            let commitSent = LeaseFlag()
+            let commitSent = SetOnceFlag()
             do {
                 let value = try await withPooledConnection(limit: configuration.queryTimeout) { connection in
                     try await self.transaction(on: connection, body, commitSent: commitSent)
@@ -145,7 +145,7 @@ public final class PostgresStorage: Storage {
     /// server restart a pooled connection was seen to take a query and never answer.
     private func withPooledConnection<T: Sendable>(limit: Duration? = nil,
                                                    _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        let leased = LeaseFlag()
+        let leased = SetOnceFlag()
         let timeout = configuration.connectTimeout
         let location = self.location
         let logger = self.logger
@@ -219,7 +219,7 @@ public final class PostgresStorage: Storage {
 
     private func transaction<T: Sendable>(on connection: PostgresConnection,
                                           _ body: @Sendable (any SQLSession) async throws -> T,
-                                          commitSent: LeaseFlag) async throws -> T {
+                                          commitSent: SetOnceFlag) async throws -> T {
         let session = session(on: connection)
         let value: T
         do {
@@ -478,7 +478,7 @@ struct ClosedUnderCall: Error {
 }
 
 /// A flag set once: a connection was leased, a COMMIT was sent.
-final class LeaseFlag: Sendable {
+final class SetOnceFlag: Sendable {
     private let value = Mutex(false)
     func set() { value.withLock { $0 = true } }
     var isSet: Bool { value.withLock { $0 } }

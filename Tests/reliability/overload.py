@@ -62,6 +62,18 @@ def find_bench(args, name):
     return bench
 
 
+def prepare(args, name):
+    """What both bench-driven checks start with: the bench, the tally, a work folder and its
+    database path; None when the bench is missing."""
+    check_binary(args.binary, name)
+    bench = find_bench(args, name)
+    if not bench:
+        return None
+    raise_fd_limit(20_000)
+    work = make_workdir(name, args.keep)
+    return bench, Tally(name), work, os.path.join(work, "stampd.sqlite")
+
+
 def bench_command(bench, server, parked, results, max_seconds, phases):
     """stampd-bench at nice 10 against `server` with `parked` other owners' polls and `phases`."""
     return ["nice", "-n", "10", bench, "run", "--stampd", f"127.0.0.1:{server.port}",
@@ -86,17 +98,15 @@ def main():
     parser.add_argument("--at-work", type=int, help="the server's --max-requests-at-work (default: its own default)")
     args = parser.parse_args()
     if args.local:
-        args.seconds, args.flow_seconds, args.parked = 60, 20, 10_000
+        # The local sizes as defaults: an option given on the command line still wins.
+        parser.set_defaults(seconds=60, flow_seconds=20, parked=10_000)
+        args = parser.parse_args()
         args.min_goodput = 0.75 if args.min_goodput is None else args.min_goodput
         args.p99_ms = 1000 if args.p99_ms is None else args.p99_ms
-    check_binary(args.binary, "overload")
-    bench = find_bench(args, "overload")
-    if not bench:
+    prepared = prepare(args, "overload")
+    if not prepared:
         return 2
-    raise_fd_limit(20_000)
-    tally = Tally("overload")
-    work = make_workdir("overload", args.keep)
-    database = os.path.join(work, "stampd.sqlite")
+    bench, tally, work, database = prepared
     extra = ["--max-connections", "19000", "--max-polls", "19000"]
     if args.at_work is not None:
         extra += ["--max-requests-at-work", str(args.at_work)]

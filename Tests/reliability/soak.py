@@ -33,8 +33,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Server, Tally, base_arguments, check_binary, integrity, make_workdir, raise_fd_limit, request
-from overload import bench_command, find_bench, number, read_results
+from common import Server, base_arguments, integrity, request
+from overload import bench_command, number, prepare, read_results
 
 
 def scrape(port):
@@ -137,7 +137,6 @@ class Sampler(threading.Thread):
                 "events_rows": events, "requests_rows": requests,
                 "writer_queue": metrics.get(("stampd_sqlite_writer_queue", ""), 0),
                 "parked": metrics.get(("stampd_parked_polls", ""), 0),
-                "errors_5xx": five_hundreds(metrics),
             }
             requests_hist = buckets(metrics, "stampd_http_request_duration_seconds",
                                     lambda labels: label(labels, "route") not in ("/v1/events", "/metrics", "unmatched"))
@@ -214,16 +213,13 @@ def main():
     parser.add_argument("--bench", help="stampd-bench (default: next to the binary)")
     args = parser.parse_args()
     if args.local:
-        args.seconds, args.rate, args.parked, args.retention, args.prune, args.sample = 1800, 400, 10_000, 180, 20, 5
-        args.pairs = max(args.pairs, 1024)
-    check_binary(args.binary, "soak")
-    bench = find_bench(args, "soak")
-    if not bench:
+        # The local sizes as defaults: an option given on the command line still wins.
+        parser.set_defaults(seconds=1800, rate=400, parked=10_000, retention=180, prune=20, sample=5, pairs=1024)
+        args = parser.parse_args()
+    prepared = prepare(args, "soak")
+    if not prepared:
         return 2
-    raise_fd_limit(20_000)
-    tally = Tally("soak")
-    work = make_workdir("soak", args.keep)
-    database = os.path.join(work, "stampd.sqlite")
+    bench, tally, work, database = prepared
     server = Server(args.binary, database, work,
                     # The flows' connections sit idle while the polls park (minutes at 10,000), and
                     # stampd-bench does not open again a connection the server closed for idleness.
