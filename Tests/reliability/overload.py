@@ -74,6 +74,22 @@ def prepare(args, name):
     return bench, Tally(name), work, os.path.join(work, "stampd.sqlite")
 
 
+def check_the_end(tally, server, database, values, what):
+    """After the load: ready, a clean stop, every approval answered 200 stored, integrity ok."""
+    import sqlite3
+    status, _, _ = request(server.port, "GET", "/readyz")
+    tally.check(status == 200, f"the server is ready after the {what}", f"HTTP {status}")
+    tally.check(server.stop() == 0, f"the server stops cleanly after the {what}")
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    approved = db.execute("SELECT count(*) FROM requests WHERE status = 'approved'").fetchone()[0]
+    db.close()
+    answered = number(values, "client.stampd.approvals_answered")
+    tally.check(approved >= answered > 0, "every approval answered 200 is in the database",
+                f"{approved} approved, {answered:.0f} answered")
+    verdict = integrity(database)
+    tally.check(verdict == "ok", "integrity_check is ok", verdict)
+
+
 def bench_command(bench, server, parked, results, max_seconds, phases):
     """stampd-bench at nice 10 against `server` with `parked` other owners' polls and `phases`."""
     return ["nice", "-n", "10", bench, "run", "--stampd", f"127.0.0.1:{server.port}",
@@ -160,18 +176,7 @@ def main():
     print(f"overload: a second after the load: /readyz in {ready_ms:.1f} ms, a whole flow in {flow_ms:.1f} ms")
     tally.check(ready_ms <= 100, "/readyz answers within 100 ms a second after the load", f"{ready_ms:.1f} ms")
     tally.check(flow_ms <= 1000, "a whole flow takes under 1 s a second after the load", f"{flow_ms:.1f} ms")
-    status, _, _ = request(server.port, "GET", "/readyz")
-    tally.check(status == 200, "the server is ready after the run", f"HTTP {status}")
-    tally.check(server.stop() == 0, "the server stops cleanly after the overload")
-
-    import sqlite3
-    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    approved = db.execute("SELECT count(*) FROM requests WHERE status = 'approved'").fetchone()[0]
-    db.close()
-    answered = number(values, "client.stampd.approvals_answered")
-    tally.check(approved >= answered > 0, "every approval answered 200 is in the database", f"{approved} approved, {answered:.0f} answered")
-    verdict = integrity(database)
-    tally.check(verdict == "ok", "integrity_check is ok", verdict)
+    check_the_end(tally, server, database, values, "overload")
     print(f"overload: {time.monotonic() - began:.0f} s")
     if not args.keep and tally.failed == 0:
         shutil.rmtree(work, ignore_errors=True)

@@ -33,8 +33,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Server, base_arguments, integrity, request
-from overload import bench_command, number, prepare, read_results
+from common import Server, base_arguments
+from overload import bench_command, check_the_end, number, prepare, read_results
 
 
 def scrape(port):
@@ -289,17 +289,7 @@ def main():
         if series:
             print(f"soak: {key} over the samples: median {series[len(series) // 2]:.1f}, worst {series[-1]:.1f}")
 
-    status, _, _ = request(server.port, "GET", "/readyz")
-    tally.check(status == 200, "the server is ready after the soak", f"HTTP {status}")
-    tally.check(server.stop() == 0, "the server stops cleanly after the soak")
-    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    approved = db.execute("SELECT count(*) FROM requests WHERE status = 'approved'").fetchone()[0]
-    db.close()
-    answered = number(values, "client.stampd.approvals_answered")
-    tally.check(approved >= answered > 0, "every approval answered 200 is in the database",
-                f"{approved} approved, {answered:.0f} answered")
-    verdict = integrity(database)
-    tally.check(verdict == "ok", "integrity_check is ok", verdict)
+    check_the_end(tally, server, database, values, "soak")
     if args.series:
         with open(args.series, "w") as f:
             json.dump({"args": vars(args), "warmup": warmup, "samples": samples}, f)
