@@ -42,6 +42,9 @@ final class PostgresSession: SQLSession {
 
     /// Transaction-scoped advisory locks in the space of class 1 (class 2 is housekeeping's,
     /// 3 the migrations'), sorted, so two writers never wait for each other.
+    /// Many connections write at once, under snapshot isolation.
+    var writesOneAtATime: Bool { false }
+
     func holdUntilCommit(_ keys: [String]) async throws {
         for key in Set(keys).sorted() {
             try await run("SELECT pg_advisory_xact_lock(1, hashtext(?))", scope.lockKey(key))

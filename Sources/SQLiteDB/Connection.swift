@@ -210,4 +210,7 @@ extension Connection: SQLSession {
 
     /// One process uses a SQLite file: nobody else to tell.
     public func notify(_ channel: String, _ payload: String) async throws {}
+
+    /// One writer connection, one transaction at a time.
+    public var writesOneAtATime: Bool { true }
 }

@@ -20,6 +20,22 @@ public final class Database: Storage, @unchecked Sendable {
     /// The most writes grouped into one transaction.
     public static let maximumBatch = 256
 
+    /// The WAL's size in pages (4 KiB) at which a COMMIT also checkpoints it into the database.
+    /// A checkpoint copies each page once however often the log rewrote it, so a longer log
+    /// copies the hot pages (the tables' last leaves, the indexes of the busy accounts) fewer
+    /// times: at SQLite's default of 1,000 pages the writer checkpointed 16 times a second under
+    /// full flows, and 10,000 gave 19 % more flows for 14 % fewer bytes written (BENCHMARKS.md,
+    /// issue 16's fourth step). Much longer logs cost more than they save: each page read then
+    /// searches a larger WAL index (no checkpoint at all was 14 % slower). The log stays about
+    /// 40 MiB: SQLite writes it from the start again after a complete checkpoint.
+    public static let checkpointPages = 10_000
+
+    // `temp_store = MEMORY` keeps the savepoint journal of group commit in memory. Every write
+    // of a batch runs in a savepoint, and SQLite copies each page a savepoint changes into that
+    // journal so that it can roll the one write back; past 64 KiB the journal spilled into a
+    // temporary file, which under full flows was 110,000 pwrite calls a second to a file that is
+    // deleted unread (10 % more flows, 60 % fewer write calls).
+
     // `writer` is touched only on `writerThread`, each reader only while checked out on a reader thread.
     private let writer: Connection
     private let writerThread: BlockingPool
@@ -83,6 +99,8 @@ public final class Database: Storage, @unchecked Sendable {
         try writer.execute("""
             PRAGMA synchronous = \(Self.synchronousMode);
             PRAGMA foreign_keys = ON;
+            PRAGMA wal_autocheckpoint = \(Self.checkpointPages);
+            PRAGMA temp_store = MEMORY;
             """)
         writer.guardTransactionControl()
         self.writer = writer

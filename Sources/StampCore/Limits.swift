@@ -76,9 +76,11 @@ extension StampService {
     /// in it. Two concurrent writers that claim one scope update one row, so under snapshot
     /// isolation (PostgreSQL) the later cannot commit a decision taken without seeing the
     /// earlier: it is refused and runs again, and then sees it. Without this, two requests at
-    /// once could each count 2 of a limit of 3 and both go ahead. (On SQLite one writer runs at
-    /// a time and the row costs one small upsert.)
+    /// once could each count 2 of a limit of 3 and both go ahead. On SQLite one writer runs at a
+    /// time and nothing is written: the row's page would be one more 4 KiB written to the WAL,
+    /// and again at the checkpoint, on every request.
     static func claim(_ scope: String, now: Date, on connection: any SQLSession) async throws {
+        guard !connection.writesOneAtATime else { return }
         try await connection.run("""
             INSERT INTO scope_claims (scope, at) VALUES (?, ?)
             ON CONFLICT (scope) DO UPDATE SET at = excluded.at

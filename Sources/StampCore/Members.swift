@@ -255,11 +255,25 @@ extension StampService {
         return role
     }
 
-    /// Records a member's write as their last activity at the store.
+    /// Records a member's write as their last activity at the store. On PostgreSQL every write
+    /// updates the row, which is what makes a concurrent removal and this write conflict. On
+    /// SQLite (one writer at a time, no conflict to make) a time less than a minute old is kept:
+    /// a barista approving at the counter all morning would otherwise write the member row's
+    /// page to the WAL with every decision.
     static func touchMember(_ account: String, of storeId: String, now: Date, on connection: any SQLSession) async throws {
-        try await connection.run("UPDATE store_members SET last_active_at = ? WHERE store_id = ? AND account_id = ?",
-                                 now.millis, storeId, account)
+        if connection.writesOneAtATime {
+            try await connection.run("""
+                UPDATE store_members SET last_active_at = ?
+                WHERE store_id = ? AND account_id = ? AND (last_active_at IS NULL OR last_active_at <= ? OR last_active_at > ?)
+                """, now.millis, storeId, account, now.millis - activityResolutionMillis, now.millis)
+        } else {
+            try await connection.run("UPDATE store_members SET last_active_at = ? WHERE store_id = ? AND account_id = ?",
+                                     now.millis, storeId, account)
+        }
     }
+
+    /// How stale a member's last activity may be on SQLite before a write records it anew.
+    static let activityResolutionMillis: Int64 = 60_000
 
     static func requireOwner(_ principal: Principal, of storeId: String, on connection: any SQLSession,
                              touching now: Date? = nil) async throws {

@@ -23,6 +23,11 @@ public protocol SQLSession: AnyObject {
     /// database, once the transaction commits (nothing if it rolls back). Nothing to do for an
     /// engine that only one process uses.
     func notify(_ channel: String, _ payload: String) async throws
+
+    /// True when the engine commits one write transaction at a time, so two writes never
+    /// overlap: a row written only to make concurrent writers see each other (a scope's claim,
+    /// a member's touch) can be left out.
+    var writesOneAtATime: Bool { get }
 }
 
 extension SQLSession {
