@@ -77,7 +77,23 @@ public enum StampJSON {
     private static let sharedEncoder = encoder()
 
     public static func encode<T: Encodable>(_ value: T) throws -> String {
-        String(decoding: try sharedEncoder.encode(value), as: UTF8.self)
+        String(decoding: try bytes(value), as: UTF8.self)
+    }
+
+    /// The value's JSON: written directly for the types of a stamp flow (`JSONWriting.swift`),
+    /// by the shared encoder for the rest.
+    public static func bytes<T: Encodable>(_ value: T) throws -> [UInt8] {
+        if let writable = value as? any JSONWritable {
+            var json = JSONWriter()
+            writable.write(to: &json)
+            return json.bytes
+        }
+        return Array(try sharedEncoder.encode(value))
+    }
+
+    /// Always the shared encoder: what the direct writers must match.
+    static func encodedByFoundation<T: Encodable>(_ value: T) throws -> [UInt8] {
+        Array(try sharedEncoder.encode(value))
     }
 
     /// `2026-11-29T23:05:01.123Z`

@@ -93,15 +93,12 @@ public struct Response: Sendable {
         self.body = body
     }
 
-    static let jsonEncoder = StampJSON.encoder()
-
     /// A JSON answer; API answers are never cached.
     public static func json<T: Encodable>(_ value: T, status: HTTPResponseStatus = .ok) -> Response {
         do {
-            let data = try jsonEncoder.encode(value)
             return Response(status: status,
                             headers: ["Content-Type": "application/json", "Cache-Control": "no-store"],
-                            body: ByteBuffer(bytes: data))
+                            body: ByteBuffer(bytes: try StampJSON.bytes(value)))
         } catch {
             return .problem(HTTPError(.internalServerError, detail: "the answer could not be encoded"))
         }
