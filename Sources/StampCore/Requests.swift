@@ -52,8 +52,10 @@ extension StampService {
                                                    storeId, principal.id, row: { try $0.get(0, as: Int.self) }) != nil {
                     throw StampError(.forbidden, "this store does not take requests from you")
                 }
-                try await Self.checkRequestLimits(customer: principal.id, store: storeId, limits: limits, now: now, on: connection)
-                try await Self.checkStoreRules(store, customer: principal.id, kind: kind, count: count, now: now, on: connection)
+                let pending = try await Self.checkRequestLimits(customer: principal.id, store: storeId, limits: limits,
+                                                                now: now, on: connection)
+                try await Self.checkStoreRules(store, customer: principal.id, pending: pending, kind: kind, count: count,
+                                               now: now, on: connection)
                 var atCounter = false
                 if let typed {
                     let missScope = "counter-miss:\(storeId):\(principal.id)"
@@ -99,18 +101,19 @@ extension StampService {
         return try outcome.get()
     }
 
-    /// The store's own rules for a new request: one pending at a time (409 with it), a
+    /// The store's own rules for a new request: one pending at a time (409 with the oldest), a
     /// cool-down after an approved stamp request and a cap on stamps in 24 hours (429).
-    static func checkStoreRules(_ store: Store, customer: String, kind: RequestKind, count: Int, now: Date,
+    /// `pending` is the customer's count of pending requests here, as `checkRequestLimits` found.
+    static func checkStoreRules(_ store: Store, customer: String, pending: Int, kind: RequestKind, count: Int, now: Date,
                                 on connection: any SQLSession) async throws {
         let rules = store.rules
-        let pending = rules.pendingPerCustomer == 0 ? [] : try await connection.query(requestSelect + """
+        if rules.pendingPerCustomer > 0, pending >= rules.pendingPerCustomer, let first = try await connection.queryFirst(
+            requestSelect + """
              WHERE r.customer_id = ? AND r.store_id = ? AND r.status = 'pending' AND r.expires_at > ?
-            ORDER BY r.created_at, r.id
-            """, customer, store.id, now.millis) { try requestRow($0).0 }
-        if rules.pendingPerCustomer > 0, pending.count >= rules.pendingPerCustomer, let first = pending.first {
+            ORDER BY r.created_at, r.id LIMIT 1
+            """, customer, store.id, now.millis, row: { try requestRow($0).0 }) {
             throw StampError.conflict(rules.pendingPerCustomer == 1 ? "you already have a request waiting here"
-                                      : "you already have \(pending.count) requests waiting here", current: first, as: "request")
+                                      : "you already have \(pending) requests waiting here", current: first, as: "request")
         }
         guard kind == .stamp, rules.stampCooldownSeconds > 0 || rules.dailyStampCap > 0 else { return }
         let dayAgo = now.millis - 86_400_000
@@ -332,9 +335,9 @@ extension StampService {
 
     /// Each request makes the owner's page beep: one customer may have only a few waiting at a
     /// store, and make only so many there in a clock hour (a replay of an idempotent create is not
-    /// counted). Counts the request it lets through.
+    /// counted). Counts the request it lets through; returns the customer's pending requests here.
     static func checkRequestLimits(customer: String, store: String, limits: PartyLimits, now: Date,
-                                   on connection: any SQLSession) async throws {
+                                   on connection: any SQLSession) async throws -> Int {
         // One customer's requests are one scope: two made at once (at one store or several) see
         // each other's, and so does a deletion of the account.
         try await claim("requests:" + customer, now: now, on: connection)
@@ -359,6 +362,7 @@ extension StampService {
             INSERT INTO request_counts (customer_id, store_id, hour, count) VALUES (?, ?, ?, 1)
             ON CONFLICT (customer_id, store_id, hour) DO UPDATE SET count = request_counts.count + 1
             """, customer, store, hour)
+        return pending
     }
 
     /// A write that refused a decision because the request had expired must still commit the
@@ -381,7 +385,9 @@ extension StampService {
     static func requestToDecide(_ id: String, by principal: Principal, now: Date,
                                 on connection: any SQLSession) async throws -> (StampRequest, members: [String]) {
         guard let (request, _) = try await loadRequest(id, on: connection) else { throw StampError.notFound("request") }
-        guard try await memberRole(principal.id, of: request.storeId, on: connection) != nil else {
+        // The members in one read: who is told, and whether the caller is one of them.
+        let members = try await memberIds(of: request.storeId, on: connection)
+        guard members.contains(principal.id) else {
             if request.customerId == principal.id {
                 throw StampError(.forbidden, "only the store's members decide a request")
             }
@@ -389,7 +395,7 @@ extension StampService {
         }
         try requirePending(request)
         try await touchMember(principal.id, of: request.storeId, now: now, on: connection)
-        return (request, try await memberIds(of: request.storeId, on: connection))
+        return (request, members)
     }
 
     static func requirePending(_ request: StampRequest) throws {
