@@ -175,6 +175,38 @@ public final class Connection: @unchecked Sendable {
         }, context)
     }
 
+    /// The WAL's length in frames after the last commit on this connection, as SQLite's WAL hook
+    /// tells it once `followWALSize` was called (0 before).
+    public var walFrames: Int { Int(walSize.frames) }
+
+    final class WALSize {
+        var frames: Int32 = 0
+    }
+
+    private let walSize = WALSize()
+
+    /// Takes SQLite's WAL hook to follow the log's length after each commit. The hook is the one
+    /// SQLite's automatic checkpoint uses: from now on this connection never checkpoints inside
+    /// a COMMIT, and the caller checkpoints (`checkpoint`) when it chooses.
+    public func followWALSize() {
+        let context = Unmanaged.passUnretained(walSize).toOpaque()
+        sqlite3_wal_hook(handle, { context, _, _, frames in
+            if let context { Unmanaged<WALSize>.fromOpaque(context).takeUnretainedValue().frames = frames }
+            return SQLITE_OK
+        }, context)
+    }
+
+    /// Copies what it can of the WAL into the database without waiting for readers (PASSIVE);
+    /// SQLite writes the log from its start again once all of it was copied and no reader needs
+    /// it. Returns the log's frames and how many of them are in the database now.
+    @discardableResult
+    public func checkpoint() throws -> (frames: Int, copied: Int) {
+        var frames: Int32 = 0, copied: Int32 = 0
+        let code = sqlite3_wal_checkpoint_v2(handle, nil, SQLITE_CHECKPOINT_PASSIVE, &frames, &copied)
+        guard code == SQLITE_OK else { throw lastError(code: code, sql: "wal_checkpoint(PASSIVE)") }
+        return (Int(frames), Int(copied))
+    }
+
     func prepared(_ sql: String) throws -> Statement {
         if let statement = statements[sql] { return statement }
         let statement = try Statement(connection: self, sql: sql)

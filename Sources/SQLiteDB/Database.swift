@@ -20,8 +20,8 @@ public final class Database: Storage, @unchecked Sendable {
     /// The most writes grouped into one transaction.
     public static let maximumBatch = 256
 
-    /// The WAL's size in pages (4 KiB) at which a COMMIT also checkpoints it into the database.
-    /// A checkpoint copies each page once however often the log rewrote it, so a longer log
+    /// The WAL's size in pages (4 KiB) from which the writer checkpoints it into the database,
+    /// after answering the batch that made it so. A checkpoint copies each page once however often the log rewrote it, so a longer log
     /// copies the hot pages (the tables' last leaves, the indexes of the busy accounts) fewer
     /// times: at SQLite's default of 1,000 pages the writer checkpointed 16 times a second under
     /// full flows, and 10,000 gave 19 % more flows for 14 % fewer bytes written (BENCHMARKS.md,
@@ -29,6 +29,7 @@ public final class Database: Storage, @unchecked Sendable {
     /// searches a larger WAL index (no checkpoint at all was 14 % slower). The log stays about
     /// 40 MiB: SQLite writes it from the start again after a complete checkpoint.
     public static let checkpointPages = 10_000
+    private let checkpointPages: Int
 
     // `temp_store = MEMORY` keeps the savepoint journal of group commit in memory. Every write
     // of a batch runs in a savepoint, and SQLite copies each page a savepoint changes into that
@@ -83,8 +84,11 @@ public final class Database: Storage, @unchecked Sendable {
     /// Opens the database at `path` (`:memory:` for a private in-memory one) with WAL,
     /// `synchronous = FULL`, a busy timeout and foreign keys. `readers` threads serve reads
     /// (an in-memory database reads through its writer).
-    public init(path: String, readers: Int = 2, logger: Logger = Logger(label: "stampd.db")) throws {
+    /// `checkpointPages` other than the default is for tests.
+    public init(path: String, readers: Int = 2, checkpointPages: Int = Database.checkpointPages,
+                logger: Logger = Logger(label: "stampd.db")) throws {
         self.path = path
+        self.checkpointPages = checkpointPages
         self.logger = logger
         let writer = try Connection(path: path)
         let inMemory = path == ":memory:" || path.isEmpty || path.contains("mode=memory")
@@ -99,10 +103,13 @@ public final class Database: Storage, @unchecked Sendable {
         try writer.execute("""
             PRAGMA synchronous = \(Self.synchronousMode);
             PRAGMA foreign_keys = ON;
-            PRAGMA wal_autocheckpoint = \(Self.checkpointPages);
             PRAGMA temp_store = MEMORY;
             """)
         writer.guardTransactionControl()
+        // The writer checkpoints itself, after a batch's answers (`checkpointIfDue`), not inside
+        // a COMMIT: the batch that fills the log does not wait for the copy, and a checkpoint's
+        // failure is never taken for its commit's (that batch is durable: its WAL sync succeeded).
+        writer.followWALSize()
         self.writer = writer
         self.writerThread = BlockingPool(name: "sqlite-writer", threads: 1)
         self.writerExecutor = PoolExecutor(pool: writerThread)
@@ -254,10 +261,26 @@ public final class Database: Storage, @unchecked Sendable {
             finishers.forEach { $0(error) }
             return
         }
-        // A COMMIT that succeeded has its WAL synced; a sync that failed meanwhile was the
-        // checkpoint's, and the writes after this one are refused.
+        // A COMMIT that succeeded has its WAL synced.
         distrustIfASyncFailed(since: failedSyncsBefore)
         finishers.forEach { $0(nil) }
+        checkpointIfDue()
+    }
+
+    /// Checkpoints once the log has `checkpointPages`. A sync that fails in it makes the
+    /// database untrusted like any other (the writes after it are refused); a checkpoint that
+    /// fails otherwise is tried again after the next batch, the log holding what it could not copy.
+    private func checkpointIfDue() {
+        guard writer.walFrames >= checkpointPages else { return }
+        let failedSyncsBefore = SyncMetrics.failedSyncCount.load(ordering: .sequentiallyConsistent)
+        let started = DispatchTime.now().uptimeNanoseconds
+        do {
+            try writer.checkpoint()
+            SyncMetrics.checkpoint.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- started))
+        } catch {
+            logger.warning("checkpoint failed", metadata: ["error": "\(error)"])
+        }
+        distrustIfASyncFailed(since: failedSyncsBefore)
     }
 
     private func distrustIfASyncFailed(since before: Int) {

@@ -17,6 +17,8 @@ enum SyncMetrics {
     static let otherSync = Metrics.Timer(label: "stampd_sqlite_sync_seconds", dimensions: [("file", "other")])
     static let failedSyncs = Counter(label: "stampd_sqlite_sync_failures_total")
     static let commit = Metrics.Timer(label: "stampd_db_commit_seconds", dimensions: [("engine", "sqlite")])
+    /// The writer's checkpoints, run after a batch is answered (not inside its COMMIT).
+    static let checkpoint = Metrics.Timer(label: "stampd_sqlite_checkpoint_seconds")
     /// Writes waiting when the writer last looked (each time it takes a batch, 0 once none is left).
     static let writerQueue = Gauge(label: "stampd_sqlite_writer_queue")
 

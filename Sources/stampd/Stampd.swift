@@ -54,6 +54,8 @@ struct Stampd: AsyncParsableCommand {
     var pruneInterval: Int?
     @Option(help: "Seconds in-flight requests get at shutdown. [STAMPD_SHUTDOWN_GRACE]") var shutdownGrace: Int?
     @Option(help: "Reader threads for SQLite. [STAMPD_DB_READERS]") var dbReaders: Int?
+    @Option(help: "WAL pages after which SQLite's log is copied into the database (default 10000; small values let the fault tests cut into checkpoints). [STAMPD_DB_CHECKPOINT_PAGES]")
+    var dbCheckpointPages: Int?
     @Option(help: "Threads for password hashing. [STAMPD_HASH_THREADS]") var hashThreads: Int?
     @Option(help: "Hashes that may wait for a hashing thread; more get 503. [STAMPD_HASH_QUEUE]") var hashQueue: Int?
     @Option(help: "Password checks (sign-ins, sign-ups) one client address may start per minute. [STAMPD_SIGN_INS_PER_ADDRESS]")
@@ -117,8 +119,10 @@ struct Stampd: AsyncParsableCommand {
                 try await postgres.waitUntilReachable()
                 db = postgres
             } else {
+                let checkpointPages = try setting(dbCheckpointPages, "DB_CHECKPOINT_PAGES", Database.checkpointPages)
+                guard checkpointPages >= 1 else { throw ValidationError("--db-checkpoint-pages must be at least 1") }
                 db = try Database(path: databaseSetting, readers: try setting(dbReaders, "DB_READERS", 2),
-                                  logger: Logger(label: "stampd.db"))
+                                  checkpointPages: checkpointPages, logger: Logger(label: "stampd.db"))
             }
             let applied = try await db.migrate(folder: migrationsPath + "/" + db.engine)
             logger.info("database ready", metadata: [

@@ -116,6 +116,31 @@ func temporaryDatabasePath() -> String {
         }
     }
 
+    /// The writer copies the log into the database once it has `checkpointPages`, after the
+    /// batch (SQLite's own checkpoint inside COMMIT is off), and not before: the database
+    /// file stays as it was while the log is shorter.
+    @Test func theWriterCheckpointsOnceTheLogIsLongAndNotBefore() async throws {
+        for (pages, copies) in [(16, true), (1_000_000, false)] {
+            let path = temporaryDatabasePath()
+            let db = try Database(path: path, checkpointPages: pages)
+            try await db.write { try await $0.executeAll("CREATE TABLE t (b BLOB)") }
+            let before = try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? 0
+            for _ in 0..<12 {  // 12 × 16 KiB: about 50 pages
+                try await db.write { try await $0.run("INSERT INTO t VALUES (?)", [UInt8](repeating: 7, count: 16_384)) }
+            }
+            let after = try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? 0
+            if copies {
+                // The writes since the last checkpoint may still be in the log only.
+                #expect(after >= before + 6 * 16_384, "checkpointed: rows are in the database file (\(before) → \(after))")
+            } else {
+                #expect(after == before, "no checkpoint yet: the rows are only in the log")
+            }
+            let rows = try await db.read { try await $0.queryFirst("SELECT count(*) FROM t") { try $0.get(0, as: Int.self) } }
+            #expect(rows == 12)
+            await db.close()
+        }
+    }
+
     @Test func concurrentWritesThatFailUndoOnlyThemselves() async throws {
         struct Refused: Error {}
         let db = try Database(path: temporaryDatabasePath())

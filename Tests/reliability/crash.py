@@ -135,7 +135,9 @@ def _run_round(args, number, binary, workdir, tally, rng, server_box):
         cut = {"after": rng.randint(1, 24), "tear": rng.randint(0, 1), "seed": rng.randrange(1 << 30)}
         fault_env = ["env", f"LD_PRELOAD={args.fault_library}", f"STAMPD_FAULT_PREFIX={folder}/",
                      "STAMPD_FAULT_MODE=power-cut", f"STAMPD_FAULT_AFTER={cut['after']}",
-                     f"STAMPD_FAULT_TEAR={cut['tear']}", f"STAMPD_FAULT_SEED={cut['seed']}"]
+                     f"STAMPD_FAULT_TEAR={cut['tear']}", f"STAMPD_FAULT_SEED={cut['seed']}",
+                     # A short log, so that cuts also come while the writer checkpoints.
+                     "STAMPD_DB_CHECKPOINT_PAGES=16"]
         server = Server(binary, db_path, folder, prefix=fault_env)
     else:
         server = Server(binary, db_path, folder)

@@ -43,7 +43,9 @@ def run_case(args, mode, chosen, workdir, tally, rng):
     library = args.fault_library
     server = Server(args.binary, db_path, folder,
                     prefix=["env", f"LD_PRELOAD={library}", f"STAMPD_FAULT_PREFIX={folder}/",
-                            f"STAMPD_FAULT_MODE={mode}", f"STAMPD_FAULT_AFTER={after}"])
+                            f"STAMPD_FAULT_MODE={mode}", f"STAMPD_FAULT_AFTER={after}",
+                            # A short log, so that faults also come in the writer's checkpoints.
+                            "STAMPD_DB_CHECKPOINT_PAGES=16"])
     try:
         server.start()
         port = server.port
