@@ -240,8 +240,7 @@ extension StampService {
     // MARK: - Pieces
 
     /// The caller's role at the store; 404 when there is no such store, 403 when they are not
-    /// a member. With `touching`, records the time as the member's last activity (a write; it
-    /// also makes a concurrent removal and this write see each other on PostgreSQL).
+    /// a member. With `touching`, records the time as the member's last activity (to the minute).
     @discardableResult
     static func requireMember(_ principal: Principal, of storeId: String, on connection: any SQLSession,
                               touching now: Date? = nil) async throws -> MemberRole {
@@ -255,24 +254,22 @@ extension StampService {
         return role
     }
 
-    /// Records a member's write as their last activity at the store. On PostgreSQL every write
-    /// updates the row, which is what makes a concurrent removal and this write conflict. On
-    /// SQLite (one writer at a time, no conflict to make) a time less than a minute old is kept:
-    /// a barista approving at the counter all morning would otherwise write the member row's
-    /// page to the WAL with every decision.
+    /// Records a member's write as their last activity at the store, to the minute: a time less
+    /// than a minute old is kept. A barista approving at the counter all morning would otherwise
+    /// write the member row with every decision: on SQLite one more page to the WAL each time,
+    /// and on PostgreSQL a row that every decision of that member, on every instance, updates,
+    /// so that concurrent decisions conflicted on it and ran again (after a restart of the
+    /// database, with the load's backlog, one ran out of retries). A removal at the same moment
+    /// needs no conflict with it: a decision that read the membership before the removal
+    /// committed is the same as one made just before it.
     static func touchMember(_ account: String, of storeId: String, now: Date, on connection: any SQLSession) async throws {
-        if connection.writesOneAtATime {
-            try await connection.run("""
-                UPDATE store_members SET last_active_at = ?
-                WHERE store_id = ? AND account_id = ? AND (last_active_at IS NULL OR last_active_at <= ? OR last_active_at > ?)
-                """, now.millis, storeId, account, now.millis - activityResolutionMillis, now.millis)
-        } else {
-            try await connection.run("UPDATE store_members SET last_active_at = ? WHERE store_id = ? AND account_id = ?",
-                                     now.millis, storeId, account)
-        }
+        try await connection.run("""
+            UPDATE store_members SET last_active_at = ?
+            WHERE store_id = ? AND account_id = ? AND (last_active_at IS NULL OR last_active_at <= ? OR last_active_at > ?)
+            """, now.millis, storeId, account, now.millis - activityResolutionMillis, now.millis)
     }
 
-    /// How stale a member's last activity may be on SQLite before a write records it anew.
+    /// How stale a member's last activity may be before a write records it anew.
     static let activityResolutionMillis: Int64 = 60_000
 
     static func requireOwner(_ principal: Principal, of storeId: String, on connection: any SQLSession,

@@ -25,8 +25,8 @@ public protocol SQLSession: AnyObject {
     func notify(_ channel: String, _ payload: String) async throws
 
     /// True when the engine commits one write transaction at a time, so two writes never
-    /// overlap: a row written only to make concurrent writers see each other (a scope's claim,
-    /// a member's touch) can be left out.
+    /// overlap: a row written only to make concurrent writers see each other (a scope's claim)
+    /// can be left out.
     var writesOneAtATime: Bool { get }
 }
 
